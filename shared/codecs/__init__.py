@@ -1,0 +1,1 @@
+"""Sans-I/O codecs: client dialects and provider protocols <-> canonical events."""

@@ -1,0 +1,67 @@
+"""Provider plugins, resolved by name through the ``rtswitch.providers`` entry point group.
+
+Built-ins register exactly as a third party would (see pyproject.toml). A provider is a module with a
+class that says how to reach the upstream (URL + headers), what it can do, and which sans-I/O codec
+speaks its protocol; the provider-worker owns the socket.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import ClassVar, Protocol
+
+import msgspec
+
+from shared.codecs.base import ProviderCodec
+from shared.session import SessionMeta
+
+__all__ = ["Capabilities", "Provider", "UnknownProvider", "installed_providers", "load_provider"]
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    input_rate: int  # Hz the provider expects for input audio
+    output_rate: int  # Hz of the provider's output audio
+    server_vad: bool = True
+    truncate_output: bool = True  # can cut an assistant item at an audio offset
+    live_reconfigure: bool = True  # accepts config changes without reconnecting
+    config_before_connect: bool = False  # needs the session config in its first frame (Gemini setup)
+    session_cap_s: int | None = None  # upstream session limit, if any
+
+
+class UnknownProvider(LookupError):
+    pass
+
+
+class Provider(Protocol):
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    default_model: ClassVar[str]
+
+    def __init__(self, settings: Mapping[str, str]) -> None:
+        """``settings`` is the process environment (already validated config values as strings)."""
+        ...
+
+    def model_for(self, requested: str | None) -> str:
+        """The upstream model: the client's choice when it belongs to this provider, else the default."""
+        ...
+
+    def endpoint(self, model: str) -> tuple[str, list[tuple[str, str]]]:
+        """URL and headers (with the provider key) for one upstream connection."""
+        ...
+
+    def codec(self, meta: SessionMeta, model: str) -> ProviderCodec:
+        ...
+
+
+def installed_providers() -> list[str]:
+    return sorted(entry_points(group="rtswitch.providers").names)
+
+
+@functools.cache
+def load_provider(name: str) -> type[Provider]:
+    installed = entry_points(group="rtswitch.providers")
+    if name not in installed.names:
+        raise UnknownProvider(f"unknown provider {name!r}; installed: {sorted(installed.names)}")
+    return installed[name].load()  # imported on first use only
