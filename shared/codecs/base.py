@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, Protocol
 
 from shared import events as ev
-from shared.session import SessionMeta
 
 __all__ = ["ClientCodec", "Close", "Out", "ProviderCodec"]
 

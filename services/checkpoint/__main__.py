@@ -1,0 +1,23 @@
+"""Checkpoint process: session stream -> structured conversation log in Redis."""
+
+from __future__ import annotations
+
+import argparse
+
+from shared.checkpoint import Checkpoint
+from shared.config import ConfigError, load_config
+from shared.runtime import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rtswitch checkpoint")
+    parser.parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        parser.exit(2, f"configuration error: {exc}\n")
+    run(Checkpoint(config), config)
+
+
+if __name__ == "__main__":
+    main()

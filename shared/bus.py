@@ -1,0 +1,201 @@
+"""NATS bus: the one table of subjects, the control messages, and connection helpers.
+
+Everything on the bus is msgpack (msgspec). Audio is raw bytes inside canonical events; client frames
+travel as the client sent them (``cin``) or as the client will receive them (``cout``).
+The hot path is core NATS publish; a JetStream stream captures ``rs.s.>`` for the checkpoint and for
+replay (see ``ensure_stream``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from shared import events as ev
+from shared.session import SessionMeta
+
+__all__ = [
+    "STREAM",
+    "AssignReply",
+    "AssignRequest",
+    "ClientIn",
+    "ClientOut",
+    "Control",
+    "Heartbeat",
+    "Subjects",
+    "connect",
+    "decode",
+    "encode",
+    "ensure_stream",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STREAM = "RS_SESSIONS"
+
+
+class Subjects:
+    """The one table of subjects. ``sid`` is always a session key (subject-safe), never client text."""
+
+    ASSIGN_TRANSFORMER = "rs.assign.transformer"
+    QUEUE_TRANSFORMER = "transformers"
+    QUEUE_CHECKPOINT = "checkpoints"
+
+    @staticmethod
+    def assign_worker(provider: str) -> str:
+        return f"rs.assign.worker.{provider}"
+
+    @staticmethod
+    def queue_worker(provider: str) -> str:
+        return f"workers.{provider}"
+
+    @staticmethod
+    def cin(sid: str) -> str:  # edge -> transformer: client frames as received
+        return f"rs.s.{sid}.cin"
+
+    @staticmethod
+    def up(sid: str) -> str:  # transformer -> worker: canonical Up events
+        return f"rs.s.{sid}.up"
+
+    @staticmethod
+    def down(sid: str) -> str:  # worker -> transformer: canonical Down events
+        return f"rs.s.{sid}.down"
+
+    @staticmethod
+    def cout(sid: str) -> str:  # transformer -> edge: encoded client frames
+        return f"rs.s.{sid}.cout"
+
+    @staticmethod
+    def ctl(sid: str) -> str:  # any -> session members: close, epoch change
+        return f"rs.s.{sid}.ctl"
+
+    @staticmethod
+    def heartbeat(kind: str, instance: str) -> str:
+        return f"rs.hb.{kind}.{instance}"
+
+    HEARTBEATS = "rs.hb.>"
+    STREAM_SUBJECTS = ["rs.s.*.up", "rs.s.*.down"]
+
+
+class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
+    meta: SessionMeta
+    epoch: int
+    reply_to_edge: str = ""  # the edge instance that holds the client socket
+
+
+class AssignReply(msgspec.Struct, frozen=True, kw_only=True):
+    instance: str
+    ok: bool = True
+    error: str | None = None
+
+
+class ClientIn(msgspec.Struct, frozen=True, array_like=True):
+    epoch: int
+    seq: int
+    data: bytes
+    binary: bool = False
+
+
+class ClientOut(msgspec.Struct, frozen=True, array_like=True):
+    epoch: int
+    seq: int
+    frames: list[str]
+    close_code: int | None = None
+    close_reason: str = ""
+
+
+class Control(msgspec.Struct, frozen=True, kw_only=True):
+    kind: Literal["close", "detach"]
+    epoch: int
+    code: int = 1000
+    reason: str = ""
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    instance: str
+    sessions: int
+    providers: list[str] = []
+
+
+_ENC = msgspec.msgpack.Encoder()
+_DECODERS: dict[type, msgspec.msgpack.Decoder] = {}
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    return _ENC.encode(obj)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    dec = _DECODERS.get(kind)
+    if dec is None:
+        dec = _DECODERS[kind] = msgspec.msgpack.Decoder(kind)
+    return dec.decode(data)
+
+
+async def connect(url: str, *, name: str) -> NATS:
+    """Connect with capped reconnects forever: a NATS restart pauses sessions, it does not kill them."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", extra={"error": type(exc).__name__})
+
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=2,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        pending_size=64 * 1024 * 1024,
+    )
+
+
+async def ensure_stream(nc: NATS, *, max_age_s: float = 600.0, max_bytes: int = 512 * 1024 * 1024) -> None:
+    """Create (or update) the session stream.
+
+    Memory storage on purpose: the stream is a short replay window and a feed for the checkpoint, which
+    writes the durable record to Redis within milliseconds. File storage would put an fsync-bound disk
+    write behind every audio frame for data that Redis already keeps; if nats-server restarts, the
+    window is lost but the conversation log in Redis is not.
+    """
+    js = nc.jetstream()
+    config = StreamConfig(
+        name=STREAM,
+        subjects=Subjects.STREAM_SUBJECTS,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.MEMORY,
+        max_age=max_age_s,
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.OLD,
+    )
+    for attempt in range(50):
+        try:
+            try:
+                await js.stream_info(STREAM)
+                await js.update_stream(config)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(config)
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+    raise RuntimeError("JetStream not available")
+
+
+def envelope(epoch: int, seq: int, events: list[ev.Event]) -> bytes:
+    return ev.encode_envelope(ev.Envelope(epoch, seq, events))  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+"""Checkpoint: turns the session stream into the structured conversation log in Redis.
+
+A durable JetStream pull consumer (shared by every checkpoint instance) reads ``up`` and ``down``
+envelopes; each is folded into Redis by ``Store.apply`` with the stream sequence as the item position,
+so redelivery and several instances never duplicate or reorder an item. A restarted checkpoint resumes
+from the consumer's acknowledged position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import bus
+from shared import events as ev
+from shared.config import Config
+from shared.metrics import FRAMES
+from shared.runtime import heartbeat_loop, instance_id
+from shared.store import Store
+
+__all__ = ["DURABLE", "Checkpoint"]
+
+log = logging.getLogger(__name__)
+
+DURABLE = "checkpoint"
+BATCH = 256
+
+
+class Checkpoint:
+    name = "checkpoint"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance = instance_id("checkpoint", config.instance_id)
+        self.applied = 0
+
+    @contextlib.asynccontextmanager
+    async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
+        await bus.ensure_stream(nc)
+        consumer = asyncio.create_task(self._consume(nc, store))
+        beat = asyncio.create_task(heartbeat_loop(nc, "checkpoint", self.instance, lambda: 0))
+        try:
+            yield
+        finally:
+            beat.cancel()
+            consumer.cancel()
+            with contextlib.suppress(BaseException):
+                await consumer
+
+    async def _consume(self, nc: NATS, store: Store) -> None:
+        js = nc.jetstream()
+        psub = await js.pull_subscribe(
+            "rs.s.*.*",
+            durable=DURABLE,
+            stream=bus.STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=20_000,
+                ack_wait=30,
+            ),
+        )
+        backoff = 0.05
+        while True:
+            try:
+                msgs = await psub.fetch(BATCH, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                log.warning("fetch failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            for msg in msgs:
+                sid = msg.subject.split(".")[2]
+                try:
+                    env = ev.decode_envelope(msg.data)
+                except Exception:
+                    log.error("undecodable envelope", extra={"sid": sid})
+                    await msg.term()
+                    continue
+                while True:
+                    try:
+                        await store.apply(sid, msg.metadata.sequence.stream, list(env.events))
+                        break
+                    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                        # Redis is down: hold the message (no ack) and retry; the stream keeps the rest.
+                        log.warning("store unavailable", extra={"error": type(exc).__name__})
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 2.0)
+                FRAMES.labels("checkpoint", "in").inc()
+                self.applied += 1
+                await msg.ack()

@@ -1,0 +1,182 @@
+"""Configuration: environment plus an optional ``.env`` file, validated once at start.
+
+Seed-compatible names (PORT, HOST, OPENAI_API_KEY, GEMINI_API_KEY, ACCOUNTS, ENABLE_DB,
+SWITCH_LATENCY_THRESHOLD_MS, SWITCH_FAILURE_COUNT) plus the bus/store and provider URLs. A bad value
+fails fast with a message naming the variable; nothing deep in the stack reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = ["DEFAULT_ACCOUNTS", "Config", "ConfigError", "load_config", "parse_accounts", "read_dotenv"]
+
+DEFAULT_ACCOUNTS = "996-sdassds-86-asd=secretkey-996"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 3000
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    openai_api_key: str = ""
+    gemini_api_key: str = ""
+    openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
+    gemini_live_url: str = (
+        "wss://generativelanguage.googleapis.com/ws/"
+        "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    )
+    openai_model: str = "gpt-realtime"
+    gemini_model: str = "gemini-live-2.5-flash-preview"
+    accounts: dict[str, str] = msgspec.field(default_factory=dict)
+    enable_db: bool = False
+    switch_latency_threshold_ms: int = 500
+    switch_failure_count: int = 3
+    default_provider: str = "openai"
+    tls_cert: str = ""
+    tls_key: str = ""
+    session_ttl_s: int = 86_400
+    gemini_setup_wait_ms: int = 500
+    max_frame_bytes: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+    instance_id: str = ""
+
+    def provider_settings(self) -> dict[str, str]:
+        """The string settings a provider plugin reads (keys and URLs live only in workers)."""
+        return {
+            "OPENAI_API_KEY": self.openai_api_key,
+            "OPENAI_REALTIME_URL": self.openai_realtime_url,
+            "OPENAI_MODEL": self.openai_model,
+            "GEMINI_API_KEY": self.gemini_api_key,
+            "GEMINI_LIVE_URL": self.gemini_live_url,
+            "GEMINI_MODEL": self.gemini_model,
+        }
+
+
+def parse_accounts(raw: str) -> dict[str, str]:
+    """Seed format: ``id=secret,id2=secret2``."""
+    accounts: dict[str, str] = {}
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        account, sep, secret = entry.partition("=")
+        if not sep or not account.strip() or not secret.strip():
+            raise ConfigError("ACCOUNTS: each entry must be <account id>=<secret>, comma separated")
+        accounts[account.strip()] = secret.strip()
+    if not accounts:
+        raise ConfigError("ACCOUNTS: no account defined")
+    return accounts
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer in [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not any(raw.startswith(f"{s}://") for s in schemes):
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+def _provider(raw: str) -> str:
+    return raw.strip().lower()
+
+
+# One row per variable: (env name, Config field, parser). Unset or empty variables keep the default.
+_FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
+    ("HOST", "host", str),
+    ("PORT", "port", _int_range(0, 65_535)),
+    ("NATS_URL", "nats_url", _url("nats", "tls", "ws", "wss")),
+    ("REDIS_URL", "redis_url", _url("redis", "rediss", "unix")),
+    ("OPENAI_API_KEY", "openai_api_key", str),
+    ("GEMINI_API_KEY", "gemini_api_key", str),
+    ("OPENAI_REALTIME_URL", "openai_realtime_url", _url("ws", "wss")),
+    ("GEMINI_LIVE_URL", "gemini_live_url", _url("ws", "wss")),
+    ("OPENAI_MODEL", "openai_model", str),
+    ("GEMINI_MODEL", "gemini_model", str),
+    ("ACCOUNTS", "accounts", parse_accounts),
+    ("ENABLE_DB", "enable_db", _bool),
+    ("SWITCH_LATENCY_THRESHOLD_MS", "switch_latency_threshold_ms", _int_range(1, 600_000)),
+    ("SWITCH_FAILURE_COUNT", "switch_failure_count", _int_range(1, 1_000)),
+    ("RS_DEFAULT_PROVIDER", "default_provider", _provider),
+    ("RS_TLS_CERT", "tls_cert", str),
+    ("RS_TLS_KEY", "tls_key", str),
+    ("RS_SESSION_TTL_S", "session_ttl_s", _int_range(60, 30 * 86_400)),
+    ("RS_GEMINI_SETUP_WAIT_MS", "gemini_setup_wait_ms", _int_range(0, 10_000)),
+    ("RS_MAX_FRAME_BYTES", "max_frame_bytes", _int_range(1024, 64 * 1024 * 1024)),
+    ("LOG_LEVEL", "log_level", str.upper),
+    ("RS_INSTANCE_ID", "instance_id", str),
+]
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Minimal ``.env`` reader: ``KEY=value`` lines, ``#`` comments, optional quotes, ``export`` prefix."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{lineno}: expected KEY=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        values[key.strip()] = value
+    return values
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env"), **overrides: Any
+) -> Config:
+    """Environment wins over ``.env``; keyword overrides (command-line flags) win over both."""
+    merged: dict[str, str] = {}
+    if dotenv is not None:
+        merged.update(read_dotenv(dotenv))
+    merged.update(os.environ if env is None else env)
+    values: dict[str, Any] = {"accounts": parse_accounts(DEFAULT_ACCOUNTS)}
+    for name, field, parse in _FIELDS:
+        raw = merged.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field] = parse(raw)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"{name}: invalid value ({exc})") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**values)

@@ -1,0 +1,273 @@
+"""Edge: holds client sockets, authenticates, attaches sessions, forwards frames, serves HTTP.
+
+Per connection: resolve the route (shared.routing), record the session and bump its epoch in Redis,
+subscribe to the session's ``cout``, ask a transformer and then a worker to attach (queue-group
+requests), then forward client frames to ``cin`` and ``cout`` frames to the client. Nothing reaches
+the bus before authentication passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from shared import bus
+from shared.auth import Authenticator
+from shared.bus import Subjects
+from shared.config import Config
+from shared.metrics import ASSIGN_SECONDS, FRAMES, REFUSALS, SESSIONS
+from shared.providers import installed_providers
+from shared.routing import Route, RouteError, provider_for_model, resolve
+from shared.runtime import instance_id
+from shared.session import SessionMeta, session_key
+from shared.store import Store
+
+__all__ = ["Edge"]
+
+log = logging.getLogger(__name__)
+
+ASSIGN_TIMEOUT_S = 2.0
+ASSIGN_ATTEMPTS = 4
+FIRST_FRAME_TIMEOUT_S = 30.0
+
+
+class AssignError(Exception):
+    pass
+
+
+class _Setup(msgspec.Struct):
+    model: str | None = None
+
+
+class _FirstFrame(msgspec.Struct):
+    setup: _Setup | None = None
+
+
+_first_frame = msgspec.json.Decoder(_FirstFrame)
+
+
+def _error_frame(code: str, message: str) -> str:
+    return json.dumps({
+        "type": "error",
+        "event_id": f"event_{int(time.time() * 1000)}",
+        "error": {"type": "server_error", "code": code, "message": message, "param": None, "event_id": None},
+    })
+
+
+class Edge:
+    name = "edge"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance = instance_id("edge", config.instance_id)
+        self.auth = Authenticator(config.accounts)
+        self.installed = frozenset(installed_providers())
+        self.nc: NATS | None = None
+        self.store: Store | None = None
+        self.server: Server | None = None
+        self.live = 0
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+
+    @contextlib.asynccontextmanager
+    async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
+        self.nc, self.store = nc, store
+        await bus.ensure_stream(nc)
+        tls: ssl.SSLContext | None = None
+        if self.config.tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.config.tls_cert, self.config.tls_key or None)
+        async with serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            max_size=self.config.max_frame_bytes,
+            compression=None,  # audio is base64 noise: deflate costs CPU for little gain (see docs/decisions.md)
+            ssl=tls,
+            ping_interval=20,
+            ping_timeout=20,
+        ) as server:
+            self.server = server
+            scheme = "wss" if tls else "ws"
+            print(f"edge listening on {scheme}://{self.config.host}:{self.port}", flush=True)
+            yield
+
+    # -- HTTP and upgrade checks -----------------------------------------------------------------
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            handler = _HTTP.get(path)
+            if handler is None:
+                return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+            return await handler(self, connection)
+        headers = {k.lower(): v for k, v in request.headers.raw_items()}
+        try:
+            route = resolve(request.path, headers, self.auth, self.installed, now=time.time())
+        except RouteError as exc:
+            REFUSALS.labels(str(exc.status)).inc()
+            log.info("refused", extra={"status": exc.status, "reason": exc.reason})
+            return connection.respond(exc.status, exc.reason + "\n")
+        connection.rs_route = route  # type: ignore[attr-defined]
+        return None
+
+    async def _healthz(self, connection: ServerConnection) -> Response:
+        assert self.nc is not None and self.store is not None
+        redis_ok = await self.store.ping()
+        body = {
+            "status": "ok" if (self.nc.is_connected and redis_ok) else "degraded",
+            "instance": self.instance,
+            "sessions": self.live,
+            "nats": "connected" if self.nc.is_connected else "disconnected",
+            "redis": "ok" if redis_ok else "unavailable",
+        }
+        status = http.HTTPStatus.OK if body["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE
+        return _json_response(status, body)
+
+    async def _metrics(self, connection: ServerConnection) -> Response:
+        return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE_LATEST)]), generate_latest())
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        route: Route = ws.rs_route  # type: ignore[attr-defined]
+        first: bytes | None = None
+        provider = route.provider
+        model = route.model
+        if route.dialect == "gemini":
+            # Gemini clients speak first (setup); its model may choose the provider.
+            try:
+                raw = await asyncio.wait_for(ws.recv(), FIRST_FRAME_TIMEOUT_S)
+            except (TimeoutError, ConnectionClosed):
+                await ws.close(1008, "setup expected")
+                return
+            first = raw.encode() if isinstance(raw, str) else raw
+            with contextlib.suppress(msgspec.DecodeError):
+                setup = _first_frame.decode(first).setup
+                if setup is not None and setup.model:
+                    model = setup.model.removeprefix("models/")
+            provider = provider or provider_for_model(model)
+        provider = provider or self.config.default_provider
+        meta = SessionMeta(
+            sid=session_key(route.account, route.client_session_id),
+            account=route.account,
+            client_session_id=route.client_session_id,
+            dialect=route.dialect,
+            provider=provider,
+            model=model,
+        )
+        self.live += 1
+        SESSIONS.labels("edge").set(self.live)
+        try:
+            await self._run_session(ws, meta, first)
+        finally:
+            self.live -= 1
+            SESSIONS.labels("edge").set(self.live)
+
+    async def _run_session(self, ws: ServerConnection, meta: SessionMeta, first: bytes | None) -> None:
+        assert self.nc is not None and self.store is not None
+        nc, sid = self.nc, meta.sid
+        epoch = await self.store.open_session(meta, edge=self.instance)
+        log.info("session open", extra={"sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider})
+        send_lock = asyncio.Lock()
+
+        async def on_cout(msg: Msg) -> None:
+            out = bus.decode(msg.data, bus.ClientOut)
+            if out.epoch < epoch:
+                return
+            try:
+                async with send_lock:
+                    for frame in out.frames:
+                        await ws.send(frame)
+                    if out.close_code is not None:
+                        await ws.close(out.close_code, out.close_reason)
+            except ConnectionClosed:
+                pass
+            FRAMES.labels("edge", "out").inc(len(out.frames))
+
+        cout = await nc.subscribe(Subjects.cout(sid), cb=on_cout)
+        try:
+            started = time.perf_counter()
+            request = bus.encode(bus.AssignRequest(meta=meta, epoch=epoch, reply_to_edge=self.instance))
+            try:
+                transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
+                worker = await self._assign(Subjects.assign_worker(meta.provider), request)
+            except AssignError as exc:
+                await self._refuse_in_dialect(ws, meta, str(exc))
+                return
+            ASSIGN_SECONDS.observe(time.perf_counter() - started)
+            await self.store.set_route(sid, transformer=transformer, worker=worker)
+            seq = 0
+            if first is not None:
+                seq += 1
+                await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(epoch, seq, first, False)))
+            async for message in ws:
+                seq += 1
+                data = message.encode() if isinstance(message, str) else message
+                await nc.publish(
+                    Subjects.cin(sid), bus.encode(bus.ClientIn(epoch, seq, data, not isinstance(message, str)))
+                )
+                FRAMES.labels("edge", "in").inc()
+        except ConnectionClosed:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await cout.unsubscribe()
+            with contextlib.suppress(Exception):
+                await nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=epoch)))
+            log.info("session closed", extra={"sid": sid, "epoch": epoch})
+
+    async def _assign(self, subject: str, request: bytes) -> str:
+        """Queue-group request with retries: a service that is starting or restarting gets a moment."""
+        assert self.nc is not None
+        delay = 0.05
+        for _ in range(ASSIGN_ATTEMPTS):
+            try:
+                msg = await self.nc.request(subject, request, timeout=ASSIGN_TIMEOUT_S)
+                reply = bus.decode(msg.data, bus.AssignReply)
+                if reply.ok:
+                    return reply.instance
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                pass
+            await asyncio.sleep(delay)
+            delay *= 3
+        kind = subject.split(".")[2]
+        raise AssignError(f"no {kind} available")
+
+    async def _refuse_in_dialect(self, ws: ServerConnection, meta: SessionMeta, reason: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            if meta.dialect != "gemini":
+                await ws.send(_error_frame("service_unavailable", reason))
+            await ws.close(1011, reason[:120])
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Response:
+    data = json.dumps(body).encode()
+    return Response(status, http.HTTPStatus(status).phrase, Headers([("Content-Type", "application/json")]), data)
+
+
+_HTTP = {
+    "/healthz": Edge._healthz,
+    "/metrics": Edge._metrics,
+}

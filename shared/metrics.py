@@ -1,0 +1,28 @@
+"""Prometheus metrics, one registry per process. Labels never carry session ids, keys or payloads."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "ASSIGN_SECONDS",
+    "FRAMES",
+    "NOTICES",
+    "PROVIDER_CONNECTS",
+    "PROVIDER_ERRORS",
+    "REFUSALS",
+    "SESSIONS",
+    "UPSTREAM_RECONNECTS",
+]
+
+SESSIONS = Gauge("rs_sessions", "Live sessions held by this process", ["service"])
+FRAMES = Counter("rs_frames_total", "Frames handled", ["service", "direction"])
+REFUSALS = Counter("rs_refusals_total", "Connections refused at the edge", ["status"])
+NOTICES = Counter("rs_notices_total", "Fields or events a target could not honour", ["code"])
+ASSIGN_SECONDS = Histogram(
+    "rs_assign_seconds", "Time to attach a session to a transformer and a worker",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PROVIDER_CONNECTS = Counter("rs_provider_connects_total", "Upstream connections opened", ["provider"])
+PROVIDER_ERRORS = Counter("rs_provider_errors_total", "Upstream failures", ["provider", "code"])
+UPSTREAM_RECONNECTS = Counter("rs_upstream_reconnects_total", "Upstream reconnects", ["provider"])

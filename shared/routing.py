@@ -1,0 +1,161 @@
+"""Entry points of the edge: which dialect, which account, which provider a connection gets.
+
+Pure functions over the upgrade request (path, query, headers); no I/O. The rules are documented in
+docs/entry-points.md:
+
+- ``/?rs_accid&rs_u_sessid&rs_auth&rs_api&rs_core`` (seed): ``rs_api`` OPENAI -> beta event names (the
+  seed's), OPENAI_GA -> GA, GEMINI -> Gemini; seed HMAC (+ ``rs_exp``); provider = ``rs_core``.
+- ``/v1/realtime`` or ``/realtime`` (``?model=``): GA, beta with ``OpenAI-Beta: realtime=v1``;
+  ``Authorization: Bearer <account>:<secret>``; provider = ``rs_core`` query / ``X-RS-Core`` header,
+  else by model name, else the configured default.
+- ``/ws/google.ai.generativelanguage.<v>.GenerativeService.BidiGenerateContent``: Gemini; key in
+  ``x-goog-api-key`` or ``?key=``; provider = ``rs_core`` / ``X-RS-Core``, else by ``setup.model``, else
+  the default.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from shared.auth import Authenticator, AuthError
+from shared.session import Dialect
+
+__all__ = ["Route", "RouteError", "provider_for_model", "resolve"]
+
+# rs_api values -> dialect. OPENAI speaks the beta names: the seed's examples and browser client do.
+SEED_DIALECTS: dict[str, Dialect] = {
+    "OPENAI": "openai_beta",
+    "OPENAI_BETA": "openai_beta",
+    "OPENAI_GA": "openai_ga",
+    "GEMINI": "gemini",
+}
+
+# Model name prefix -> provider, checked in order.
+MODEL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("gpt", "openai"),
+    ("models/gemini", "gemini"),
+    ("gemini", "gemini"),
+)
+
+OPENAI_PATHS = frozenset({"/v1/realtime", "/realtime", "/v1/realtime/", "/realtime/"})
+GEMINI_PATH = re.compile(
+    r"^/ws/google\.ai\.generativelanguage\.(v1|v1beta|v1alpha)\.GenerativeService\.BidiGenerateContent$"
+)
+_SESSION_ID = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces: it appears in logs and keys
+
+
+class RouteError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    dialect: Dialect
+    account: str
+    client_session_id: str
+    provider: str | None  # None: decided by the first frame (Gemini setup.model) or the default
+    model: str | None = None
+
+
+def provider_for_model(model: str | None) -> str | None:
+    if not model:
+        return None
+    name = model.lower()
+    for prefix, provider in MODEL_PREFIXES:
+        if name.startswith(prefix):
+            return provider
+    return None
+
+
+def _provider_name(raw: str, installed: frozenset[str]) -> str:
+    name = raw.strip().lower()
+    if name not in installed:
+        raise RouteError(400, f"unknown provider {raw.strip()[:32]!r}")
+    return name
+
+
+def _first(query: Mapping[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
+
+
+def _session_id(raw: str | None) -> str:
+    if raw is None:
+        return f"sess_{uuid.uuid4().hex}"
+    if not _SESSION_ID.match(raw):
+        raise RouteError(400, "rs_u_sessid must be 1-256 printable characters without spaces")
+    return raw
+
+
+def resolve(
+    path: str, headers: Mapping[str, str], auth: Authenticator, installed: frozenset[str], *, now: float
+) -> Route:
+    """Route of one upgrade request, or RouteError(status, reason). ``headers`` keys are lowercase."""
+    parts = urlsplit(path)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    try:
+        if parts.path in ("", "/"):
+            return _seed(query, auth, installed, now)
+        if parts.path in OPENAI_PATHS:
+            return _openai(query, headers, auth, installed)
+        if GEMINI_PATH.match(parts.path):
+            return _gemini(query, headers, auth, installed)
+    except AuthError as exc:
+        raise RouteError(exc.status, exc.reason) from None
+    raise RouteError(404, "not found")
+
+
+def _seed(query: Mapping[str, list[str]], auth: Authenticator, installed: frozenset[str], now: float) -> Route:
+    values: dict[str, str] = {}
+    for key in ("rs_accid", "rs_u_sessid", "rs_auth", "rs_api", "rs_core"):
+        value = _first(query, key)
+        if not value:
+            raise RouteError(400, f"missing query parameter {key}")
+        values[key] = value
+    dialect = SEED_DIALECTS.get(values["rs_api"].upper())
+    if dialect is None:
+        raise RouteError(400, f"rs_api must be one of {', '.join(SEED_DIALECTS)}")
+    provider = _provider_name(values["rs_core"], installed)
+    session_id = _session_id(values["rs_u_sessid"])
+    account = auth.check_seed(
+        values["rs_accid"], session_id, values["rs_auth"], expires=_first(query, "rs_exp"), now=now
+    )
+    return Route(dialect, account, session_id, provider, _first(query, "rs_model"))
+
+
+def _override(query: Mapping[str, list[str]], headers: Mapping[str, str], installed: frozenset[str]) -> str | None:
+    raw = _first(query, "rs_core") or headers.get("x-rs-core")
+    return _provider_name(raw, installed) if raw else None
+
+
+def _openai(
+    query: Mapping[str, list[str]], headers: Mapping[str, str], auth: Authenticator, installed: frozenset[str]
+) -> Route:
+    authorization = headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RouteError(401, "missing bearer token")
+    account = auth.check_api_key(token)
+    beta = "realtime=v1" in headers.get("openai-beta", "").replace(" ", "")
+    model = _first(query, "model")
+    provider = _override(query, headers, installed) or provider_for_model(model)
+    return Route(
+        "openai_beta" if beta else "openai_ga", account, _session_id(_first(query, "rs_u_sessid")), provider, model
+    )
+
+
+def _gemini(
+    query: Mapping[str, list[str]], headers: Mapping[str, str], auth: Authenticator, installed: frozenset[str]
+) -> Route:
+    key = headers.get("x-goog-api-key") or _first(query, "key") or ""
+    if not key:
+        raise RouteError(401, "missing API key")
+    account = auth.check_api_key(key)
+    return Route("gemini", account, _session_id(_first(query, "rs_u_sessid")), _override(query, headers, installed))

@@ -1,0 +1,133 @@
+"""Process lifecycle shared by every service: logging, signals, bus + store, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from nats.aio.client import Client as NATS
+
+from shared import bus
+from shared.config import Config
+from shared.store import Store
+
+__all__ = ["Service", "heartbeat_loop", "instance_id", "run", "setup_logging"]
+
+log = logging.getLogger(__name__)
+
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``extra`` fields (sid, epoch, ...) become keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "INFO", service: str = "") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("websockets", "nats", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    if service:
+        old_factory = logging.getLogRecordFactory()
+
+        def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = old_factory(*args, **kwargs)  # type: ignore[arg-type]
+            record.service = service
+            return record
+
+        logging.setLogRecordFactory(factory)
+
+
+def instance_id(kind: str, configured: str = "") -> str:
+    """Unique per process; subject-safe (no dots)."""
+    if configured:
+        return configured.replace(".", "-")
+    host = socket.gethostname().split(".")[0].replace(".", "-")[:20]
+    return f"{kind}-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Service(Protocol):
+    name: str
+
+    def running(self, nc: NATS, store: Store) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+async def heartbeat_loop(
+    nc: NATS, kind: str, instance: str, load: Callable[[], int], *, providers: list[str] | None = None,
+    interval_s: float = 0.1,
+) -> None:
+    """100 ms beats with the instance's load; the edge watches them to notice a dead instance."""
+    subject = bus.Subjects.heartbeat(kind, instance)
+    while True:
+        with contextlib.suppress(Exception):
+            beat = bus.Heartbeat(kind=kind, instance=instance, sessions=load(), providers=providers or [])
+            await nc.publish(subject, bus.encode(beat))
+        await asyncio.sleep(interval_s)
+
+
+async def _serve(service: Service, config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:  # unwinds in reverse: service, store, bus
+        nc = await bus.connect(config.nats_url, name=service.name)
+        stack.push_async_callback(_drain, nc)
+        store = await stack.enter_async_context(Store.connect(config.redis_url, ttl_s=config.session_ttl_s))
+        await stack.enter_async_context(service.running(nc, store))
+        log.info("ready", extra={"service": service.name})
+        print(f"{service.name} ready", flush=True)
+        await stop.wait()
+        log.info("stopping", extra={"service": service.name})
+
+
+async def _drain(nc: NATS) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.drain(), 2)
+
+
+def run(service: Service, config: Config) -> None:
+    setup_logging(config.log_level, service.name)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(service, config))
+
+
+@contextlib.asynccontextmanager
+async def task_group_of(*coros: object) -> AsyncIterator[list[asyncio.Task[object]]]:
+    tasks = [asyncio.ensure_future(c) for c in coros]  # type: ignore[arg-type]
+    try:
+        yield tasks
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

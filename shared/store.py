@@ -1,0 +1,249 @@
+"""Redis store: session records, epochs (fencing), and the ordered conversation log.
+
+Keys (``sid`` = session key):
+- ``rs:epoch:<sid>``   int, bumped at every (re)attach; the fencing token
+- ``rs:sess:<sid>``    hash: account, dialect, provider, model, epoch, route, timestamps
+- ``rs:cfg:<sid>``     msgpack ``SessionConfig`` (the whole effective config)
+- ``rs:items:<sid>``   hash item id -> msgpack canonical item
+- ``rs:order:<sid>``   sorted set item id -> position (stream sequence): order is the order of the log
+- ``rs:tr:<sid>``      hash item id -> final input transcript (user audio items)
+- ``rs:trunc:<sid>``   hash item id -> audio_end_ms the client reported as played
+
+Writes are idempotent (``ZADD NX``, ``HSET`` of whole values), so at-least-once delivery never
+duplicates an item and two checkpoint instances may process the same session safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import events as ev
+from shared.session import SessionMeta
+
+__all__ = ["Snapshot", "Store"]
+
+log = logging.getLogger(__name__)
+
+_ITEM_ENC = msgspec.msgpack.Encoder()
+_ITEM_DEC: msgspec.msgpack.Decoder[ev.Item] = msgspec.msgpack.Decoder(ev.Item)  # type: ignore[arg-type]
+_CFG_DEC = msgspec.msgpack.Decoder(ev.SessionConfig)
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    config: ev.SessionConfig | None
+    items: list[ev.Item]
+    epoch: int
+    record: dict[str, str]
+
+
+def _keys(sid: str) -> dict[str, str]:
+    return {
+        "epoch": f"rs:epoch:{sid}",
+        "sess": f"rs:sess:{sid}",
+        "cfg": f"rs:cfg:{sid}",
+        "items": f"rs:items:{sid}",
+        "order": f"rs:order:{sid}",
+        "tr": f"rs:tr:{sid}",
+        "trunc": f"rs:trunc:{sid}",
+    }
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, *, ttl_s: int = 86_400) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str, *, ttl_s: int = 86_400) -> AsyncIterator[Store]:
+        client = aioredis.from_url(
+            url,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=10,
+            socket_connect_timeout=2,
+        )
+        try:
+            yield cls(client, ttl_s=ttl_s)
+        finally:
+            await client.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
+
+    # -- session record and fencing ------------------------------------------------------------
+
+    async def open_session(self, meta: SessionMeta, *, edge: str) -> int:
+        """Record the session and bump its epoch; returns the new epoch."""
+        k = _keys(meta.sid)
+        now = str(int(time.time() * 1000))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(k["epoch"])
+            pipe.hsetnx(k["sess"], "created_ms", now)
+            pipe.hset(
+                k["sess"],
+                mapping={
+                    "account": meta.account,
+                    "client_session_id": meta.client_session_id,
+                    "dialect": meta.dialect,
+                    "provider": meta.provider,
+                    "model": meta.model or "",
+                    "edge": edge,
+                    "updated_ms": now,
+                },
+            )
+            for key in k.values():
+                pipe.expire(key, self.ttl_s)
+            epoch, *_ = await pipe.execute()
+        await self.redis.hset(k["sess"], "epoch", str(epoch))
+        return int(epoch)
+
+    async def bump_epoch(self, sid: str) -> int:
+        k = _keys(sid)
+        epoch = int(await self.redis.incr(k["epoch"]))
+        await self.redis.hset(k["sess"], "epoch", str(epoch))
+        return epoch
+
+    async def epoch(self, sid: str) -> int:
+        raw = await self.redis.get(_keys(sid)["epoch"])
+        return int(raw) if raw else 0
+
+    async def set_route(self, sid: str, **route: str) -> None:
+        await self.redis.hset(_keys(sid)["sess"], mapping={f"route_{k}": v for k, v in route.items()})
+
+    # -- conversation log ----------------------------------------------------------------------
+
+    async def apply(self, sid: str, position: int, events: list[ev.Event]) -> int:
+        """Fold one envelope's events into the log. ``position`` orders items (stream sequence).
+
+        Returns how many log writes were made. Safe to call twice with the same input.
+        """
+        k = _keys(sid)
+        writes = 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index, event in enumerate(events):
+                writes += _FOLD.get(type(event), _skip)(pipe, k, position * 1000 + index, event)
+            if writes:
+                for key in ("cfg", "items", "order", "tr", "trunc", "sess"):
+                    pipe.expire(k[key], self.ttl_s)
+                await pipe.execute()
+        return writes
+
+    async def snapshot(self, sid: str) -> Snapshot:
+        k = _keys(sid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(k["cfg"])
+            pipe.zrange(k["order"], 0, -1)
+            pipe.hgetall(k["items"])
+            pipe.hgetall(k["tr"])
+            pipe.get(k["epoch"])
+            pipe.hgetall(k["sess"])
+            cfg_raw, order, items_raw, transcripts, epoch_raw, record = await pipe.execute()
+        config = _CFG_DEC.decode(cfg_raw) if cfg_raw else None
+        items: list[ev.Item] = []
+        for item_id in order:
+            raw = items_raw.get(item_id)
+            if raw is None:
+                continue
+            item = _ITEM_DEC.decode(raw)
+            transcript = transcripts.get(item_id)
+            if transcript is not None and isinstance(item, ev.Message):
+                item = _with_transcript(item, transcript.decode())
+            items.append(item)
+        return Snapshot(
+            config=config,
+            items=items,
+            epoch=int(epoch_raw) if epoch_raw else 0,
+            record={a.decode(): b.decode() for a, b in record.items()},
+        )
+
+
+def _with_transcript(item: ev.Message, transcript: str) -> ev.Message:
+    content = [
+        msgspec.structs.replace(c, transcript=transcript) if isinstance(c, ev.AudioContent) else c
+        for c in item.content
+    ]
+    if not any(isinstance(c, ev.AudioContent) for c in content):
+        content.append(ev.AudioContent(transcript=transcript))
+    return msgspec.structs.replace(item, content=content)
+
+
+# One fold per event type: how an event changes the log. Events not listed do not change it.
+def _skip(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    return 0
+
+
+def _put_item(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, item: ev.Item) -> int:
+    pipe.hset(k["items"], item.id, _ITEM_ENC.encode(item))
+    pipe.zadd(k["order"], {item.id: pos}, nx=True)  # first sighting fixes the position
+    return 1
+
+
+def _fold_config(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    assert isinstance(e, ev.SessionConfig)
+    pipe.set(k["cfg"], _ITEM_ENC.encode(e))
+    return 1
+
+
+def _fold_item_create(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    assert isinstance(e, ev.ItemCreate)
+    return _put_item(pipe, k, pos, e.item)
+
+
+def _fold_committed(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    assert isinstance(e, ev.InputCommitted)
+    item = ev.Message(id=e.item_id, role="user", content=[ev.AudioContent()])
+    # HSETNX: a replayed commit must not wipe a richer version of the item.
+    pipe.hsetnx(k["items"], item.id, _ITEM_ENC.encode(item))
+    pipe.zadd(k["order"], {item.id: pos}, nx=True)
+    return 1
+
+
+def _fold_transcript(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    assert isinstance(e, ev.InputTranscript)
+    if not e.final:
+        return 0
+    pipe.hset(k["tr"], e.item_id, e.text)
+    return 1
+
+
+def _fold_output_done(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    assert isinstance(e, ev.OutputDone)
+    return _put_item(pipe, k, pos, e.item)
+
+
+def _fold_delete(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    assert isinstance(e, ev.ItemDelete)
+    pipe.hdel(k["items"], e.item_id)
+    pipe.zrem(k["order"], e.item_id)
+    return 1
+
+
+def _fold_truncate(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
+    assert isinstance(e, ev.ItemTruncate)
+    pipe.hset(k["trunc"], e.item_id, str(e.audio_end_ms))
+    return 1
+
+
+_FOLD = {
+    ev.SessionConfig: _fold_config,
+    ev.ItemCreate: _fold_item_create,
+    ev.InputCommitted: _fold_committed,
+    ev.InputTranscript: _fold_transcript,
+    ev.OutputDone: _fold_output_done,
+    ev.ItemDelete: _fold_delete,
+    ev.ItemTruncate: _fold_truncate,
+}

@@ -1,0 +1,136 @@
+"""Transformer: per-session client-dialect codec between the edge and the provider-worker.
+
+Subscribes ``cin`` (client frames) and ``down`` (canonical provider events) of each session it holds;
+publishes ``up`` (canonical events) and ``cout`` (client frames). All protocol logic is in the codec;
+this module only moves bytes and enforces the epoch (fencing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared import bus
+from shared import events as ev
+from shared.bus import Subjects
+from shared.codecs.base import ClientCodec, Out
+from shared.codecs.registry import client_codec
+from shared.config import Config
+from shared.metrics import FRAMES, NOTICES
+from shared.runtime import heartbeat_loop, instance_id
+from shared.session import SessionMeta
+from shared.store import Store
+
+__all__ = ["Transformer"]
+
+log = logging.getLogger(__name__)
+
+
+class _Session:
+    __slots__ = ("codec", "epoch", "meta", "seq_out", "seq_up", "subs")
+
+    def __init__(self, meta: SessionMeta, epoch: int, codec: ClientCodec) -> None:
+        self.meta = meta
+        self.epoch = epoch
+        self.codec = codec
+        self.seq_up = 0
+        self.seq_out = 0
+        self.subs: list[Subscription] = []
+
+
+class Transformer:
+    name = "transformer"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance = instance_id("transformer", config.instance_id)
+        self.sessions: dict[str, _Session] = {}
+        self.nc: NATS | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
+        self.nc = nc
+        sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=self._on_assign)
+        beat = asyncio.create_task(heartbeat_loop(nc, "transformer", self.instance, lambda: len(self.sessions)))
+        try:
+            yield
+        finally:
+            beat.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            for sid in list(self.sessions):
+                await self._drop(sid)
+
+    async def _on_assign(self, msg: Msg) -> None:
+        assert self.nc is not None
+        try:
+            req = bus.decode(msg.data, bus.AssignRequest)
+        except Exception:
+            await msg.respond(bus.encode(bus.AssignReply(instance=self.instance, ok=False, error="bad request")))
+            return
+        sid = req.meta.sid
+        await self._drop(sid)  # a re-assign to the same instance starts from a clean codec
+        session = _Session(req.meta, req.epoch, client_codec(req.meta))
+        self.sessions[sid] = session
+        nc = self.nc
+        session.subs = [
+            await nc.subscribe(Subjects.cin(sid), cb=lambda m, s=session: self._on_client(s, m)),
+            await nc.subscribe(Subjects.down(sid), cb=lambda m, s=session: self._on_down(s, m)),
+            await nc.subscribe(Subjects.ctl(sid), cb=lambda m, s=session: self._on_ctl(s, m)),
+        ]
+        await nc.flush()  # subscriptions are live on the server before the edge hears "ok"
+        await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
+        await self._send(session, session.codec.open())
+        log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "dialect": req.meta.dialect})
+
+    async def _on_client(self, session: _Session, msg: Msg) -> None:
+        frame = bus.decode(msg.data, bus.ClientIn)
+        if frame.epoch < session.epoch:
+            return  # fenced: a frame from before the last reattach
+        FRAMES.labels("transformer", "in").inc()
+        await self._send(session, session.codec.feed(frame.data))
+
+    async def _on_down(self, session: _Session, msg: Msg) -> None:
+        env = ev.decode_envelope(msg.data)
+        if env.epoch < session.epoch:
+            return  # fenced: a replaced worker that was only slow
+        out = Out()
+        for event in env.events:
+            if isinstance(event, ev.Notice):
+                NOTICES.labels(event.code).inc()
+                log.info("notice", extra={"sid": session.meta.sid, "code": event.code, "param": event.param})
+            out.extend(session.codec.encode(event))
+        await self._send(session, out)
+
+    async def _on_ctl(self, session: _Session, msg: Msg) -> None:
+        ctl = bus.decode(msg.data, bus.Control)
+        if ctl.kind == "close" and ctl.epoch >= session.epoch:
+            await self._drop(session.meta.sid)
+
+    async def _send(self, session: _Session, out: Out) -> None:
+        """Client frames to the edge, canonical events to the worker. Order within each is kept."""
+        assert self.nc is not None
+        sid = session.meta.sid
+        if out.wire or out.close:
+            session.seq_out += 1
+            close_code, close_reason = out.close if out.close else (None, "")
+            payload = bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason)
+            await self.nc.publish(Subjects.cout(sid), bus.encode(payload))
+        if out.events:
+            session.seq_up += 1
+            await self.nc.publish(Subjects.up(sid), bus.envelope(session.epoch, session.seq_up, out.events))
+
+    async def _drop(self, sid: str) -> None:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return
+        for sub in session.subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        log.info("session detached", extra={"sid": sid, "epoch": session.epoch})

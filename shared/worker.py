@@ -1,0 +1,265 @@
+"""Provider-worker: owns the upstream socket of each session it holds and the provider keys.
+
+Subscribes ``up`` (canonical events from the transformer), speaks the provider protocol through the
+provider's sans-I/O codec, publishes ``down``. The upstream connection is a loop: when the provider
+drops, it reconnects with capped exponential backoff and jitter, restores the conversation from the
+checkpoint's snapshot as structured items, and tells the client what is happening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import websockets
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
+
+from shared import bus
+from shared import events as ev
+from shared.bus import Subjects
+from shared.codecs.base import Out, ProviderCodec
+from shared.config import Config
+from shared.metrics import FRAMES, PROVIDER_CONNECTS, PROVIDER_ERRORS, SESSIONS, UPSTREAM_RECONNECTS
+from shared.providers import Provider, installed_providers, load_provider
+from shared.runtime import heartbeat_loop, instance_id
+from shared.session import SessionMeta
+from shared.store import Store
+
+__all__ = ["ProviderWorker"]
+
+log = logging.getLogger(__name__)
+
+PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 5.0
+MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
+_FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
+
+
+class _Session:
+    def __init__(self, meta: SessionMeta, epoch: int, provider: Provider) -> None:
+        self.meta = meta
+        self.epoch = epoch
+        self.provider = provider
+        self.model = provider.model_for(meta.model)
+        self.codec: ProviderCodec | None = None
+        self.ws: ClientConnection | None = None
+        self.connected = False
+        self.closed = False
+        self.config: ev.SessionConfig | None = None
+        self.config_seen = asyncio.Event()
+        self.pending: collections.deque[ev.Event] = collections.deque()
+        self.overflowed = False
+        self.open_response: str | None = None
+        self.seq_down = 0
+        self.subs: list[Subscription] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+class ProviderWorker:
+    name = "provider-worker"
+
+    def __init__(self, config: Config, providers: list[str] | None = None) -> None:
+        self.config = config
+        self.instance = instance_id("worker", config.instance_id)
+        names = providers or installed_providers()
+        settings = config.provider_settings()
+        self.providers: dict[str, Provider] = {n: load_provider(n)(settings) for n in names}
+        self.sessions: dict[str, _Session] = {}
+        self.nc: NATS | None = None
+        self.store: Store | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
+        self.nc, self.store = nc, store
+        subs = [
+            await nc.subscribe(Subjects.assign_worker(p), queue=Subjects.queue_worker(p), cb=self._on_assign)
+            for p in self.providers
+        ]
+        beat = asyncio.create_task(
+            heartbeat_loop(nc, "worker", self.instance, lambda: len(self.sessions), providers=list(self.providers))
+        )
+        try:
+            yield
+        finally:
+            beat.cancel()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            await asyncio.gather(*(self._drop(sid) for sid in list(self.sessions)), return_exceptions=True)
+
+    # -- assignment ------------------------------------------------------------------------------
+
+    async def _on_assign(self, msg: Msg) -> None:
+        assert self.nc is not None
+        try:
+            req = bus.decode(msg.data, bus.AssignRequest)
+            provider = self.providers[req.meta.provider]
+        except Exception:
+            await msg.respond(bus.encode(bus.AssignReply(instance=self.instance, ok=False, error="bad request")))
+            return
+        sid = req.meta.sid
+        await self._drop(sid)
+        session = _Session(req.meta, req.epoch, provider)
+        self.sessions[sid] = session
+        SESSIONS.labels("worker").set(len(self.sessions))
+        session.subs = [
+            await self.nc.subscribe(Subjects.up(sid), cb=lambda m, s=session: self._on_up(s, m)),
+            await self.nc.subscribe(Subjects.ctl(sid), cb=lambda m, s=session: self._on_ctl(s, m)),
+        ]
+        await self.nc.flush()
+        await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
+        session.task = asyncio.create_task(self._upstream_loop(session))
+        log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "provider": req.meta.provider})
+
+    async def _on_ctl(self, session: _Session, msg: Msg) -> None:
+        ctl = bus.decode(msg.data, bus.Control)
+        if ctl.kind == "close" and ctl.epoch >= session.epoch:
+            await self._drop(session.meta.sid)
+
+    async def _drop(self, sid: str) -> None:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return
+        session.closed = True
+        SESSIONS.labels("worker").set(len(self.sessions))
+        for sub in session.subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if session.ws is not None:
+            with contextlib.suppress(Exception):
+                await session.ws.close()
+        if session.task is not None:
+            session.task.cancel()
+            with contextlib.suppress(BaseException):
+                await session.task
+        log.info("session detached", extra={"sid": sid, "epoch": session.epoch})
+
+    # -- client -> provider ----------------------------------------------------------------------
+
+    async def _on_up(self, session: _Session, msg: Msg) -> None:
+        env = ev.decode_envelope(msg.data)
+        if env.epoch < session.epoch or session.closed:
+            return  # fenced
+        FRAMES.labels("worker", "up").inc()
+        for event in env.events:
+            if isinstance(event, ev.SessionConfig):
+                session.config = event
+                session.config_seen.set()
+            if session.connected:
+                await self._encode(session, event)
+            elif len(session.pending) < PENDING_LIMIT:
+                session.pending.append(event)
+            elif not session.overflowed:
+                # Never drop input silently: say so once, in the client's dialect.
+                session.overflowed = True
+                await self._publish(session, [ev.ProviderError(
+                    code="input_buffer_full", message="provider unavailable; input beyond the buffer was lost",
+                    retryable=True)])
+
+    async def _encode(self, session: _Session, event: ev.Event) -> None:
+        assert session.codec is not None
+        out = session.codec.encode(event)
+        await self._apply(session, out)
+        if getattr(session.codec, "needs_reconnect", False) and session.ws is not None:
+            # The provider cannot take this change live (Gemini: one setup per connection).
+            await session.ws.close(1000, "reconfigure")
+
+    # -- provider -> client ----------------------------------------------------------------------
+
+    async def _apply(self, session: _Session, out: Out) -> None:
+        if out.wire and session.ws is not None:
+            for frame in out.wire:
+                await session.ws.send(frame)
+        if out.events:
+            await self._publish(session, out.events)
+
+    async def _publish(self, session: _Session, events: list[ev.Event]) -> None:
+        assert self.nc is not None
+        for event in events:
+            if isinstance(event, ev.ResponseStarted):
+                session.open_response = event.response_id
+            elif isinstance(event, ev.ResponseDone):
+                session.open_response = None
+        session.seq_down += 1
+        await self.nc.publish(Subjects.down(session.meta.sid), bus.envelope(session.epoch, session.seq_down, events))
+
+    async def _upstream_loop(self, session: _Session) -> None:
+        failures = 0
+        name = session.meta.provider
+        while not session.closed:
+            try:
+                opened = await self._run_upstream(session)
+                failures = 0 if opened else failures + 1
+                reason = "closed"
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                PROVIDER_ERRORS.labels(name, f"http_{status}").inc()
+                failures = MAX_CONNECT_FAILURES if status in _FATAL_HTTP else failures + 1
+                reason = f"http {status}"
+            except (TimeoutError, OSError, websockets.WebSocketException) as exc:
+                PROVIDER_ERRORS.labels(name, type(exc).__name__).inc()
+                failures += 1
+                reason = type(exc).__name__
+            finally:
+                session.connected = False
+                session.ws = None
+            if session.closed:
+                return
+            if session.open_response is not None:
+                # The response that was cut is closed towards the client, never left hanging.
+                await self._publish(session, [ev.ResponseDone(
+                    response_id=session.open_response, status="failed", reason="provider_disconnected")])
+            if failures >= MAX_CONNECT_FAILURES:
+                await self._publish(session, [ev.ProviderError(
+                    code="provider_unavailable", message=f"{name} unavailable ({reason})", fatal=True)])
+                return
+            reconfigure = getattr(session.codec, "needs_reconnect", False)
+            delay = 0.0 if reconfigure else min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1)
+            if not reconfigure:
+                UPSTREAM_RECONNECTS.labels(name).inc()
+                await self._publish(session, [ev.Notice(
+                    code="provider_reconnecting", message=f"{name} connection lost ({reason}); reconnecting")])
+            log.warning("upstream lost", extra={"sid": session.meta.sid, "reason": reason, "delay_s": delay})
+            await asyncio.sleep(delay)
+
+    async def _run_upstream(self, session: _Session) -> bool:
+        """One upstream connection, from connect to close. Returns whether it opened."""
+        assert self.store is not None
+        provider = session.provider
+        snapshot = await self.store.snapshot(session.meta.sid)
+        config = session.config or snapshot.config
+        if config is None and provider.capabilities.config_before_connect:
+            # Gemini takes its config in the first frame: give the client a moment to send it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(session.config_seen.wait(), self.config.gemini_setup_wait_ms / 1000)
+            config = session.config
+        config = config or ev.SessionConfig()
+        # The config the codec starts with already covers queued config events.
+        while session.pending and isinstance(session.pending[0], ev.SessionConfig):
+            session.pending.popleft()
+        url, headers = provider.endpoint(session.model)
+        codec = session.codec = provider.codec(session.meta, session.model)
+        async with websockets.connect(
+            url, additional_headers=headers, max_size=None, compression=None, open_timeout=10,
+            ping_interval=20, ping_timeout=20,
+        ) as ws:
+            session.ws = ws
+            PROVIDER_CONNECTS.labels(session.meta.provider).inc()
+            await self._apply(session, codec.connect(config, snapshot.items))
+            while session.pending:
+                await self._encode(session, session.pending.popleft())
+            session.connected = True  # no await between the empty check and this line
+            session.overflowed = False
+            async for frame in ws:
+                FRAMES.labels("worker", "provider_in").inc()
+                await self._apply(session, codec.feed(frame))
+        return True
