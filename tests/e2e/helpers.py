@@ -1,0 +1,65 @@
+"""Helpers for end-to-end tests: credentials, fake debug views, audio checks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.request
+from typing import Any
+
+from shared.audio import dominant_hz, tone
+from shared.auth import seed_token
+
+ACCOUNT = "996-sdassds-86-asd"
+SECRET = "secretkey-996"
+API_KEY = f"{ACCOUNT}:{SECRET}"
+GEMINI_WS_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+TIMEOUT_S = 20.0
+
+__all__ = [
+    "ACCOUNT",
+    "API_KEY",
+    "GEMINI_WS_PATH",
+    "SECRET",
+    "TIMEOUT_S",
+    "b64",
+    "dominant_hz",
+    "fake_session_with",
+    "seed_url",
+    "tone",
+    "unb64",
+]
+
+
+def seed_url(base: str, session_id: str, rs_api: str, rs_core: str) -> str:
+    token = seed_token(SECRET, session_id)
+    return f"{base}/?rs_accid={ACCOUNT}&rs_u_sessid={session_id}&rs_auth={token}&rs_api={rs_api}&rs_core={rs_core}"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+async def fake_session_with(http_base: str, marker: str, *, min_items: int = 0, timeout: float = TIMEOUT_S) -> dict:
+    """The fake's live upstream session whose conversation mentions ``marker`` (polls /debug/sessions)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        data = await loop.run_in_executor(None, _get_json, f"{http_base}/debug/sessions?all=1")
+        for session in data["sessions"]:
+            texts = " ".join(str(item.get("text") or "") for item in session["items"])
+            if marker in texts and len(session["items"]) >= min_items:
+                return session
+        if loop.time() > deadline:
+            raise AssertionError(f"no fake session mentions {marker!r}: {data}")
+        await asyncio.sleep(0.05)
