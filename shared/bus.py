@@ -9,13 +9,14 @@ replay (see ``ensure_stream``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Literal, TypeVar
 
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from shared import events as ev
 from shared.session import SessionMeta
@@ -33,6 +34,8 @@ __all__ = [
     "decode",
     "encode",
     "ensure_stream",
+    "last_in_stream",
+    "replay",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,12 +84,15 @@ class Subjects:
         return f"rs.hb.{kind}.{instance}"
 
     HEARTBEATS = "rs.hb.>"
-    STREAM_SUBJECTS = ["rs.s.*.up", "rs.s.*.down"]
+    STREAM_SUBJECTS = ["rs.s.*.cin", "rs.s.*.up", "rs.s.*.down"]
+    CHECKPOINT_SUBJECTS = ["rs.s.*.up", "rs.s.*.down"]
 
 
 class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
     meta: SessionMeta
-    epoch: int
+    epoch: int  # the epoch this member stamps on what it publishes
+    peer_epoch: int = 0  # the other member's epoch: older envelopes from that side are fenced (0 = epoch)
+    resume: bool = False  # a replacement: rebuild state from the snapshot and the stream, greet nobody
     reply_to_edge: str = ""  # the edge instance that holds the client socket
 
 
@@ -112,8 +118,13 @@ class ClientOut(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
-    kind: Literal["close", "detach"]
+    """``close``: the client left. ``replace``: ``role`` ("worker"/"transformer") now runs at ``epoch`` on
+    another instance; ``drop`` names the replaced instance, which must let go if it is still alive."""
+
+    kind: Literal["close", "replace"]
     epoch: int
+    role: str = ""
+    drop: str = ""
     code: int = 1000
     reason: str = ""
 
@@ -166,13 +177,15 @@ async def connect(url: str, *, name: str) -> NATS:
     )
 
 
-async def ensure_stream(nc: NATS, *, max_age_s: float = 600.0, max_bytes: int = 512 * 1024 * 1024) -> None:
+async def ensure_stream(nc: NATS, *, max_age_s: float = 120.0, max_bytes: int = 1024 * 1024 * 1024) -> None:
     """Create (or update) the session stream.
 
     Memory storage on purpose: the stream is a short replay window and a feed for the checkpoint, which
     writes the durable record to Redis within milliseconds. File storage would put an fsync-bound disk
     write behind every audio frame for data that Redis already keeps; if nats-server restarts, the
-    window is lost but the conversation log in Redis is not.
+    window is lost but the conversation log in Redis is not. The window only has to cover the input
+    since the last commit (one turn), so it is short and capped in bytes: at 100 live sessions the
+    client and canonical audio together are ~11 MB/s, so 1 GiB holds about 90 s of everything.
     """
     js = nc.jetstream()
     config = StreamConfig(
@@ -199,3 +212,40 @@ async def ensure_stream(nc: NATS, *, max_age_s: float = 600.0, max_bytes: int = 
 
 def envelope(epoch: int, seq: int, events: list[ev.Event]) -> bytes:
     return ev.encode_envelope(ev.Envelope(epoch, seq, events))  # type: ignore[arg-type]
+
+
+async def last_in_stream(nc: NATS, subject: str) -> bytes | None:
+    """The newest message on ``subject`` still in the stream, or None."""
+    try:
+        msg = await nc.jetstream().get_last_msg(STREAM, subject)
+    except nats.js.errors.NotFoundError:
+        return None
+    return msg.data
+
+
+async def replay(nc: NATS, subject: str, *, timeout_s: float = 2.0) -> list[bytes]:
+    """Every message on ``subject`` still in the stream, oldest first (a replacement's catch-up read).
+
+    Reads up to the newest message that existed when the call started; later ones arrive on the
+    caller's live subscription, which deduplicates by seq.
+    """
+    js = nc.jetstream()
+    try:
+        last = await js.get_last_msg(STREAM, subject)
+    except nats.js.errors.NotFoundError:
+        return []
+    sub = await js.subscribe(subject, stream=STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    out: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await sub.next_msg(timeout=timeout_s)
+                out.append(msg.data)
+                if msg.metadata.sequence.stream >= last.seq:
+                    return out
+    except (TimeoutError, nats.errors.TimeoutError):
+        log.warning("stream replay incomplete", extra={"subject_kind": subject.rsplit(".", 1)[-1], "got": len(out)})
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

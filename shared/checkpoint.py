@@ -58,17 +58,19 @@ class Checkpoint:
 
     async def _consume(self, nc: NATS, store: Store) -> None:
         js = nc.jetstream()
-        psub = await js.pull_subscribe(
-            "rs.s.*.*",
-            durable=DURABLE,
-            stream=bus.STREAM,
-            config=ConsumerConfig(
+        # Created idempotently: every instance binds to the same durable consumer (work is shared).
+        await js.add_consumer(
+            bus.STREAM,
+            ConsumerConfig(
+                durable_name=DURABLE,
+                filter_subjects=bus.Subjects.CHECKPOINT_SUBJECTS,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 max_ack_pending=20_000,
                 ack_wait=30,
             ),
         )
+        psub = await js.pull_subscribe_bind(DURABLE, bus.STREAM)
         backoff = 0.05
         while True:
             try:

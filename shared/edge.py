@@ -32,7 +32,7 @@ from shared import bus
 from shared.auth import Authenticator
 from shared.bus import Subjects
 from shared.config import Config
-from shared.metrics import ASSIGN_SECONDS, FRAMES, REFUSALS, SESSIONS
+from shared.metrics import ASSIGN_SECONDS, FRAMES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
 from shared.providers import installed_providers
 from shared.routing import Route, RouteError, provider_for_model, resolve
 from shared.runtime import instance_id
@@ -50,6 +50,27 @@ FIRST_FRAME_TIMEOUT_S = 30.0
 
 class AssignError(Exception):
     pass
+
+
+HEARTBEAT_DEADLINE_S = 0.3  # 3 missed 100 ms beats
+WATCHDOG_INTERVAL_S = 0.05
+
+
+class _Live:
+    """One client connection held by this edge: its socket, route and epochs."""
+
+    def __init__(self, meta: SessionMeta, ws: ServerConnection, epoch: int) -> None:
+        self.meta = meta
+        self.ws = ws
+        self.epoch = epoch  # latest epoch of the session
+        self.transformer_epoch = epoch  # cout from an older epoch comes from a replaced transformer
+        self.worker_epoch = epoch
+        self.transformer = ""
+        self.worker = ""
+        self.attached_at = time.monotonic()
+        self.reattaching = False
+        self.closed = False
+        self.send_lock = asyncio.Lock()
 
 
 class _Setup(msgspec.Struct):
@@ -83,6 +104,9 @@ class Edge:
         self.store: Store | None = None
         self.server: Server | None = None
         self.live = 0
+        self.sessions: dict[str, _Live] = {}
+        self.beats: dict[str, float] = {}  # instance -> monotonic time of its last heartbeat
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -97,6 +121,8 @@ class Edge:
         if self.config.tls_cert:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(self.config.tls_cert, self.config.tls_key or None)
+        beats = await nc.subscribe(Subjects.HEARTBEATS, cb=self._on_heartbeat)
+        watchdog = asyncio.create_task(self._watchdog())
         async with serve(
             self._handle,
             self.config.host,
@@ -111,7 +137,12 @@ class Edge:
             self.server = server
             scheme = "wss" if tls else "ws"
             print(f"edge listening on {scheme}://{self.config.host}:{self.port}", flush=True)
-            yield
+            try:
+                yield
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(Exception):
+                    await beats.unsubscribe()
 
     # -- HTTP and upgrade checks -----------------------------------------------------------------
 
@@ -189,54 +220,124 @@ class Edge:
         assert self.nc is not None and self.store is not None
         nc, sid = self.nc, meta.sid
         epoch = await self.store.open_session(meta, edge=self.instance)
+        live = _Live(meta, ws, epoch)
         log.info("session open", extra={"sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider})
-        send_lock = asyncio.Lock()
-
-        async def on_cout(msg: Msg) -> None:
-            out = bus.decode(msg.data, bus.ClientOut)
-            if out.epoch < epoch:
-                return
-            try:
-                async with send_lock:
-                    for frame in out.frames:
-                        await ws.send(frame)
-                    if out.close_code is not None:
-                        await ws.close(out.close_code, out.close_reason)
-            except ConnectionClosed:
-                pass
-            FRAMES.labels("edge", "out").inc(len(out.frames))
-
-        cout = await nc.subscribe(Subjects.cout(sid), cb=on_cout)
+        cout = await nc.subscribe(Subjects.cout(sid), cb=lambda m: self._on_cout(live, m))
         try:
             started = time.perf_counter()
             request = bus.encode(bus.AssignRequest(meta=meta, epoch=epoch, reply_to_edge=self.instance))
             try:
-                transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
-                worker = await self._assign(Subjects.assign_worker(meta.provider), request)
+                live.transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
+                live.worker = await self._assign(Subjects.assign_worker(meta.provider), request)
             except AssignError as exc:
                 await self._refuse_in_dialect(ws, meta, str(exc))
                 return
             ASSIGN_SECONDS.observe(time.perf_counter() - started)
-            await self.store.set_route(sid, transformer=transformer, worker=worker)
-            seq = 0
+            live.attached_at = time.monotonic()
+            self.sessions[sid] = live
+            await self.store.set_route(sid, transformer=live.transformer, worker=live.worker)
+            # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
+            # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
+            # a replacement exactly which client frames were already turned into canonical events.
+            seq = epoch << 32
             if first is not None:
                 seq += 1
-                await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(epoch, seq, first, False)))
+                await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
             async for message in ws:
                 seq += 1
                 data = message.encode() if isinstance(message, str) else message
-                await nc.publish(
-                    Subjects.cin(sid), bus.encode(bus.ClientIn(epoch, seq, data, not isinstance(message, str)))
-                )
+                frame = bus.ClientIn(live.epoch, seq, data, not isinstance(message, str))
+                await nc.publish(Subjects.cin(sid), bus.encode(frame))
                 FRAMES.labels("edge", "in").inc()
         except ConnectionClosed:
             pass
         finally:
+            live.closed = True
+            if self.sessions.get(sid) is live:
+                del self.sessions[sid]
             with contextlib.suppress(Exception):
                 await cout.unsubscribe()
             with contextlib.suppress(Exception):
-                await nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=epoch)))
-            log.info("session closed", extra={"sid": sid, "epoch": epoch})
+                await nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=live.epoch)))
+            log.info("session closed", extra={"sid": sid, "epoch": live.epoch})
+
+    async def _on_cout(self, live: _Live, msg: Msg) -> None:
+        out = bus.decode(msg.data, bus.ClientOut)
+        if out.epoch < live.transformer_epoch:
+            return  # fenced: a transformer that was replaced
+        try:
+            async with live.send_lock:
+                for frame in out.frames:
+                    await live.ws.send(frame)
+                if out.close_code is not None:
+                    await live.ws.close(out.close_code, out.close_reason)
+        except ConnectionClosed:
+            pass
+        FRAMES.labels("edge", "out").inc(len(out.frames))
+
+    # -- liveness and reattach -------------------------------------------------------------------
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        # Subject rs.hb.<kind>.<instance>: no decode needed on this hot, fan-in path.
+        self.beats[msg.subject.rsplit(".", 1)[1]] = time.monotonic()
+
+    async def _watchdog(self) -> None:
+        """Notice a dead transformer or worker within HEARTBEAT_DEADLINE_S and reattach its sessions."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            for live in list(self.sessions.values()):
+                if live.reattaching or live.closed:
+                    continue
+                for role, instance in (("transformer", live.transformer), ("worker", live.worker)):
+                    last = max(self.beats.get(instance, 0.0), live.attached_at)
+                    if now - last > HEARTBEAT_DEADLINE_S:
+                        live.reattaching = True
+                        task = asyncio.create_task(self._reattach(live, role, instance))
+                        self._tasks.add(task)  # keep a reference until done
+                        task.add_done_callback(self._tasks.discard)
+                        break
+
+    async def _reattach(self, live: _Live, role: str, dead: str) -> None:
+        """Bump the epoch (fencing), tell the survivors, and attach a replacement that resumes."""
+        assert self.nc is not None and self.store is not None
+        sid = live.meta.sid
+        started = time.perf_counter()
+        try:
+            epoch = await self.store.bump_epoch(sid)
+            live.epoch = epoch
+            await self.nc.publish(
+                Subjects.ctl(sid), bus.encode(bus.Control(kind="replace", epoch=epoch, role=role, drop=dead))
+            )
+            if role == "worker":
+                subject = Subjects.assign_worker(live.meta.provider)
+                peer_epoch = live.transformer_epoch
+            else:
+                subject = Subjects.ASSIGN_TRANSFORMER
+                peer_epoch = live.worker_epoch
+            request = bus.encode(bus.AssignRequest(
+                meta=live.meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance))
+            while not live.closed:
+                try:
+                    instance = await self._assign(subject, request)
+                    break
+                except AssignError:
+                    log.warning("no replacement yet", extra={"sid": sid, "role": role})
+            else:
+                return
+            if role == "worker":
+                live.worker, live.worker_epoch = instance, epoch
+            else:
+                live.transformer, live.transformer_epoch = instance, epoch
+            live.attached_at = time.monotonic()
+            await self.store.set_route(sid, **{role: instance})
+            REATTACHES.labels(role).inc()
+            REATTACH_SECONDS.observe(time.perf_counter() - started)
+            log.info("reattached", extra={"sid": sid, "epoch": epoch, "role": role, "instance": instance})
+        except Exception:
+            log.exception("reattach failed", extra={"sid": sid, "role": role})
+        finally:
+            live.reattaching = False
 
     async def _assign(self, subject: str, request: bytes) -> str:
         """Queue-group request with retries: a service that is starting or restarting gets a moment."""

@@ -282,6 +282,9 @@ class InputCommitted(Event, tag="in.committed"):
 
     item_id: str
     previous_item_id: str | None = None
+    # Stamped by the worker: the last up envelope seq the provider had when it committed. The checkpoint
+    # keeps it, so a replacement worker knows which input it must replay (everything after it).
+    up_seq: int = 0
 
 
 class InputTranscript(Event, tag="in.tr"):

@@ -10,7 +10,10 @@ __all__ = [
     "NOTICES",
     "PROVIDER_CONNECTS",
     "PROVIDER_ERRORS",
+    "REATTACHES",
+    "REATTACH_SECONDS",
     "REFUSALS",
+    "REPLAYED",
     "SESSIONS",
     "UPSTREAM_RECONNECTS",
 ]
@@ -25,4 +28,10 @@ ASSIGN_SECONDS = Histogram(
 )
 PROVIDER_CONNECTS = Counter("rs_provider_connects_total", "Upstream connections opened", ["provider"])
 PROVIDER_ERRORS = Counter("rs_provider_errors_total", "Upstream failures", ["provider", "code"])
+REATTACHES = Counter("rs_reattaches_total", "Sessions moved to a replacement instance", ["role"])
+REATTACH_SECONDS = Histogram(
+    "rs_reattach_seconds", "Dead instance noticed -> replacement attached",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+REPLAYED = Counter("rs_replayed_events_total", "Events replayed from the stream to a replacement worker")
 UPSTREAM_RECONNECTS = Counter("rs_upstream_reconnects_total", "Upstream reconnects", ["provider"])

@@ -121,6 +121,10 @@ class Store:
         raw = await self.redis.get(_keys(sid)["epoch"])
         return int(raw) if raw else 0
 
+    async def committed_up_seq(self, sid: str) -> int:
+        raw = await self.redis.hget(_keys(sid)["sess"], "committed_up_seq")
+        return int(raw) if raw else 0
+
     async def set_route(self, sid: str, **route: str) -> None:
         await self.redis.hset(_keys(sid)["sess"], mapping={f"route_{k}": v for k, v in route.items()})
 
@@ -203,12 +207,22 @@ def _fold_item_create(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: in
     return _put_item(pipe, k, pos, e.item)
 
 
+# Raise a hash field to ARGV[1] unless it is already higher (redelivery and parallel checkpoints).
+_RAISE_FIELD = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
+
+
 def _fold_committed(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
     assert isinstance(e, ev.InputCommitted)
     item = ev.Message(id=e.item_id, role="user", content=[ev.AudioContent()])
     # HSETNX: a replayed commit must not wipe a richer version of the item.
     pipe.hsetnx(k["items"], item.id, _ITEM_ENC.encode(item))
     pipe.zadd(k["order"], {item.id: pos}, nx=True)
+    if e.up_seq:
+        pipe.eval(_RAISE_FIELD, 1, k["sess"], "committed_up_seq", str(e.up_seq))
     return 1
 
 

@@ -22,7 +22,7 @@ from shared.bus import Subjects
 from shared.codecs.base import ClientCodec, Out
 from shared.codecs.registry import client_codec
 from shared.config import Config
-from shared.metrics import FRAMES, NOTICES
+from shared.metrics import FRAMES, NOTICES, SESSIONS
 from shared.runtime import heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
@@ -33,14 +33,22 @@ log = logging.getLogger(__name__)
 
 
 class _Session:
-    __slots__ = ("codec", "epoch", "meta", "seq_out", "seq_up", "subs")
+    __slots__ = (
+        "codec", "epoch", "held", "last_cin", "meta", "open_response", "replaying", "seq_out", "seq_up", "subs",
+        "worker_epoch",
+    )
 
-    def __init__(self, meta: SessionMeta, epoch: int, codec: ClientCodec) -> None:
+    def __init__(self, meta: SessionMeta, epoch: int, worker_epoch: int, codec: ClientCodec) -> None:
         self.meta = meta
-        self.epoch = epoch
+        self.epoch = epoch  # stamped on what this transformer publishes
+        self.worker_epoch = worker_epoch  # down envelopes from an older epoch come from a replaced worker
         self.codec = codec
         self.seq_up = 0
         self.seq_out = 0
+        self.last_cin = 0  # highest client frame seq fed to the codec: dedupes stream replay vs live
+        self.open_response: str | None = None
+        self.replaying = False
+        self.held: list[bytes] = []  # live client frames that arrived during a replay
         self.subs: list[Subscription] = []
 
 
@@ -52,10 +60,11 @@ class Transformer:
         self.instance = instance_id("transformer", config.instance_id)
         self.sessions: dict[str, _Session] = {}
         self.nc: NATS | None = None
+        self.store: Store | None = None
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
-        self.nc = nc
+        self.nc, self.store = nc, store
         sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=self._on_assign)
         beat = asyncio.create_task(heartbeat_loop(nc, "transformer", self.instance, lambda: len(self.sessions)))
         try:
@@ -68,7 +77,7 @@ class Transformer:
                 await self._drop(sid)
 
     async def _on_assign(self, msg: Msg) -> None:
-        assert self.nc is not None
+        assert self.nc is not None and self.store is not None
         try:
             req = bus.decode(msg.data, bus.AssignRequest)
         except Exception:
@@ -76,8 +85,10 @@ class Transformer:
             return
         sid = req.meta.sid
         await self._drop(sid)  # a re-assign to the same instance starts from a clean codec
-        session = _Session(req.meta, req.epoch, client_codec(req.meta))
+        session = _Session(req.meta, req.epoch, req.peer_epoch or req.epoch, client_codec(req.meta))
+        session.replaying = req.resume
         self.sessions[sid] = session
+        SESSIONS.labels("transformer").set(len(self.sessions))
         nc = self.nc
         session.subs = [
             await nc.subscribe(Subjects.cin(sid), cb=lambda m, s=session: self._on_client(s, m)),
@@ -86,23 +97,53 @@ class Transformer:
         ]
         await nc.flush()  # subscriptions are live on the server before the edge hears "ok"
         await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
-        await self._send(session, session.codec.open())
-        log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "dialect": req.meta.dialect})
+        if req.resume:
+            await self._resume(session)
+        else:
+            await self._send(session, session.codec.open())
+        log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "resume": req.resume})
+
+    async def _resume(self, session: _Session) -> None:
+        """Rebuild codec state from the snapshot, then feed the client frames the dead one never turned
+        into canonical events (cin in the stream after the newest up envelope)."""
+        assert self.nc is not None and self.store is not None
+        sid = session.meta.sid
+        snapshot = await self.store.snapshot(sid)
+        session.codec.resume(snapshot.config, snapshot.items)
+        last_up = await bus.last_in_stream(self.nc, Subjects.up(sid))
+        if last_up is not None:
+            session.seq_up = session.last_cin = ev.decode_envelope(last_up).seq
+        for data in await bus.replay(self.nc, Subjects.cin(sid)):
+            await self._feed(session, bus.decode(data, bus.ClientIn))
+        session.replaying = False
+        held, session.held = session.held, []
+        for data in held:
+            await self._feed(session, bus.decode(data, bus.ClientIn))
 
     async def _on_client(self, session: _Session, msg: Msg) -> None:
-        frame = bus.decode(msg.data, bus.ClientIn)
-        if frame.epoch < session.epoch:
-            return  # fenced: a frame from before the last reattach
+        if session.replaying:
+            session.held.append(msg.data)
+            return
+        await self._feed(session, bus.decode(msg.data, bus.ClientIn))
+
+    async def _feed(self, session: _Session, frame: bus.ClientIn) -> None:
+        if frame.seq <= session.last_cin:
+            return  # already fed (stream replay and live delivery overlap)
+        session.last_cin = frame.seq
         FRAMES.labels("transformer", "in").inc()
-        await self._send(session, session.codec.feed(frame.data))
+        await self._send(session, session.codec.feed(frame.data), up_seq=frame.seq)
 
     async def _on_down(self, session: _Session, msg: Msg) -> None:
         env = ev.decode_envelope(msg.data)
-        if env.epoch < session.epoch:
+        if env.epoch < session.worker_epoch:
             return  # fenced: a replaced worker that was only slow
         out = Out()
         for event in env.events:
-            if isinstance(event, ev.Notice):
+            if isinstance(event, ev.ResponseStarted):
+                session.open_response = event.response_id
+            elif isinstance(event, ev.ResponseDone):
+                session.open_response = None
+            elif isinstance(event, ev.Notice):
                 NOTICES.labels(event.code).inc()
                 log.info("notice", extra={"sid": session.meta.sid, "code": event.code, "param": event.param})
             out.extend(session.codec.encode(event))
@@ -110,10 +151,17 @@ class Transformer:
 
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:
         ctl = bus.decode(msg.data, bus.Control)
-        if ctl.kind == "close" and ctl.epoch >= session.epoch:
+        if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             await self._drop(session.meta.sid)
+        elif ctl.kind == "replace" and ctl.role == "worker" and ctl.epoch > session.worker_epoch:
+            session.worker_epoch = ctl.epoch
+            if session.open_response is not None:
+                # The response the dead worker was streaming is closed, never left hanging.
+                cut = ev.ResponseDone(response_id=session.open_response, status="failed", reason="worker_replaced")
+                session.open_response = None
+                await self._send(session, session.codec.encode(cut))
 
-    async def _send(self, session: _Session, out: Out) -> None:
+    async def _send(self, session: _Session, out: Out, *, up_seq: int | None = None) -> None:
         """Client frames to the edge, canonical events to the worker. Order within each is kept."""
         assert self.nc is not None
         sid = session.meta.sid
@@ -123,7 +171,8 @@ class Transformer:
             payload = bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason)
             await self.nc.publish(Subjects.cout(sid), bus.encode(payload))
         if out.events:
-            session.seq_up += 1
+            # Up envelopes carry the cin seq of the client frame they came from (see Edge._run_session).
+            session.seq_up = up_seq if up_seq is not None else session.seq_up
             await self.nc.publish(Subjects.up(sid), bus.envelope(session.epoch, session.seq_up, out.events))
 
     async def _drop(self, sid: str) -> None:
@@ -133,4 +182,5 @@ class Transformer:
         for sub in session.subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        SESSIONS.labels("transformer").set(len(self.sessions))
         log.info("session detached", extra={"sid": sid, "epoch": session.epoch})

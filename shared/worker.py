@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 
+import msgspec
 import websockets
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -25,9 +26,10 @@ from websockets.exceptions import InvalidStatus
 from shared import bus
 from shared import events as ev
 from shared.bus import Subjects
+from shared.checkpoint import DURABLE
 from shared.codecs.base import Out, ProviderCodec
 from shared.config import Config
-from shared.metrics import FRAMES, PROVIDER_CONNECTS, PROVIDER_ERRORS, SESSIONS, UPSTREAM_RECONNECTS
+from shared.metrics import FRAMES, PROVIDER_CONNECTS, PROVIDER_ERRORS, REPLAYED, SESSIONS, UPSTREAM_RECONNECTS
 from shared.providers import Provider, installed_providers, load_provider
 from shared.runtime import heartbeat_loop, instance_id
 from shared.session import SessionMeta
@@ -42,12 +44,18 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
+# On resume these are not replayed: they would act twice, or the snapshot already holds their effect.
+_NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
 
 
 class _Session:
-    def __init__(self, meta: SessionMeta, epoch: int, provider: Provider) -> None:
+    def __init__(self, meta: SessionMeta, epoch: int, transformer_epoch: int, provider: Provider) -> None:
         self.meta = meta
-        self.epoch = epoch
+        self.epoch = epoch  # stamped on what this worker publishes
+        self.transformer_epoch = transformer_epoch  # up envelopes from older epochs come from a replaced one
+        self.last_up = 0  # highest up envelope seq taken: dedupes stream replay vs live delivery
+        self.replaying = False
+        self.held: list[bytes] = []  # live up envelopes that arrived during a replay
         self.provider = provider
         self.model = provider.model_for(meta.model)
         self.codec: ProviderCodec | None = None
@@ -57,7 +65,7 @@ class _Session:
         self.config: ev.SessionConfig | None = None
         self.config_seen = asyncio.Event()
         self.pending: collections.deque[ev.Event] = collections.deque()
-        self.overflowed = False
+        self.overflowed = 0  # 1: input was lost while disconnected, 2: the client was told
         self.open_response: str | None = None
         self.seq_down = 0
         self.subs: list[Subscription] = []
@@ -108,7 +116,8 @@ class ProviderWorker:
             return
         sid = req.meta.sid
         await self._drop(sid)
-        session = _Session(req.meta, req.epoch, provider)
+        session = _Session(req.meta, req.epoch, req.peer_epoch or req.epoch, provider)
+        session.replaying = req.resume
         self.sessions[sid] = session
         SESSIONS.labels("worker").set(len(self.sessions))
         session.subs = [
@@ -117,13 +126,60 @@ class ProviderWorker:
         ]
         await self.nc.flush()
         await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
+        if req.resume:
+            await self._resume(session)
         session.task = asyncio.create_task(self._upstream_loop(session))
         log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "provider": req.meta.provider})
 
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:
         ctl = bus.decode(msg.data, bus.Control)
-        if ctl.kind == "close" and ctl.epoch >= session.epoch:
+        if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             await self._drop(session.meta.sid)
+        elif ctl.kind == "replace" and ctl.role == "transformer" and ctl.epoch > session.transformer_epoch:
+            session.transformer_epoch = ctl.epoch
+
+    async def _resume(self, session: _Session) -> None:
+        """A replacement: queue the input the provider never committed, from the stream.
+
+        Everything up to ``committed_up_seq`` (kept by the checkpoint) is in the snapshot as items; what
+        came after is replayed. Requests that would act twice (response.create/cancel) or are already in
+        the log (items, deletes, truncations) are not.
+        """
+        assert self.nc is not None and self.store is not None
+        sid = session.meta.sid
+        await self._await_checkpoint()
+        committed = await self.store.committed_up_seq(sid)
+        known = {item.id for item in (await self.store.snapshot(sid)).items}
+        for data in await bus.replay(self.nc, Subjects.up(sid)):
+            env = ev.decode_envelope(data)
+            if env.seq <= committed:
+                continue
+            session.last_up = max(session.last_up, env.seq)
+            for event in env.events:
+                if isinstance(event, _NOT_REPLAYED) or (isinstance(event, ev.ItemCreate) and event.item.id in known):
+                    continue
+                self._take(session, event)
+        REPLAYED.inc(len(session.pending))
+        session.replaying = False
+        held, session.held = session.held, []
+        for data in held:
+            await self._accept(session, data)
+
+    async def _await_checkpoint(self, timeout_s: float = 0.3) -> None:
+        """Give the checkpoint a moment to fold what is already in the stream (bounded: never blocks a
+        reattach for long; if it lags, a little already-committed audio may be sent again)."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        with contextlib.suppress(Exception):
+            target = (await js.stream_info(bus.STREAM)).state.last_seq
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while asyncio.get_running_loop().time() < deadline:
+                info = await js.consumer_info(bus.STREAM, DURABLE)
+                if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= target:
+                    return
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+                await asyncio.sleep(0.01)
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)
@@ -146,24 +202,45 @@ class ProviderWorker:
     # -- client -> provider ----------------------------------------------------------------------
 
     async def _on_up(self, session: _Session, msg: Msg) -> None:
-        env = ev.decode_envelope(msg.data)
-        if env.epoch < session.epoch or session.closed:
-            return  # fenced
+        if session.replaying:
+            session.held.append(msg.data)
+            return
+        await self._accept(session, msg.data)
+
+    async def _accept(self, session: _Session, data: bytes) -> None:
+        env = ev.decode_envelope(data)
+        if env.epoch < session.transformer_epoch or session.closed:
+            return  # fenced: a replaced transformer
+        if env.seq <= session.last_up:
+            return  # already taken from the stream replay
+        session.last_up = env.seq
         FRAMES.labels("worker", "up").inc()
         for event in env.events:
-            if isinstance(event, ev.SessionConfig):
-                session.config = event
-                session.config_seen.set()
             if session.connected:
+                self._note_config(session, event)
                 await self._encode(session, event)
-            elif len(session.pending) < PENDING_LIMIT:
-                session.pending.append(event)
-            elif not session.overflowed:
-                # Never drop input silently: say so once, in the client's dialect.
-                session.overflowed = True
-                await self._publish(session, [ev.ProviderError(
-                    code="input_buffer_full", message="provider unavailable; input beyond the buffer was lost",
-                    retryable=True)])
+            else:
+                self._take(session, event)
+        if session.overflowed == 1:
+            # Never drop input silently: say so once, in the client's dialect.
+            session.overflowed = 2
+            await self._publish(session, [ev.ProviderError(
+                code="input_buffer_full", message="provider unavailable; input beyond the buffer was lost",
+                retryable=True)])
+
+    @staticmethod
+    def _note_config(session: _Session, event: ev.Event) -> None:
+        if isinstance(event, ev.SessionConfig):
+            session.config = event
+            session.config_seen.set()
+
+    def _take(self, session: _Session, event: ev.Event) -> None:
+        """Queue an event while the upstream is not connected (bounded)."""
+        self._note_config(session, event)
+        if len(session.pending) < PENDING_LIMIT:
+            session.pending.append(event)
+        elif not session.overflowed:
+            session.overflowed = 1
 
     async def _encode(self, session: _Session, event: ev.Event) -> None:
         assert session.codec is not None
@@ -184,11 +261,14 @@ class ProviderWorker:
 
     async def _publish(self, session: _Session, events: list[ev.Event]) -> None:
         assert self.nc is not None
-        for event in events:
+        for index, event in enumerate(events):
             if isinstance(event, ev.ResponseStarted):
                 session.open_response = event.response_id
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
+            elif isinstance(event, ev.InputCommitted):
+                # What the provider has committed so far: a replacement replays only what came after.
+                events[index] = msgspec.structs.replace(event, up_seq=session.last_up)
         session.seq_down += 1
         await self.nc.publish(Subjects.down(session.meta.sid), bus.envelope(session.epoch, session.seq_down, events))
 
@@ -247,7 +327,9 @@ class ProviderWorker:
         while session.pending and isinstance(session.pending[0], ev.SessionConfig):
             session.pending.popleft()
         url, headers = provider.endpoint(session.model)
-        codec = session.codec = provider.codec(session.meta, session.model)
+        # Gemini: the previous connection's resumption handle restores the conversation server-side.
+        handle = getattr(session.codec, "resumption_handle", None)
+        codec = session.codec = provider.codec(session.meta, session.model, resumption_handle=handle)
         async with websockets.connect(
             url, additional_headers=headers, max_size=None, compression=None, open_timeout=10,
             ping_interval=20, ping_timeout=20,
@@ -258,7 +340,7 @@ class ProviderWorker:
             while session.pending:
                 await self._encode(session, session.pending.popleft())
             session.connected = True  # no await between the empty check and this line
-            session.overflowed = False
+            session.overflowed = 0
             async for frame in ws:
                 FRAMES.labels("worker", "provider_in").inc()
                 await self._apply(session, codec.feed(frame))

@@ -53,6 +53,11 @@ class ClientCodec(Protocol):
         """Frames the client gets as soon as the session is attached (OpenAI: ``session.created``)."""
         ...
 
+    def resume(self, config: ev.SessionConfig | None, items: list[ev.Item]) -> None:
+        """Rebuild state on a replacement transformer (the client already got its greeting): the merged
+        session config and the known items, from the checkpoint's snapshot. Sends nothing."""
+        ...
+
     def feed(self, frame: str | bytes) -> Out:
         """One client frame in. Never raises: bad input becomes an error frame or a close."""
         ...

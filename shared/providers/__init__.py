@@ -51,7 +51,9 @@ class Provider(Protocol):
         """URL and headers (with the provider key) for one upstream connection."""
         ...
 
-    def codec(self, meta: SessionMeta, model: str) -> ProviderCodec:
+    def codec(self, meta: SessionMeta, model: str, *, resumption_handle: str | None = None) -> ProviderCodec:
+        """A fresh codec for one upstream connection. ``resumption_handle``: the previous connection's
+        (providers without resumption ignore it)."""
         ...
 
 

@@ -1,0 +1,51 @@
+"""OpenAI Realtime provider plugin: how to reach the GA endpoint and which codec speaks it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+from urllib.parse import urlencode
+
+from shared.codecs.base import ProviderCodec
+from shared.codecs.openai_provider import OpenAIProviderCodec
+from shared.providers import Capabilities
+from shared.session import SessionMeta
+
+__all__ = ["OpenAIProvider"]
+
+DEFAULT_URL = "wss://api.openai.com/v1/realtime"
+
+
+class OpenAIProvider:
+    """OpenAI Realtime GA over WebSocket (protocols.md §1.1): ``?model=`` in the URL, Bearer key, no
+    ``OpenAI-Beta`` header (its absence selects GA)."""
+
+    name: ClassVar[str] = "openai"
+    default_model: ClassVar[str] = "gpt-realtime"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        input_rate=24_000,
+        output_rate=24_000,
+        server_vad=True,
+        truncate_output=True,
+        live_reconfigure=True,
+        config_before_connect=False,
+        session_cap_s=None,
+    )
+
+    def __init__(self, settings: Mapping[str, str]) -> None:
+        self._api_key = settings.get("OPENAI_API_KEY", "")
+        self._url = settings.get("OPENAI_REALTIME_URL") or DEFAULT_URL
+        self._model = settings.get("OPENAI_MODEL") or self.default_model
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIProvider(url={self._url!r}, model={self._model!r})"
+
+    def model_for(self, requested: str | None) -> str:
+        return requested if requested and requested.startswith("gpt") else self._model
+
+    def endpoint(self, model: str) -> tuple[str, list[tuple[str, str]]]:
+        sep = "&" if "?" in self._url else "?"
+        return f"{self._url}{sep}{urlencode({'model': model})}", [("Authorization", f"Bearer {self._api_key}")]
+
+    def codec(self, meta: SessionMeta, model: str, *, resumption_handle: str | None = None) -> ProviderCodec:
+        return OpenAIProviderCodec(meta, model)  # OpenAI has no session resumption: history is replayed

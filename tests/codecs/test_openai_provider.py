@@ -1,0 +1,631 @@
+"""OpenAIProviderCodec: canonical <-> OpenAI Realtime GA, from recorded frames (protocols.md §1.5, §1.6).
+
+No network, no event loop: frames in, events out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from shared import events as ev
+from shared.audio import b64decode_any, dominant_hz, tone
+from shared.codecs.openai_provider import OpenAIProviderCodec
+from shared.session import SessionMeta
+
+FRAMES = Path(__file__).parent / "frames"
+META = SessionMeta(sid="s1", account="acct", client_session_id="c1", dialect="gemini", provider="openai")
+TONE_24K = tone(440, 10, 24_000)  # the audio inside the recorded deltas
+
+
+def frames(name: str) -> list[bytes]:
+    return (FRAMES / f"provider_openai_{name}.jsonl").read_bytes().splitlines()
+
+
+def ids() -> itertools.count[int]:
+    return itertools.count(1)
+
+
+def make(config: ev.SessionConfig | None = None, history: list[ev.Item] | None = None) -> OpenAIProviderCodec:
+    counter = ids()
+    codec = OpenAIProviderCodec(META, "gpt-realtime", id_factory=lambda p: f"{p}_{next(counter)}")
+    codec.connect(config or ev.SessionConfig(), history or [])
+    return codec
+
+
+def feed_all(codec: OpenAIProviderCodec, lines: list[bytes]) -> list[ev.Event]:
+    return [e for line in lines for e in codec.feed(line).events]
+
+
+def wire(out_wire: list[str]) -> list[dict[str, object]]:
+    return [json.loads(f) for f in out_wire]
+
+
+# --------------------------------------------------------------------------------------------------
+# connect()
+
+
+def test_connect_sends_one_ga_session_update_built_from_the_whole_config() -> None:
+    config = ev.SessionConfig(
+        instructions="be brief",
+        voice="Kore",  # a Gemini voice: mapped through the table
+        output_modalities=["audio"],
+        temperature=0.7,
+        max_output_tokens=300,
+        turn_detection=ev.TurnDetection(threshold=0.6, silence_duration_ms=500, prefix_padding_ms=300),
+        input_transcription=True,
+        tools=[ev.Tool(name="get_weather", description="weather", parameters='{"type":"object"}')],
+        tool_choice="auto",
+    )
+    codec = OpenAIProviderCodec(META, "gpt-realtime")
+    out = codec.connect(config, [])
+    assert wire(out.wire) == [
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "instructions": "be brief",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "create_response": True,
+                            "interrupt_response": True,
+                            "threshold": 0.6,
+                            "prefix_padding_ms": 300,
+                            "silence_duration_ms": 500,
+                        },
+                        "transcription": {"model": "gpt-4o-mini-transcribe"},
+                    },
+                    "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "coral"},
+                },
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": "get_weather",
+                        "parameters": {"type": "object"},
+                        "description": "weather",
+                    }
+                ],
+                "tool_choice": "auto",
+                "max_output_tokens": 300,
+            },
+        }
+    ]
+    # GA has no temperature: reported once, never dropped silently
+    assert out.events == [
+        ev.Notice(code="unsupported_field", message=out.events[0].message, param="temperature")
+    ]
+
+
+def test_connect_manual_turns_and_no_transcription_are_nulls() -> None:
+    codec = OpenAIProviderCodec(META, "gpt-realtime")
+    out = codec.connect(ev.SessionConfig(turn_detection=None, output_modalities=["text"]), [])
+    session = wire(out.wire)[0]["session"]
+    assert session["audio"]["input"]["turn_detection"] is None
+    assert session["audio"]["input"]["transcription"] is None
+    assert session["output_modalities"] == ["text"]
+    assert session["max_output_tokens"] == "inf"
+    assert out.events == []
+
+
+def test_connect_replays_history_as_items_keeping_ids() -> None:
+    long_id = "conv_" + "x" * 40  # over OpenAI's 32-char limit
+    history: list[ev.Item] = [
+        ev.Message(id="sys_1", role="system", content=[ev.TextContent(text="You are terse.")]),
+        ev.Message(id="u_1", role="user", content=[ev.AudioContent(transcript="weather in Paris?")]),
+        ev.FunctionCall(id="fc_1", call_id="call_1", name="get_weather", arguments='{"city":"Paris"}'),
+        ev.FunctionCallOutput(id="fo_1", call_id="call_1", output='{"sky":"clear"}'),
+        ev.Message(id=long_id, role="assistant", content=[ev.AudioContent(transcript="Clear skies.")]),
+        ev.Message(id="u_2", role="user", content=[ev.AudioContent()]),  # audio without transcript
+    ]
+    out = OpenAIProviderCodec(META, "gpt-realtime").connect(ev.SessionConfig(), history)
+    items = [f["item"] for f in wire(out.wire)[1:]]
+    assert all(f["type"] == "conversation.item.create" for f in wire(out.wire)[1:])
+    assert items[:4] == [
+        {
+            "type": "message",
+            "id": "sys_1",
+            "role": "system",
+            "content": [{"type": "input_text", "text": "You are terse."}],
+        },
+        {
+            "type": "message",
+            "id": "u_1",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "weather in Paris?"}],
+        },
+        {
+            "type": "function_call",
+            "id": "fc_1",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city":"Paris"}',
+        },
+        {"type": "function_call_output", "id": "fo_1", "call_id": "call_1", "output": '{"sky":"clear"}'},
+    ]
+    assistant = items[4]
+    assert assistant["role"] == "assistant" and assistant["content"] == [
+        {"type": "output_text", "text": "Clear skies."}
+    ]
+    assert len(assistant["id"]) <= 32
+    assert len(items) == 5  # the transcript-less audio item cannot be replayed ...
+    assert [e.code for e in out.events] == ["history_item_skipped"]  # ... and that is said
+
+
+def test_long_canonical_ids_come_back_from_the_provider_unchanged() -> None:
+    long_id = "conv_" + "y" * 40
+    codec = make(history=[ev.Message(id=long_id, role="assistant", content=[ev.TextContent(text="hi")])])
+    out = codec.encode(ev.ItemTruncate(item_id=long_id, audio_end_ms=500))
+    short = wire(out.wire)[0]["item_id"]
+    assert short != long_id and len(short) <= 32
+    frame = {"type": "input_audio_buffer.committed", "item_id": "item_U1", "previous_item_id": short}
+    assert codec.feed(json.dumps(frame)).events == [
+        ev.InputCommitted(item_id="item_U1", previous_item_id=long_id)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# encode()
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (ev.InputAudioCommit(), [{"type": "input_audio_buffer.commit"}]),
+        (ev.InputAudioClear(), [{"type": "input_audio_buffer.clear"}]),
+        (ev.ActivityStart(), [{"type": "input_audio_buffer.clear"}]),
+        (ev.ResponseCancel(), [{"type": "response.cancel"}]),
+        (ev.ResponseCancel(response_id="resp_1"), [{"type": "response.cancel", "response_id": "resp_1"}]),
+        (ev.ResponseCreate(), [{"type": "response.create"}]),
+        (ev.ItemDelete(item_id="item_1"), [{"type": "conversation.item.delete", "item_id": "item_1"}]),
+        (
+            ev.ItemTruncate(item_id="item_1", content_index=0, audio_end_ms=1500),
+            [
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": "item_1",
+                    "content_index": 0,
+                    "audio_end_ms": 1500,
+                }
+            ],
+        ),
+        (
+            ev.ItemCreate(
+                item=ev.Message(id="m1", role="user", content=[ev.TextContent(text="hi")]),
+                previous_item_id="m0",
+            ),
+            [
+                {
+                    "type": "conversation.item.create",
+                    "previous_item_id": "m0",
+                    "item": {
+                        "type": "message",
+                        "id": "m1",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "hi"}],
+                    },
+                }
+            ],
+        ),
+        (
+            ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id="call_1", output="done")),
+            [
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "function_call_output",
+                        "id": "o1",
+                        "call_id": "call_1",
+                        "output": "done",
+                    },
+                }
+            ],
+        ),
+    ],
+)
+def test_encode_maps_each_up_event(event: ev.Event, expected: list[dict[str, object]]) -> None:
+    out = make().encode(event)
+    assert wire(out.wire) == expected
+    assert out.events == []
+
+
+def test_input_audio_16k_is_resampled_to_24k_standard_base64() -> None:
+    codec = make()
+    pcm16k = tone(440, 400, 16_000)
+    frames_out = [
+        f
+        for i in range(0, len(pcm16k), 640)
+        for f in wire(codec.encode(ev.InputAudio(pcm=pcm16k[i : i + 640], rate=16_000)).wire)
+    ]
+    frames_out += wire(codec.encode(ev.InputAudioCommit()).wire)
+    assert frames_out[-1] == {"type": "input_audio_buffer.commit"}
+    appended = b"".join(b64decode_any(f["audio"]) for f in frames_out[:-1])
+    assert all(f["type"] == "input_audio_buffer.append" for f in frames_out[:-1])
+    assert all("-" not in f["audio"] and "_" not in f["audio"] for f in frames_out[:-1])  # standard alphabet
+    assert abs(len(appended) - len(pcm16k) * 3 // 2) <= 4  # 400 ms at 24 kHz, tail flushed at commit
+    assert dominant_hz(appended, 24_000) == pytest.approx(440, abs=2)
+
+
+def test_input_audio_at_24k_passes_through_unchanged() -> None:
+    codec = make()
+    pcm = tone(300, 20, 24_000)
+    [frame] = wire(codec.encode(ev.InputAudio(pcm=pcm, rate=24_000)).wire)
+    assert b64decode_any(frame["audio"]) == pcm
+
+
+def test_activity_end_commits_then_asks_for_a_response() -> None:
+    codec = make(ev.SessionConfig(turn_detection=None))
+    assert wire(codec.encode(ev.ActivityEnd()).wire) == [{"type": "response.create"}]  # nothing to commit
+    codec.encode(ev.InputAudio(pcm=tone(440, 20, 24_000), rate=24_000))
+    assert wire(codec.encode(ev.ActivityEnd()).wire) == [
+        {"type": "input_audio_buffer.commit"},
+        {"type": "response.create"},
+    ]
+
+
+def test_audio_stream_end_commits_only_without_server_vad() -> None:
+    manual = make(ev.SessionConfig(turn_detection=None))
+    manual.encode(ev.InputAudio(pcm=tone(440, 20, 24_000), rate=24_000))
+    assert [f["type"] for f in wire(manual.encode(ev.AudioStreamEnd()).wire)] == [
+        "input_audio_buffer.commit",
+        "response.create",
+    ]
+    vad = make()
+    vad.encode(ev.InputAudio(pcm=tone(440, 20, 24_000), rate=24_000))
+    assert vad.encode(ev.AudioStreamEnd()).wire == []
+
+
+def test_response_create_options_become_ga_overrides() -> None:
+    opts = ev.ResponseOptions(
+        instructions="summarise",
+        output_modalities=["text"],
+        voice="Puck",
+        tools=[ev.Tool(name="f")],
+        tool_choice="f",
+        max_output_tokens=50,
+        out_of_band=True,
+        metadata={"topic": "x"},
+        temperature=0.2,
+    )
+    out = make().encode(ev.ResponseCreate(options=opts))
+    assert wire(out.wire) == [
+        {
+            "type": "response.create",
+            "response": {
+                "output_modalities": ["text"],
+                "instructions": "summarise",
+                "audio": {"output": {"voice": "alloy"}},
+                "tools": [
+                    {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
+                ],
+                "tool_choice": {"type": "function", "name": "f"},
+                "max_output_tokens": 50,
+                "conversation": "none",
+                "metadata": {"topic": "x"},
+            },
+        }
+    ]
+    assert [(e.code, e.param) for e in out.events] == [("unsupported_field", "temperature")]
+
+
+def test_temperature_is_reported_once_per_connection() -> None:
+    codec = OpenAIProviderCodec(META, "gpt-realtime")
+    assert len(codec.connect(ev.SessionConfig(temperature=0.5), []).events) == 1
+    assert codec.encode(ev.SessionConfig(temperature=0.9, instructions="x")).events == []
+
+
+def test_live_config_change_resends_voice_only_when_it_changes() -> None:
+    codec = make(ev.SessionConfig(voice="ash"))
+    assert codec.encode(ev.SessionConfig(voice="ash")).wire == []  # identical: nothing upstream
+    [update] = wire(codec.encode(ev.SessionConfig(voice="ash", instructions="new")).wire)
+    assert "voice" not in update["session"]["audio"]["output"]  # GA refuses voice changes after speech
+    assert update["session"]["instructions"] == "new"
+    [update] = wire(codec.encode(ev.SessionConfig(voice="sage", instructions="new")).wire)
+    assert update["session"]["audio"]["output"]["voice"] == "sage"
+
+
+def test_unknown_voice_and_bad_tool_schema_are_reported() -> None:
+    out = OpenAIProviderCodec(META, "m").connect(
+        ev.SessionConfig(voice="robot", tools=[ev.Tool(name="f", parameters="not json")]), []
+    )
+    assert "voice" not in wire(out.wire)[0]["session"]["audio"]["output"]
+    assert [(e.code, e.param) for e in out.events] == [
+        ("unsupported_value", "voice"),
+        ("invalid_tool_schema", "tools[0].parameters"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# feed()
+
+
+def test_full_audio_turn() -> None:
+    codec = make(ev.SessionConfig(input_transcription=True))
+    events = feed_all(codec, frames("audio_turn"))
+    assert events == [
+        ev.SessionReady(provider="openai", model="gpt-realtime"),
+        ev.SpeechStarted(item_id="item_U1", audio_start_ms=120),
+        ev.SpeechStopped(item_id="item_U1", audio_end_ms=1480),
+        ev.InputCommitted(item_id="item_U1"),
+        ev.ResponseStarted(response_id="resp_A1"),
+        ev.OutputAudio(response_id="resp_A1", item_id="item_A2", pcm=TONE_24K[:240], rate=24_000),
+        ev.OutputTranscript(response_id="resp_A1", item_id="item_A2", delta="Hello"),
+        ev.OutputAudio(response_id="resp_A1", item_id="item_A2", pcm=TONE_24K[240:], rate=24_000),
+        ev.OutputTranscript(response_id="resp_A1", item_id="item_A2", delta=" there!"),
+        ev.OutputDone(
+            response_id="resp_A1",
+            item=ev.Message(
+                id="item_A2",
+                role="assistant",
+                status="completed",
+                content=[ev.AudioContent(transcript="Hello there!")],
+            ),
+        ),
+        ev.ResponseDone(
+            response_id="resp_A1",
+            status="completed",
+            usage=ev.Usage(
+                input_tokens=120,
+                output_tokens=210,
+                total_tokens=330,
+                input_text_tokens=20,
+                input_audio_tokens=100,
+                cached_tokens=64,
+                output_text_tokens=40,
+                output_audio_tokens=170,
+            ),
+        ),
+        ev.RateLimits(
+            limits=[
+                ev.RateLimit(name="requests", limit=1000, remaining=999, reset_seconds=60.0),
+                ev.RateLimit(name="tokens", limit=50000, remaining=49670, reset_seconds=0.396),
+            ]
+        ),
+        ev.InputTranscript(item_id="item_U1", text="Hi, "),
+        ev.InputTranscript(item_id="item_U1", text="assistant."),
+        ev.InputTranscript(item_id="item_U1", text="Hi, assistant.", final=True),
+    ]
+
+
+def test_session_ready_only_for_the_first_session_updated_after_connect() -> None:
+    updated = b'{"type":"session.updated","session":{}}'
+    fresh = OpenAIProviderCodec(META, "gpt-realtime")
+    assert fresh.feed(updated).events == []  # before connect(): not ours
+    codec = make()
+    assert codec.feed(updated).events == [ev.SessionReady(provider="openai", model="gpt-realtime")]
+    assert codec.feed(updated).events == []
+
+
+def test_text_turn() -> None:
+    events = feed_all(make(), frames("text_turn"))
+    assert events == [
+        ev.ResponseStarted(response_id="resp_T1"),
+        ev.OutputText(response_id="resp_T1", item_id="item_T2", delta="Two plus two "),
+        ev.OutputText(response_id="resp_T1", item_id="item_T2", delta="is four."),
+        ev.OutputDone(
+            response_id="resp_T1",
+            item=ev.Message(
+                id="item_T2",
+                role="assistant",
+                status="completed",
+                content=[ev.TextContent(text="Two plus two is four.")],
+            ),
+        ),
+        ev.ResponseDone(
+            response_id="resp_T1",
+            usage=ev.Usage(
+                input_tokens=20,
+                output_tokens=10,
+                total_tokens=30,
+                input_text_tokens=20,
+                output_text_tokens=10,
+            ),
+        ),
+    ]
+
+
+def test_tool_call_round_trip() -> None:
+    codec = make()
+    events = feed_all(codec, frames("tool_call"))
+    call = ev.FunctionCall(id="item_F2", call_id="call_F3", name="get_weather", arguments='{"city":"Paris"}')
+    assert events == [
+        ev.ResponseStarted(response_id="resp_F1"),
+        ev.ToolCall(
+            response_id="resp_F1",
+            item_id="item_F2",
+            call_id="call_F3",
+            name="get_weather",
+            arguments='{"city":"Paris"}',
+        ),
+        ev.OutputDone(response_id="resp_F1", item=call),
+        ev.ResponseDone(
+            response_id="resp_F1", usage=ev.Usage(input_tokens=40, output_tokens=10, total_tokens=50)
+        ),
+    ]
+    # the client answers; OpenAI does not continue on its own, so response.create goes up too
+    out = codec.encode(
+        ev.ItemCreate(item=ev.FunctionCallOutput(id="out_1", call_id="call_F3", output='{"sky":"clear"}'))
+    )
+    out.extend(codec.encode(ev.ResponseCreate()))
+    assert wire(out.wire) == [
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "function_call_output",
+                "id": "out_1",
+                "call_id": "call_F3",
+                "output": '{"sky":"clear"}',
+            },
+        },
+        {"type": "response.create"},
+    ]
+    # the provider's acks for our item are swallowed (the client codec answered locally)
+    ack = {"type": "conversation.item.added", "item": {"id": "out_1", "type": "function_call_output"}}
+    assert codec.feed(json.dumps(ack)).events == []
+
+
+def test_barge_in_reports_speech_interruption_items_then_cancelled_response() -> None:
+    events = feed_all(make(), frames("barge_in"))
+    assert events == [
+        ev.ResponseStarted(response_id="resp_B1"),
+        ev.OutputAudio(response_id="resp_B1", item_id="item_B2", pcm=TONE_24K[:240], rate=24_000),
+        ev.OutputTranscript(response_id="resp_B1", item_id="item_B2", delta="Once upon"),
+        ev.SpeechStarted(item_id="item_U9", audio_start_ms=3200),
+        ev.Interrupted(response_id="resp_B1"),
+        ev.OutputDone(
+            response_id="resp_B1",
+            item=ev.Message(
+                id="item_B2",
+                role="assistant",
+                status="incomplete",
+                content=[ev.AudioContent(transcript="Once upon")],
+            ),
+        ),
+        ev.ResponseDone(response_id="resp_B1", status="cancelled", reason="turn_detected"),
+    ]
+
+
+def test_cancelled_response_without_prior_speech_event_still_reports_interruption() -> None:
+    codec = make()
+    done = {
+        "type": "response.done",
+        "response": {
+            "id": "r1",
+            "status": "cancelled",
+            "status_details": {"type": "cancelled", "reason": "turn_detected"},
+        },
+    }
+    assert codec.feed(json.dumps(done)).events == [
+        ev.Interrupted(response_id="r1"),
+        ev.ResponseDone(response_id="r1", status="cancelled", reason="turn_detected"),
+    ]
+    done["response"]["status_details"]["reason"] = "client_cancelled"  # type: ignore[index]
+    assert codec.feed(json.dumps(done)).events == [
+        ev.ResponseDone(response_id="r1", status="cancelled", reason="client_cancelled"),
+    ]
+
+
+def test_beta_event_names_and_part_types_are_accepted() -> None:
+    events = feed_all(make(), frames("beta_turn"))
+    assert events == [
+        ev.ResponseStarted(response_id="resp_R1"),
+        ev.OutputAudio(response_id="resp_R1", item_id="item_R2", pcm=TONE_24K[:240], rate=24_000),
+        ev.OutputTranscript(response_id="resp_R1", item_id="item_R2", delta="Hey"),
+        ev.OutputText(response_id="resp_R1", item_id="item_R2", delta="(hey)"),
+        ev.OutputDone(
+            response_id="resp_R1",
+            item=ev.Message(
+                id="item_R2",
+                role="assistant",
+                status="completed",
+                content=[ev.AudioContent(transcript="Hey"), ev.TextContent(text="(hey)")],
+            ),
+        ),
+        # beta function_call_arguments.done has no name: taken from output_item.added
+        ev.ToolCall(
+            response_id="resp_R1", item_id="item_R3", call_id="call_R4", name="lookup", arguments="{}"
+        ),
+        ev.OutputDone(
+            response_id="resp_R1",
+            item=ev.FunctionCall(id="item_R3", call_id="call_R4", name="lookup", arguments="{}"),
+        ),
+        ev.ResponseDone(response_id="resp_R1"),
+    ]
+
+
+def test_errors_become_provider_errors() -> None:
+    events = feed_all(make(), frames("errors"))
+    assert events == [
+        ev.ProviderError(
+            code="invalid_value",
+            message="Invalid value for 'voice'.",
+            param="session.audio.output.voice",
+            client_event_id="evt_client_7",
+        ),
+        ev.ProviderError(code="server_error", message="The server had an error.", retryable=True),
+        ev.ProviderError(code="audio_unintelligible", message="Audio could not be transcribed."),
+    ]
+
+
+def test_output_item_done_without_arguments_done_still_emits_tool_call_first() -> None:
+    codec = make()
+    frame = {
+        "type": "response.output_item.done",
+        "response_id": "r1",
+        "item": {"id": "i1", "type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+    }
+    assert codec.feed(json.dumps(frame)).events == [
+        ev.ToolCall(response_id="r1", item_id="i1", call_id="c1", name="f", arguments="{}"),
+        ev.OutputDone(
+            response_id="r1", item=ev.FunctionCall(id="i1", call_id="c1", name="f", arguments="{}")
+        ),
+    ]
+
+
+def test_unknown_event_types_are_reported_once_per_type() -> None:
+    codec = make()
+    first = codec.feed(b'{"type":"response.mcp_call.in_progress","item_id":"x"}').events
+    assert [(e.code, e.param) for e in first] == [("unknown_provider_event", "response.mcp_call.in_progress")]
+    assert codec.feed(b'{"type":"response.mcp_call.in_progress","item_id":"y"}').events == []
+    assert len(codec.feed(b'{"type":"something.else"}').events) == 1
+
+
+def test_structural_events_are_ignored_deliberately() -> None:
+    codec = make()
+    for etype in (
+        "response.content_part.added",
+        "response.output_audio.done",
+        "conversation.item.done",
+        "input_audio_buffer.cleared",
+        "conversation.item.truncated",
+        "conversation.item.deleted",
+    ):
+        assert codec.feed(json.dumps({"type": etype})).events == []
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        b'{"type":7}',
+        b'{"no_type":true}',
+        b'{"type":"response.output_audio.delta"}',
+        b'{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":"@@not base64@@"}',
+        b'{"type":"response.created","response":"oops"}',
+        b'{"type":"response.done","response":{}}',
+        b'{"type":"input_audio_buffer.speech_started","item_id":5}',
+        b'{"type":"response.output_item.done","item":{"type":"message","id":"i","role":"alien"},"response_id":"r"}',
+        b'{"type":"rate_limits.updated","rate_limits":[{"limit":1}]}',
+        "\u00ff\u00fe".encode("latin-1"),
+    ],
+)
+def test_malformed_provider_frames_never_raise(frame: bytes) -> None:
+    events = make().feed(frame).events
+    assert all(isinstance(e, ev.Notice) and e.code == "malformed_provider_event" for e in events)
+    assert len(events) == 1
+
+
+def test_encode_of_a_down_event_is_reported_not_raised() -> None:
+    out = make().encode(ev.GoAway(time_left_ms=1))
+    assert out.wire == [] and [e.code for e in out.events] == ["unsupported_event"]
+
+
+def test_speech_without_interrupt_response_does_not_interrupt() -> None:
+    codec = make(ev.SessionConfig(turn_detection=ev.TurnDetection(interrupt_response=False)))
+    lines = frames("barge_in")
+    events = feed_all(codec, lines[:5])
+    assert not any(isinstance(e, ev.Interrupted) for e in events)
+
+
+def test_input_audio_with_an_invalid_rate_is_reported() -> None:
+    out = make().encode(ev.InputAudio(pcm=b"\x00\x00", rate=0))
+    assert out.wire == [] and [e.code for e in out.events] == ["invalid_audio"]
