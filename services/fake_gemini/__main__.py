@@ -1,0 +1,60 @@
+"""``python -m services.fake_gemini``: run the fake Gemini Live server until SIGINT/SIGTERM.
+
+Prints the chosen port alone on the first stdout line (so ``--port 0`` is usable from scripts). With
+``--tls-cert``/``--tls-key`` it serves ``wss://`` (the google-genai SDK forces TLS, protocols.md 4.2).
+Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes_common.Knobs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+
+from services.fake_gemini.server import start
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.fake_gemini", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
+    parser.add_argument("--tls-cert", help="PEM certificate (chain) for wss://")
+    parser.add_argument("--tls-key", help="PEM private key for --tls-cert (omit if the cert file holds it)")
+    args = parser.parse_args(argv)
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
+    return args
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = await start(args.host, args.port, ssl_context=_tls(args))
+    print(server.port, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(_serve(_parse(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Kill any worker, lose nothing: kill -9 of the provider-worker, the transformer or the checkpoint
+in the middle of a live conversation, with the official openai SDK as the client.
+
+This module runs its own stack (two of each transformer and worker, its own fakes) so that killing
+processes and slowing the fakes affects no other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI
+
+from services.fakes_common import debug_sessions, reset_knobs, set_knobs
+from shared import events as ev
+from shared.devstack import Proc, Stack, free_port
+from shared.session import session_key
+from shared.store import Store
+
+from ..conftest import Infra
+from .helpers import ACCOUNT, API_KEY, TIMEOUT_S, b64, tone
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class FailoverStack:
+    stack: Stack
+    edge_port: int
+    procs: dict[str, Proc]  # by instance id
+
+    def start(self, command: str, instance: str) -> Proc:
+        proc = self.stack.start_service(command, env={"RS_INSTANCE_ID": instance}, name=instance)
+        self.procs[instance] = proc
+        return proc
+
+
+@pytest.fixture(scope="module")
+def failover(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FailoverStack]:
+    stack = Stack(tmp_path_factory.mktemp("failover"))
+    stack.env.update({"NATS_URL": infra.nats_url, "REDIS_URL": infra.redis_url})
+    try:
+        stack.start_fakes()
+        port = free_port()
+        stack.env.update({"PORT": str(port), "HOST": "127.0.0.1"})
+        fs = FailoverStack(stack, port, {})
+        for command, instance in (
+            ("checkpoint", "ckpt-a"), ("transformer", "tr-a"), ("transformer", "tr-b"),
+            ("provider-worker", "wk-a"), ("provider-worker", "wk-b"), ("edge", "edge-a"),
+        ):
+            fs.start(command, instance)
+        yield fs
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+async def store(infra: Infra) -> AsyncIterator[Store]:
+    async with Store.connect(infra.redis_url) as s:
+        yield s
+
+
+async def _route(store: Store, sid: str, role: str) -> str:
+    return (await store.snapshot(sid)).record.get(f"route_{role}", "")
+
+
+async def _next(conn: Any, *types: str) -> list[Any]:
+    """Events up to the first of ``types`` (error events are collected, not raised)."""
+    seen = []
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            event = await conn.recv()
+            seen.append(event)
+            if event.type in types:
+                return seen
+
+
+async def _say(conn: Any, text: str) -> None:
+    await conn.conversation.item.create(
+        item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    )
+    await conn.response.create()
+
+
+def _transcript(events: list[Any]) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
+
+
+async def _kill_and_respawn(fs: FailoverStack, instance: str, command: str) -> None:
+    fs.procs[instance].kill(signal.SIGKILL)
+    fs.procs[instance].popen.wait(5)
+    fs.start(command, instance)  # capacity comes back, under the same name (a restarted pod)
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_worker_killed_mid_response(failover: FailoverStack, store: Store, provider: str) -> None:
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"fo-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    fake_port = failover.stack.fake_ports[provider]
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(
+        model="gpt-realtime", extra_query={"rs_core": provider, "rs_u_sessid": client_sid}
+    ) as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        await _next(conn, "session.updated")
+        await _say(conn, f"one {marker}")
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == f"turn 1: one {marker}"
+
+        # A slow response (3 s of audio at real time), cut by kill -9 of the worker holding the session.
+        await set_knobs(fake_port, pace=1.0, response_ms=3_000)
+        try:
+            await _say(conn, f"two {marker}")
+            await _next(conn, "response.output_audio.delta")
+            victim = await _route(store, sid, "worker")
+            assert victim in failover.procs
+            loop = asyncio.get_running_loop()
+            killed_at = loop.time()
+            await _kill_and_respawn(failover, victim, "provider-worker")
+            events = await _next(conn, "response.done")
+            cut = events[-1].response
+            assert cut.status in ("failed", "incomplete", "cancelled"), cut
+            assert loop.time() - killed_at < 3.0, "the cut response must be closed promptly, not time out"
+        finally:
+            await reset_knobs(fake_port)
+
+        # Spoken input right after the kill: none of it may be lost.
+        await conn.input_audio_buffer.append(audio=b64(tone(440, 700, 24_000)))
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == "turn 3: audio 0.7s"
+        assert events[-1].response.status == "completed"
+        assert await _route(store, sid, "worker") != ""
+
+        await _say(conn, f"three {marker}")
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == f"turn 4: three {marker}"
+
+    # The replacement's upstream conversation holds every earlier item, in order.
+    sessions = await debug_sessions(fake_port, include_closed=True)
+    latest = [s for s in sessions if any(f"three {marker}" in str(i.get("text")) for i in s["items"])]
+    assert latest, sessions
+    users = [i["text"] for i in latest[-1]["items"] if i["role"] == "user"]
+    assert users == [f"one {marker}", f"two {marker}", "audio 0.7s", f"three {marker}"]
+
+
+async def test_transformer_killed_mid_session(failover: FailoverStack, store: Store) -> None:
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"tr-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(
+        model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
+    ) as conn:
+        await conn.session.update(session={"type": "realtime", "instructions": "kept", "audio": {
+            "input": {"turn_detection": None}}})
+        await _next(conn, "session.updated")
+        await _say(conn, f"one {marker}")
+        await _next(conn, "response.done")
+        victim = await _route(store, sid, "transformer")
+        await _kill_and_respawn(failover, victim, "transformer")
+        # Frames sent while nobody translates are not lost: they are in the stream.
+        await conn.input_audio_buffer.append(audio=b64(tone(440, 500, 24_000)))
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == "turn 2: audio 0.5s"
+        assert [e.type for e in events].count("session.created") == 0, "a replacement greets nobody"
+        assert await _route(store, sid, "transformer") != victim or failover.procs[victim].alive()
+
+
+async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> None:
+    """A worker that is only frozen (SIGSTOP) is replaced; when it wakes it must not write into the session."""
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"slow-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    fake_port = failover.stack.fake_ports["openai"]
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(
+        model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
+    ) as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        await _next(conn, "session.updated")
+        await set_knobs(fake_port, pace=1.0, response_ms=1_500)
+        try:
+            await _say(conn, f"one {marker}")
+            first = await _next(conn, "response.output_audio.delta")
+            cut_id = first[-1].response_id
+            victim = await _route(store, sid, "worker")
+            pid = failover.procs[victim].pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                events = await _next(conn, "response.done")
+                assert events[-1].response.id == cut_id and events[-1].response.status != "completed"
+                assert await _route(store, sid, "worker") != victim
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        finally:
+            await reset_knobs(fake_port)
+        # The woken worker still holds a provider socket full of the old response: none of it may reach us.
+        await _say(conn, f"two {marker}")
+        events = await _next(conn, "response.done")
+        assert all(getattr(e, "response_id", None) != cut_id for e in events)
+        assert _transcript(events) == f"turn 2: two {marker}"
+
+
+async def test_checkpoint_killed_and_restarted_without_loss(
+    failover: FailoverStack, store: Store, infra: Infra
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"ck-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    failover.procs["ckpt-a"].kill(signal.SIGKILL)
+    failover.procs["ckpt-a"].popen.wait(5)
+    try:
+        client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+        async with client.realtime.connect(
+            model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
+        ) as conn:
+            await _say(conn, f"one {marker}")
+            await _next(conn, "response.done")
+            await _say(conn, f"two {marker}")
+            await _next(conn, "response.done")
+        assert (await store.snapshot(sid)).items == []  # nobody has folded the stream yet
+    finally:
+        failover.start("checkpoint", "ckpt-a")
+    async with asyncio.timeout(TIMEOUT_S):
+        while len((await store.snapshot(sid)).items) < 4:
+            await asyncio.sleep(0.05)
+    snap = await store.snapshot(sid)
+    texts = [i.text() for i in snap.items if isinstance(i, ev.Message)]
+    assert texts == [f"one {marker}", f"turn 1: one {marker}", f"two {marker}", f"turn 2: two {marker}"]
