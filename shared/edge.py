@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import json
 import logging
@@ -222,7 +223,7 @@ class Edge:
         epoch = await self.store.open_session(meta, edge=self.instance)
         live = _Live(meta, ws, epoch)
         log.info("session open", extra={"sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider})
-        cout = await nc.subscribe(Subjects.cout(sid), cb=lambda m: self._on_cout(live, m))
+        cout = await nc.subscribe(Subjects.cout(sid), cb=functools.partial(self._on_cout, live))
         try:
             started = time.perf_counter()
             request = bus.encode(bus.AssignRequest(meta=meta, epoch=epoch, reply_to_edge=self.instance))

@@ -101,10 +101,10 @@ async def _serve(service: Service, config: Config) -> None:
         stack.push_async_callback(_drain, nc)
         store = await stack.enter_async_context(Store.connect(config.redis_url, ttl_s=config.session_ttl_s))
         await stack.enter_async_context(service.running(nc, store))
-        log.info("ready", extra={"service": service.name})
+        log.info("ready")
         print(f"{service.name} ready", flush=True)
         await stop.wait()
-        log.info("stopping", extra={"service": service.name})
+        log.info("stopping")
 
 
 async def _drain(nc: NATS) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -91,9 +92,9 @@ class Transformer:
         SESSIONS.labels("transformer").set(len(self.sessions))
         nc = self.nc
         session.subs = [
-            await nc.subscribe(Subjects.cin(sid), cb=lambda m, s=session: self._on_client(s, m)),
-            await nc.subscribe(Subjects.down(sid), cb=lambda m, s=session: self._on_down(s, m)),
-            await nc.subscribe(Subjects.ctl(sid), cb=lambda m, s=session: self._on_ctl(s, m)),
+            await nc.subscribe(Subjects.cin(sid), cb=functools.partial(self._on_client, session)),
+            await nc.subscribe(Subjects.down(sid), cb=functools.partial(self._on_down, session)),
+            await nc.subscribe(Subjects.ctl(sid), cb=functools.partial(self._on_ctl, session)),
         ]
         await nc.flush()  # subscriptions are live on the server before the edge hears "ok"
         await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -121,8 +122,8 @@ class ProviderWorker:
         self.sessions[sid] = session
         SESSIONS.labels("worker").set(len(self.sessions))
         session.subs = [
-            await self.nc.subscribe(Subjects.up(sid), cb=lambda m, s=session: self._on_up(s, m)),
-            await self.nc.subscribe(Subjects.ctl(sid), cb=lambda m, s=session: self._on_ctl(s, m)),
+            await self.nc.subscribe(Subjects.up(sid), cb=functools.partial(self._on_up, session)),
+            await self.nc.subscribe(Subjects.ctl(sid), cb=functools.partial(self._on_ctl, session)),
         ]
         await self.nc.flush()
         await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))

@@ -16,6 +16,8 @@ SECRET = "secretkey-996"
 API_KEY = f"{ACCOUNT}:{SECRET}"
 GEMINI_WS_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 TIMEOUT_S = 20.0
+# Warnings the gateway sends when the provider cannot honour a field (never a silent drop).
+WARNING_CODES = frozenset({"unsupported_field"})
 
 __all__ = [
     "ACCOUNT",
@@ -23,6 +25,8 @@ __all__ = [
     "GEMINI_WS_PATH",
     "SECRET",
     "TIMEOUT_S",
+    "WARNING_CODES",
+    "assert_not_error",
     "b64",
     "dominant_hz",
     "fake_session_with",
@@ -63,3 +67,9 @@ async def fake_session_with(http_base: str, marker: str, *, min_items: int = 0, 
         if loop.time() > deadline:
             raise AssertionError(f"no fake session mentions {marker!r}: {data}")
         await asyncio.sleep(0.05)
+
+
+def assert_not_error(event: Any) -> None:
+    """An SDK event that is an error fails the test, unless it is a warning naming an unmappable field."""
+    if event.type == "error":
+        assert event.error.code in WARNING_CODES and event.error.param, f"error event: {event}"

@@ -45,8 +45,11 @@ class FailoverStack:
 @pytest.fixture(scope="module")
 def failover(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FailoverStack]:
     stack = Stack(tmp_path_factory.mktemp("failover"))
-    stack.env.update({"NATS_URL": infra.nats_url, "REDIS_URL": infra.redis_url})
+    stack.env["REDIS_URL"] = infra.redis_url
     try:
+        # A bus of its own: services of other test stacks on a shared bus would join the same queue
+        # groups and the same checkpoint consumer, and take sessions this module kills under.
+        stack.start_nats()
         stack.start_fakes()
         port = free_port()
         stack.env.update({"PORT": str(port), "HOST": "127.0.0.1"})

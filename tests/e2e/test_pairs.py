@@ -20,6 +20,7 @@ from .helpers import (
     API_KEY,
     GEMINI_WS_PATH,
     TIMEOUT_S,
+    assert_not_error,
     b64,
     dominant_hz,
     fake_session_with,
@@ -38,13 +39,14 @@ NAMES = {
 
 
 async def _until(conn: Any, event_type: str) -> list[Any]:
-    """Events up to and including the first of ``event_type``; an error event fails the test."""
+    """Events up to and including the first of ``event_type``; an error event that is not a warning
+    about an unmappable field fails the test."""
     seen: list[Any] = []
     async with asyncio.timeout(TIMEOUT_S):
         while True:
             event = await conn.recv()
             seen.append(event)
-            assert event.type != "error", f"error event: {event}"
+            assert_not_error(event)
             if event.type == event_type:
                 return seen
 
