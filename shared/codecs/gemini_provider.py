@@ -908,8 +908,9 @@ class GeminiProviderCodec:
         self._turn_closed = False
         self._drop_output = False
         self._trigger = "audio"
-        # A response.create still owed for an earlier commit/tool result is stale once a turn has ended.
-        self._skip_response_create = False
+        # A response.create still owed for an earlier commit/tool result stays owed past turnComplete: the
+        # fake (and a fast model) can finish the turn before the client's response.create arrives, and
+        # that late response.create must not start a second answer. Pending items always win over it.
         return Out(events=events)
 
 

@@ -710,3 +710,17 @@ def test_a_bad_part_does_not_cost_the_good_ones_in_the_same_frame() -> None:
     }
     events = make().feed(json.dumps(frame)).events
     assert kinds(events) == ["ResponseStarted", "OutputAudio", "Notice", "OutputTranscript"]
+
+
+def test_response_create_that_arrives_after_the_turn_already_ended_is_still_a_no_op() -> None:
+    # Gemini answers activityEnd by itself and can finish before the client's response.create arrives:
+    # that late response.create must not start a second answer.
+    codec = make(MANUAL)
+    codec.encode(ev.InputAudio(pcm=tone(440, 20, 16_000), rate=16_000))
+    codec.encode(ev.InputAudioCommit(item_id="item_client"))
+    codec.feed(b'{"serverContent":{"modelTurn":{"parts":[{"text":"turn 1: audio 0.0s"}]}}}')
+    codec.feed(b'{"serverContent":{"turnComplete":true}}')
+    assert codec.encode(ev.ResponseCreate()).wire == []
+    # and a later text turn still gets its answer
+    codec.encode(ev.ItemCreate(item=ev.Message(id="t1", role="user", content=[ev.TextContent(text="hi")])))
+    assert "clientContent" in wire(codec.encode(ev.ResponseCreate()).wire)[0]
