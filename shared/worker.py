@@ -324,9 +324,13 @@ class ProviderWorker:
                 await asyncio.wait_for(session.config_seen.wait(), self.config.gemini_setup_wait_ms / 1000)
             config = session.config
         config = config or ev.SessionConfig()
-        # The config the codec starts with already covers queued config events.
-        while session.pending and isinstance(session.pending[0], ev.SessionConfig):
-            session.pending.popleft()
+        # The config the codec starts with already covers queued config events, and the history already
+        # holds items the checkpoint folded after they were queued: neither may be sent twice.
+        in_history = {item.id for item in snapshot.items}
+        session.pending = collections.deque(
+            e for e in session.pending
+            if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in in_history)
+        )
         url, headers = provider.endpoint(session.model)
         # Gemini: the previous connection's resumption handle restores the conversation server-side.
         handle = getattr(session.codec, "resumption_handle", None)
