@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_dev_starts_everything_and_ctrl_c_leaves_nothing_running(tmp_path: object) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "GEMINI_API_KEY", "NATS_URL", "REDIS_URL")}
+    unset = ("OPENAI_API_KEY", "GEMINI_API_KEY", "NATS_URL", "REDIS_URL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "dev", "--port", str(port)],
@@ -41,8 +42,11 @@ async def test_dev_starts_everything_and_ctrl_c_leaves_nothing_running(tmp_path:
         assert seed is not None and f":{port}/?" in seed.group(1)
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        for needed in ("nats-server", "redis-server", "services.edge", "services.transformer",
-                       "services.provider_worker", "services.checkpoint", "services.fake_openai", "services.fake_gemini"):
+        needed_processes = (
+            "nats-server", "redis-server", "services.edge", "services.transformer",
+            "services.provider_worker", "services.checkpoint", "services.fake_openai", "services.fake_gemini",
+        )
+        for needed in needed_processes:
             assert needed in names, f"{needed} not started: {names}"
 
         async with websockets.connect(seed.group(1)) as ws:
