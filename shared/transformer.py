@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -60,8 +61,14 @@ class Transformer:
         self.config = config
         self.instance = instance_id("transformer", config.instance_id)
         self.sessions: dict[str, _Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.nc: NATS | None = None
         self.store: Store | None = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
@@ -153,7 +160,9 @@ class Transformer:
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:
         ctl = bus.decode(msg.data, bus.Control)
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
-            await self._drop(session.meta.sid)
+            # Not awaited here: _drop unsubscribes the very subscription running this callback, which
+            # cancels it; the drop runs in its own task so it always completes.
+            self._spawn(self._drop(session.meta.sid))
         elif ctl.kind == "replace" and ctl.role == "worker" and ctl.epoch > session.worker_epoch:
             session.worker_epoch = ctl.epoch
             if session.open_response is not None:

@@ -14,7 +14,8 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import msgspec
 import websockets
@@ -83,8 +84,14 @@ class ProviderWorker:
         settings = config.provider_settings()
         self.providers: dict[str, Provider] = {n: load_provider(n)(settings) for n in names}
         self.sessions: dict[str, _Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.nc: NATS | None = None
         self.store: Store | None = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
@@ -135,7 +142,9 @@ class ProviderWorker:
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:
         ctl = bus.decode(msg.data, bus.Control)
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
-            await self._drop(session.meta.sid)
+            # Not awaited here: _drop unsubscribes the very subscription running this callback, which
+            # cancels it; the drop runs in its own task so it always completes.
+            self._spawn(self._drop(session.meta.sid))
         elif ctl.kind == "replace" and ctl.role == "transformer" and ctl.epoch > session.transformer_epoch:
             session.transformer_epoch = ctl.epoch
 
