@@ -33,6 +33,8 @@ __all__ = ["Transformer"]
 
 log = logging.getLogger(__name__)
 
+_INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
+
 
 class _Session:
     __slots__ = (
@@ -139,7 +141,13 @@ class Transformer:
             return  # already fed (stream replay and live delivery overlap)
         session.last_cin = frame.seq
         FRAMES.labels("transformer", "in").inc()
-        await self._send(session, session.codec.feed(frame.data), up_seq=frame.seq)
+        try:
+            out = session.codec.feed(frame.data)
+        except Exception:
+            # A codec bug must not cost the frame silently nor touch other sessions: say so in the dialect.
+            log.exception("codec failed on a client frame", extra={"sid": session.meta.sid})
+            out = session.codec.encode(_INTERNAL_ERROR)
+        await self._send(session, out, up_seq=frame.seq)
 
     async def _on_down(self, session: _Session, msg: Msg) -> None:
         env = ev.decode_envelope(msg.data)
@@ -154,7 +162,11 @@ class Transformer:
             elif isinstance(event, ev.Notice):
                 NOTICES.labels(event.code).inc()
                 log.info("notice", extra={"sid": session.meta.sid, "code": event.code, "param": event.param})
-            out.extend(session.codec.encode(event))
+            try:
+                out.extend(session.codec.encode(event))
+            except Exception:
+                log.exception("codec failed on a provider event", extra={"sid": session.meta.sid})
+                out.extend(session.codec.encode(_INTERNAL_ERROR))
         await self._send(session, out)
 
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:

@@ -46,6 +46,7 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
+_INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 # On resume these are not replayed: they would act twice, or the snapshot already holds their effect.
 _NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
 
@@ -254,7 +255,12 @@ class ProviderWorker:
 
     async def _encode(self, session: _Session, event: ev.Event) -> None:
         assert session.codec is not None
-        out = session.codec.encode(event)
+        try:
+            out = session.codec.encode(event)
+        except Exception:
+            # A codec bug must not cost the event silently nor touch other sessions: tell the client.
+            log.exception("codec failed on a client event", extra={"sid": session.meta.sid})
+            out = Out(events=[_INTERNAL_ERROR])
         await self._apply(session, out)
         if getattr(session.codec, "needs_reconnect", False) and session.ws is not None:
             # The provider cannot take this change live (Gemini: one setup per connection).
@@ -357,5 +363,10 @@ class ProviderWorker:
             session.overflowed = 0
             async for frame in ws:
                 FRAMES.labels("worker", "provider_in").inc()
-                await self._apply(session, codec.feed(frame))
+                try:
+                    out = codec.feed(frame)
+                except Exception:
+                    log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
+                    out = Out(events=[_INTERNAL_ERROR])
+                await self._apply(session, out)
         return True

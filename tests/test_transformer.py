@@ -1,0 +1,68 @@
+"""The transformer in-process against a real nats-server and redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from shared import bus
+from shared.bus import Subjects
+from shared.codecs.base import Out
+from shared.codecs.openai_client import OpenAIClientCodec
+from shared.config import load_config
+from shared.session import SessionMeta
+from shared.store import Store
+from shared.transformer import Transformer
+
+from .conftest import Infra
+
+
+class _BrokenOnPoison(OpenAIClientCodec):
+    """A codec with a bug: it raises on one particular frame."""
+
+    def feed(self, frame: str | bytes) -> Out:
+        if b"poison" in (frame if isinstance(frame, bytes) else frame.encode()):
+            raise RuntimeError("codec bug")
+        return super().feed(frame)
+
+
+@pytest.fixture
+async def transformer(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NATS]:
+    monkeypatch.setattr("shared.transformer.client_codec", lambda meta: _BrokenOnPoison(meta, beta=False))
+    config = load_config({"NATS_URL": infra.nats_url, "REDIS_URL": infra.redis_url}, dotenv=None)
+    service = Transformer(config)
+    nc = await nats.connect(infra.nats_url)
+    async with Store.connect(infra.redis_url) as store, service.running(nc, store):
+        yield nc
+    await nc.close()
+
+
+async def test_a_codec_bug_becomes_an_error_in_the_dialect_and_the_session_lives_on(transformer: NATS) -> None:
+    nc = transformer
+    sid = uuid.uuid4().hex[:30]
+    meta = SessionMeta(sid=sid, account="a", client_session_id="c", dialect="openai_ga", provider="openai")
+    frames: asyncio.Queue[bus.ClientOut] = asyncio.Queue()
+
+    async def on_cout(msg: nats.aio.msg.Msg) -> None:
+        await frames.put(bus.decode(msg.data, bus.ClientOut))
+
+    await nc.subscribe(Subjects.cout(sid), cb=on_cout)
+    reply = await nc.request(Subjects.ASSIGN_TRANSFORMER, bus.encode(bus.AssignRequest(meta=meta, epoch=1)), timeout=5)
+    assert bus.decode(reply.data, bus.AssignReply).ok
+    greeting = await asyncio.wait_for(frames.get(), 5)
+    assert json.loads(greeting.frames[0])["type"] == "session.created"
+
+    poison = json.dumps({"type": "input_audio_buffer.clear", "poison": True}).encode()
+    await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(1, 1, poison)))
+    error = json.loads((await asyncio.wait_for(frames.get(), 5)).frames[0])
+    assert error["type"] == "error" and error["error"]["code"] == "internal_error"
+
+    await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(1, 2, b'{"type":"input_audio_buffer.clear"}')))
+    after = json.loads((await asyncio.wait_for(frames.get(), 5)).frames[0])
+    assert after["type"] == "input_audio_buffer.cleared"
