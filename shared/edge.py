@@ -236,7 +236,7 @@ class Edge:
             ASSIGN_SECONDS.observe(time.perf_counter() - started)
             live.attached_at = time.monotonic()
             self.sessions[sid] = live
-            await self.store.set_route(sid, transformer=live.transformer, worker=live.worker)
+            await self.store.set_route(sid, transformer=live.transformer, worker=live.worker, epoch=str(epoch))
             # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
             # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
             # a replacement exactly which client frames were already turned into canonical events.
@@ -331,7 +331,7 @@ class Edge:
             else:
                 live.transformer, live.transformer_epoch = instance, epoch
             live.attached_at = time.monotonic()
-            await self.store.set_route(sid, **{role: instance})
+            await self.store.set_route(sid, **{role: instance, "epoch": str(epoch)})
             REATTACHES.labels(role).inc()
             REATTACH_SECONDS.observe(time.perf_counter() - started)
             log.info("reattached", extra={"sid": sid, "epoch": epoch, "role": role, "instance": instance})

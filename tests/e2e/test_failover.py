@@ -74,12 +74,19 @@ async def _route(store: Store, sid: str, role: str) -> str:
     return (await store.snapshot(sid)).record.get(f"route_{role}", "")
 
 
-async def _route_moves(store: Store, sid: str, role: str, old: str) -> str:
-    """The new instance of ``role`` once the edge has recorded the reattach."""
+async def _route_epoch(store: Store, sid: str) -> int:
+    return int((await store.snapshot(sid)).record.get("route_epoch", "0"))
+
+
+async def _route_moves(store: Store, sid: str, role: str, before: int) -> str:
+    """The instance of ``role`` once the edge has recorded a reattach: a route epoch newer than
+    ``before`` (read before the kill; the replacement may reuse the old instance's name)."""
     async with asyncio.timeout(TIMEOUT_S):
-        while (current := await _route(store, sid, role)) in ("", old):
+        while True:
+            record = (await store.snapshot(sid)).record
+            if int(record.get("route_epoch", "0")) > before and record.get(f"route_{role}"):
+                return record[f"route_{role}"]
             await asyncio.sleep(0.02)
-    return current
 
 
 async def _next(conn: Any, *types: str) -> list[Any]:
@@ -178,6 +185,7 @@ async def test_transformer_killed_mid_session(failover: FailoverStack, store: St
         await _say(conn, f"one {marker}")
         await _next(conn, "response.done")
         victim = await _route(store, sid, "transformer")
+        before = await _route_epoch(store, sid)
         await _kill_and_respawn(failover, victim, "transformer")
         # Frames sent while nobody translates are not lost: they are in the stream.
         await conn.input_audio_buffer.append(audio=b64(tone(440, 500, 24_000)))
@@ -186,7 +194,7 @@ async def test_transformer_killed_mid_session(failover: FailoverStack, store: St
         events = await _next(conn, "response.done")
         assert _transcript(events) == "turn 2: audio 0.5s"
         assert [e.type for e in events].count("session.created") == 0, "a replacement greets nobody"
-        assert await _route(store, sid, "transformer") != victim or failover.procs[victim].alive()
+        assert await _route_moves(store, sid, "transformer", before), "the edge recorded the reattach"
 
 
 async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> None:
@@ -207,12 +215,13 @@ async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> N
             first = await _next(conn, "response.output_audio.delta")
             cut_id = first[-1].response_id
             victim = await _route(store, sid, "worker")
+            before = await _route_epoch(store, sid)
             pid = failover.procs[victim].pid
             os.kill(pid, signal.SIGSTOP)
             try:
                 events = await _next(conn, "response.done")
                 assert events[-1].response.id == cut_id and events[-1].response.status != "completed"
-                await _route_moves(store, sid, "worker", victim)
+                assert await _route_moves(store, sid, "worker", before) != victim
             finally:
                 os.kill(pid, signal.SIGCONT)
         finally:
@@ -250,3 +259,39 @@ async def test_checkpoint_killed_and_restarted_without_loss(
     snap = await store.snapshot(sid)
     texts = [i.text() for i in snap.items if isinstance(i, ev.Message)]
     assert texts == [f"one {marker}", f"turn 1: one {marker}", f"two {marker}", f"turn 2: two {marker}"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_tool_call_stays_answerable_after_the_worker_dies(
+    failover: FailoverStack, store: Store, provider: str
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"tool-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(
+        model="gpt-realtime", extra_query={"rs_core": provider, "rs_u_sessid": client_sid}
+    ) as conn:
+        await conn.session.update(session={
+            "type": "realtime", "audio": {"input": {"turn_detection": None}},
+            "tools": [{"type": "function", "name": "get_weather", "description": "weather in a city",
+                       "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}],
+        })
+        await _next(conn, "session.updated")
+        await _say(conn, f"please get_weather {marker}")
+        events = await _next(conn, "response.done")
+        calls = [e for e in events if e.type == "response.function_call_arguments.done"]
+        assert len(calls) == 1
+        call_id = calls[0].call_id
+
+        victim = await _route(store, sid, "worker")
+        before = await _route_epoch(store, sid)
+        await _kill_and_respawn(failover, victim, "provider-worker")
+        await _route_moves(store, sid, "worker", before)
+
+        await conn.conversation.item.create(
+            item={"type": "function_call_output", "call_id": call_id, "output": f"sunny {marker}"}
+        )
+        await conn.response.create()
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == f"turn 1: tool get_weather returned sunny {marker}"
