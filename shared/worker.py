@@ -32,7 +32,7 @@ from shared.checkpoint import DURABLE
 from shared.codecs.base import Out, ProviderCodec
 from shared.config import Config
 from shared.metrics import FRAMES, PROVIDER_CONNECTS, PROVIDER_ERRORS, REPLAYED, SESSIONS, UPSTREAM_RECONNECTS
-from shared.providers import Provider, installed_providers, load_provider
+from shared.providers import Provider, ProviderNotConfigured, installed_providers, load_provider
 from shared.runtime import heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
@@ -296,6 +296,12 @@ class ProviderWorker:
                 opened = await self._run_upstream(session)
                 failures = 0 if opened else failures + 1
                 reason = "closed"
+            except ProviderNotConfigured as exc:
+                # Missing settings on this worker: retrying cannot help, the client is told why.
+                PROVIDER_ERRORS.labels(name, "not_configured").inc()
+                await self._publish(session, [ev.ProviderError(
+                    code="provider_not_configured", message=str(exc), fatal=True)])
+                return
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 PROVIDER_ERRORS.labels(name, f"http_{status}").inc()
@@ -347,9 +353,10 @@ class ProviderWorker:
             if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in in_history)
         )
         url, headers = provider.endpoint(session.model)
-        # Gemini: the previous connection's resumption handle restores the conversation server-side.
-        handle = getattr(session.codec, "resumption_handle", None)
-        codec = session.codec = provider.codec(session.meta, session.model, resumption_handle=handle)
+        # History is always restored from our own log, never from a Gemini resumption handle: a handle
+        # only covers what the provider had consumed at its last update, so items sent after it (or queued
+        # while reconnecting) would be lost, and the log is the source of truth anyway.
+        codec = session.codec = provider.codec(session.meta, session.model)
         async with websockets.connect(
             url, additional_headers=headers, max_size=None, compression=None, open_timeout=10,
             ping_interval=20, ping_timeout=20,

@@ -295,3 +295,41 @@ async def test_tool_call_stays_answerable_after_the_worker_dies(
         await conn.response.create()
         events = await _next(conn, "response.done")
         assert _transcript(events) == f"turn 1: tool get_weather returned sunny {marker}"
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_provider_drop_is_survived_by_reconnecting_with_history(
+    failover: FailoverStack, store: Store, provider: str
+) -> None:
+    """The provider closes the socket mid-response (1011) and refuses the next two connects (503): the
+    worker closes the cut response, tells the client, backs off, reconnects and restores the history."""
+    marker = uuid.uuid4().hex[:8]
+    fake_port = failover.stack.fake_ports[provider]
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": provider}) as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        await _next(conn, "session.updated")
+        await _say(conn, f"one {marker}")
+        await _next(conn, "response.done")
+        upstream = next(s for s in await debug_sessions(fake_port)
+                        if any(f"one {marker}" in str(i.get("text")) for i in s["items"]))
+        await set_knobs(fake_port, session=upstream["id"], close_after=upstream["events_sent"] + 4, close_code=1011)
+        await set_knobs(fake_port, refuse=503, refuse_count=2)
+        try:
+            await _say(conn, f"two {marker}")
+            events = await _next(conn, "response.done")
+            assert events[-1].response.status == "failed"
+            notice = (await _next(conn, "error"))[-1]
+            assert notice.error.code == "provider_reconnecting"
+        finally:
+            await reset_knobs(fake_port)
+        await _say(conn, f"three {marker}")
+        events = await _next(conn, "response.done")
+        assert _transcript(events).endswith(f"three {marker}")
+    # The new upstream conversation holds all three user turns in order. (For Gemini the gateway sends
+    # "two" and "three" as one user turn: the cut answer left two user items in a row, and Gemini expects
+    # turns to alternate.)
+    latest = [s for s in await debug_sessions(fake_port, include_closed=True)
+              if any(f"three {marker}" in str(i.get("text")) for i in s["items"])][-1]
+    said = " ".join(str(i["text"]) for i in latest["items"] if i["role"] == "user")
+    assert said == f"one {marker} two {marker} three {marker}"
