@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -16,6 +17,7 @@ from shared.bus import Subjects
 from shared.codecs.base import Out
 from shared.codecs.openai_client import OpenAIClientCodec
 from shared.config import load_config
+from shared.devstack import Stack
 from shared.session import SessionMeta
 from shared.store import Store
 from shared.transformer import Transformer
@@ -33,14 +35,22 @@ class _BrokenOnPoison(OpenAIClientCodec):
 
 
 @pytest.fixture
-async def transformer(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NATS]:
+async def transformer(
+    infra: Infra, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[NATS]:
     monkeypatch.setattr("shared.transformer.client_codec", lambda meta: _BrokenOnPoison(meta, beta=False))
-    config = load_config({"NATS_URL": infra.nats_url, "REDIS_URL": infra.redis_url}, dotenv=None)
-    service = Transformer(config)
-    nc = await nats.connect(infra.nats_url)
-    async with Store.connect(infra.redis_url) as store, service.running(nc, store):
-        yield nc
-    await nc.close()
+    # A bus of its own: transformers of other test stacks on a shared bus would answer the assignment.
+    stack = Stack(tmp_path)
+    nats_url = stack.start_nats()
+    try:
+        config = load_config({"NATS_URL": nats_url, "REDIS_URL": infra.redis_url}, dotenv=None)
+        service = Transformer(config)
+        nc = await nats.connect(nats_url)
+        async with Store.connect(infra.redis_url) as store, service.running(nc, store):
+            yield nc
+        await nc.close()
+    finally:
+        stack.stop()
 
 
 async def test_a_codec_bug_becomes_an_error_in_the_dialect_and_the_session_lives_on(transformer: NATS) -> None:
