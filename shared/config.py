@@ -8,6 +8,7 @@ fails fast with a message naming the variable; nothing deep in the stack reads `
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     )
     openai_model: str = "gpt-realtime"
     gemini_model: str = "gemini-live-2.5-flash-preview"
+    # Azure has no default resource: empty means "not configured" (sessions on it fail, the worker starts).
+    azure_openai_api_key: str = ""
+    azure_openai_realtime_url: str = ""
+    azure_openai_deployment: str = ""
+    azure_openai_api_version: str = "2025-08-28"
     accounts: dict[str, str] = msgspec.field(default_factory=dict)
     enable_db: bool = False
     switch_latency_threshold_ms: int = 500
@@ -59,6 +65,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             "GEMINI_API_KEY": self.gemini_api_key,
             "GEMINI_LIVE_URL": self.gemini_live_url,
             "GEMINI_MODEL": self.gemini_model,
+            "AZURE_OPENAI_API_KEY": self.azure_openai_api_key,
+            "AZURE_OPENAI_REALTIME_URL": self.azure_openai_realtime_url,
+            "AZURE_OPENAI_DEPLOYMENT": self.azure_openai_deployment,
+            "AZURE_OPENAI_API_VERSION": self.azure_openai_api_version,
         }
 
 
@@ -106,6 +116,17 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _pattern(regex: str, expected: str) -> Callable[[str], str]:
+    compiled = re.compile(regex)
+
+    def parse(raw: str) -> str:
+        if not compiled.fullmatch(raw.strip()):
+            raise ValueError(f"expected {expected}")
+        return raw.strip()
+
+    return parse
+
+
 def _provider(raw: str) -> str:
     return raw.strip().lower()
 
@@ -122,6 +143,13 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("GEMINI_LIVE_URL", "gemini_live_url", _url("ws", "wss")),
     ("OPENAI_MODEL", "openai_model", str),
     ("GEMINI_MODEL", "gemini_model", str),
+    ("AZURE_OPENAI_API_KEY", "azure_openai_api_key", str),
+    ("AZURE_OPENAI_REALTIME_URL", "azure_openai_realtime_url", _url("ws", "wss")),
+    # Azure's naming rule for deployments: letters, digits, '-', '_', '.', at most 64
+    ("AZURE_OPENAI_DEPLOYMENT", "azure_openai_deployment", _pattern(r"[A-Za-z0-9._-]{1,64}", "a deployment name")),
+    # GA only: a -preview version makes Azure speak the beta protocol, which the OpenAI codec does not send
+    ("AZURE_OPENAI_API_VERSION", "azure_openai_api_version",
+     _pattern(r"\d{4}-\d{2}-\d{2}", "a GA api-version such as 2025-08-28 (no -preview)")),
     ("ACCOUNTS", "accounts", parse_accounts),
     ("ENABLE_DB", "enable_db", _bool),
     ("SWITCH_LATENCY_THRESHOLD_MS", "switch_latency_threshold_ms", _int_range(1, 600_000)),

@@ -39,6 +39,9 @@ SERVICE_MODULES: dict[str, str] = {
 }
 
 GEMINI_FAKE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+AZURE_FAKE_PATH = "/openai/realtime"
+AZURE_FAKE_DEPLOYMENT = "rtswitch-dev-realtime"
+AZURE_FAKE_API_VERSION = "2025-08-28"  # GA: the fake answers -preview versions in beta
 
 
 def free_port() -> int:
@@ -204,14 +207,21 @@ class Stack:
             proc.wait_ready()
         return proc
 
-    def start_fake(self, command: str, port: int | None = None, *args: str) -> tuple[Proc, int]:
+    def start_fake(
+        self, command: str, port: int | None = None, *args: str, name: str | None = None
+    ) -> tuple[Proc, int]:
         port = port or free_port()
-        proc = self._spawn(command, [sys.executable, "-m", SERVICE_MODULES[command], "--port", str(port), *args])
+        argv = [sys.executable, "-m", SERVICE_MODULES[command], "--port", str(port), *args]
+        proc = self._spawn(name or command, argv)  # name: its own log file when a fake runs twice
         wait_port(port)
         return proc, port
 
     def start_fakes(self) -> dict[str, str]:
-        """Both fakes, and the env that points workers at them."""
+        """The fakes, and the env that points workers at them.
+
+        OpenAI and Gemini always; Azure (the OpenAI fake in ``--azure`` mode) only when no
+        ``AZURE_OPENAI_API_KEY`` is set, so a real Azure resource in the environment is left alone.
+        """
         _, openai_port = self.start_fake("fake-openai")
         _, gemini_port = self.start_fake("fake-gemini")
         pointers = {
@@ -220,8 +230,17 @@ class Stack:
             "OPENAI_API_KEY": "fake-openai-key",
             "GEMINI_API_KEY": "fake-gemini-key",
         }
-        self.env.update(pointers)
         self.fake_ports = {"openai": openai_port, "gemini": gemini_port}
+        if not self.env.get("AZURE_OPENAI_API_KEY"):
+            _, azure_port = self.start_fake("fake-openai", None, "--azure", name="fake-azure")
+            pointers.update({
+                "AZURE_OPENAI_REALTIME_URL": f"ws://127.0.0.1:{azure_port}{AZURE_FAKE_PATH}",
+                "AZURE_OPENAI_API_KEY": "fake-azure-key",
+                "AZURE_OPENAI_DEPLOYMENT": AZURE_FAKE_DEPLOYMENT,
+                "AZURE_OPENAI_API_VERSION": AZURE_FAKE_API_VERSION,
+            })
+            self.fake_ports["azure"] = azure_port
+        self.env.update(pointers)
         return pointers
 
     def _spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None, ready_text: str = "") -> Proc:

@@ -17,7 +17,14 @@ import msgspec
 from shared.codecs.base import ProviderCodec
 from shared.session import SessionMeta
 
-__all__ = ["Capabilities", "Provider", "UnknownProvider", "installed_providers", "load_provider"]
+__all__ = [
+    "Capabilities",
+    "Provider",
+    "ProviderNotConfigured",
+    "UnknownProvider",
+    "installed_providers",
+    "load_provider",
+]
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +41,12 @@ class UnknownProvider(LookupError):
     pass
 
 
+class ProviderNotConfigured(RuntimeError):
+    """Raised by ``endpoint()`` when a setting the provider needs is missing. The worker answers the session
+    with a fatal ``ProviderError(provider_not_configured)``; a provider's constructor never raises for this,
+    so a worker without one provider's settings still starts and serves the others."""
+
+
 class Provider(Protocol):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
@@ -48,7 +61,8 @@ class Provider(Protocol):
         ...
 
     def endpoint(self, model: str) -> tuple[str, list[tuple[str, str]]]:
-        """URL and headers (with the provider key) for one upstream connection."""
+        """URL and headers (with the provider key) for one upstream connection. Raises
+        ``ProviderNotConfigured`` (message names the missing settings, never their values) when unconfigured."""
         ...
 
     def codec(self, meta: SessionMeta, model: str, *, resumption_handle: str | None = None) -> ProviderCodec:
