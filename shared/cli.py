@@ -75,9 +75,10 @@ def dev(argv: list[str]) -> None:
             stack.start_redis()
         stack.env["PORT"] = str(config.port)
         stack.env["HOST"] = config.host
-        if not (config.openai_api_key or config.gemini_api_key):
-            print("no provider keys: starting fake OpenAI and Gemini providers", flush=True)
-            stack.start_fakes()
+        # Providers without a key get a fake; a provider with a key is the real one.
+        stack.start_fakes(only_missing=True)
+        if stack.fake_ports:
+            print(f"no key for {', '.join(sorted(stack.fake_ports))}: started fake providers for them", flush=True)
         for command in ("checkpoint", "transformer", "provider-worker", "edge"):
             stack.start_service(command)
         account, secret = next(iter(config.accounts.items()))

@@ -15,7 +15,8 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -42,6 +43,32 @@ GEMINI_FAKE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.Bi
 AZURE_FAKE_PATH = "/openai/realtime"
 AZURE_FAKE_DEPLOYMENT = "rtswitch-dev-realtime"
 AZURE_FAKE_API_VERSION = "2025-08-28"  # GA: the fake answers -preview versions in beta
+
+
+@dataclass(frozen=True)
+class FakeSpec:
+    command: str  # rtswitch command of the fake
+    args: tuple[str, ...]
+    key_var: str  # the provider key; when set, rtswitch dev uses the real provider
+    env: Callable[[int], dict[str, str]]  # worker env that points the provider at a fake on this port
+
+
+FAKES: dict[str, FakeSpec] = {
+    "openai": FakeSpec("fake-openai", (), "OPENAI_API_KEY", lambda port: {
+        "OPENAI_REALTIME_URL": f"ws://127.0.0.1:{port}/v1/realtime",
+        "OPENAI_API_KEY": "fake-openai-key",
+    }),
+    "gemini": FakeSpec("fake-gemini", (), "GEMINI_API_KEY", lambda port: {
+        "GEMINI_LIVE_URL": f"ws://127.0.0.1:{port}{GEMINI_FAKE_PATH}",
+        "GEMINI_API_KEY": "fake-gemini-key",
+    }),
+    "azure": FakeSpec("fake-openai", ("--azure",), "AZURE_OPENAI_API_KEY", lambda port: {
+        "AZURE_OPENAI_REALTIME_URL": f"ws://127.0.0.1:{port}{AZURE_FAKE_PATH}",
+        "AZURE_OPENAI_API_KEY": "fake-azure-key",
+        "AZURE_OPENAI_DEPLOYMENT": AZURE_FAKE_DEPLOYMENT,
+        "AZURE_OPENAI_API_VERSION": AZURE_FAKE_API_VERSION,
+    }),
+}
 
 
 def free_port() -> int:
@@ -216,30 +243,20 @@ class Stack:
         wait_port(port)
         return proc, port
 
-    def start_fakes(self) -> dict[str, str]:
-        """The fakes, and the env that points workers at them.
+    def start_fakes(self, *, only_missing: bool = False) -> dict[str, str]:
+        """Start fake providers and point the workers' env at them; returns that env.
 
-        OpenAI and Gemini always; Azure (the OpenAI fake in ``--azure`` mode) only when no
-        ``AZURE_OPENAI_API_KEY`` is set, so a real Azure resource in the environment is left alone.
+        ``only_missing``: start a fake only for providers without a key in the env (``rtswitch dev``: a
+        real key is used, the other providers get fakes). Otherwise every provider gets a fake (tests).
         """
-        _, openai_port = self.start_fake("fake-openai")
-        _, gemini_port = self.start_fake("fake-gemini")
-        pointers = {
-            "OPENAI_REALTIME_URL": f"ws://127.0.0.1:{openai_port}/v1/realtime",
-            "GEMINI_LIVE_URL": f"ws://127.0.0.1:{gemini_port}{GEMINI_FAKE_PATH}",
-            "OPENAI_API_KEY": "fake-openai-key",
-            "GEMINI_API_KEY": "fake-gemini-key",
-        }
-        self.fake_ports = {"openai": openai_port, "gemini": gemini_port}
-        if not self.env.get("AZURE_OPENAI_API_KEY"):
-            _, azure_port = self.start_fake("fake-openai", None, "--azure", name="fake-azure")
-            pointers.update({
-                "AZURE_OPENAI_REALTIME_URL": f"ws://127.0.0.1:{azure_port}{AZURE_FAKE_PATH}",
-                "AZURE_OPENAI_API_KEY": "fake-azure-key",
-                "AZURE_OPENAI_DEPLOYMENT": AZURE_FAKE_DEPLOYMENT,
-                "AZURE_OPENAI_API_VERSION": AZURE_FAKE_API_VERSION,
-            })
-            self.fake_ports["azure"] = azure_port
+        pointers: dict[str, str] = {}
+        self.fake_ports = {}
+        for provider, fake in FAKES.items():
+            if only_missing and self.env.get(fake.key_var):
+                continue
+            _, port = self.start_fake(fake.command, None, *fake.args, name=f"fake-{provider}")
+            pointers.update(fake.env(port))
+            self.fake_ports[provider] = port
         self.env.update(pointers)
         return pointers
 

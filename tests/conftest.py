@@ -101,8 +101,8 @@ def running(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     workdir: Path = tmp_path_factory.mktemp("stack")
     stack = Stack(workdir)
     stack.env.update({"NATS_URL": infra.nats_url, "REDIS_URL": infra.redis_url, "LOG_LEVEL": "INFO"})
-    stack.env.pop("OPENAI_API_KEY", None)
-    stack.env.pop("GEMINI_API_KEY", None)
+    for key in ("OPENAI_API_KEY", "GEMINI_API_KEY", "AZURE_OPENAI_API_KEY"):
+        stack.env.pop(key, None)  # tests never reach a real provider
     try:
         stack.start_fakes()
         edge_port = _free_port()

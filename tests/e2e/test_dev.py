@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_dev_starts_everything_and_ctrl_c_leaves_nothing_running(tmp_path: object) -> None:
-    unset = ("OPENAI_API_KEY", "GEMINI_API_KEY", "NATS_URL", "REDIS_URL")
+    unset = ("OPENAI_API_KEY", "GEMINI_API_KEY", "AZURE_OPENAI_API_KEY", "NATS_URL", "REDIS_URL")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     port = free_port()
     proc = subprocess.Popen(
@@ -37,7 +37,7 @@ async def test_dev_starts_everything_and_ctrl_c_leaves_nothing_running(tmp_path:
                 assert line, "rtswitch dev exited early:\n" + "".join(lines)
                 lines.append(line)
         output = "".join(lines)
-        assert "starting fake OpenAI and Gemini providers" in output
+        assert "no key for azure, gemini, openai: started fake providers for them" in output
         seed = re.search(r"seed URL: (\S+)", output)
         assert seed is not None and f":{port}/?" in seed.group(1)
         children = psutil.Process(proc.pid).children(recursive=True)
