@@ -11,6 +11,9 @@ docs/entry-points.md:
 - ``/ws/google.ai.generativelanguage.<v>.GenerativeService.BidiGenerateContent``: Gemini; key in
   ``x-goog-api-key`` or ``?key=``; provider = ``rs_core`` / ``X-RS-Core``, else by ``setup.model``, else
   the default.
+
+On both SDK paths the session id is ``rs_u_sessid`` in the query or, for SDKs that cannot add a query
+(google-genai), the ``X-RS-Session`` header; without either, a fresh session.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def _session_id(raw: str | None) -> str:
     if raw is None:
         return f"sess_{uuid.uuid4().hex}"
     if not _SESSION_ID.match(raw):
-        raise RouteError(400, "rs_u_sessid must be 1-256 printable characters without spaces")
+        raise RouteError(400, "rs_u_sessid / X-RS-Session must be 1-256 printable characters without spaces")
     return raw
 
 
@@ -130,6 +133,10 @@ def _seed(query: Mapping[str, list[str]], auth: Authenticator, installed: frozen
     return Route(dialect, account, session_id, provider, _first(query, "rs_model"))
 
 
+def _client_session(query: Mapping[str, list[str]], headers: Mapping[str, str]) -> str:
+    return _session_id(_first(query, "rs_u_sessid") or headers.get("x-rs-session"))
+
+
 def _override(query: Mapping[str, list[str]], headers: Mapping[str, str], installed: frozenset[str]) -> str | None:
     raw = _first(query, "rs_core") or headers.get("x-rs-core")
     return _provider_name(raw, installed) if raw else None
@@ -147,7 +154,7 @@ def _openai(
     model = _first(query, "model")
     provider = _override(query, headers, installed) or provider_for_model(model)
     return Route(
-        "openai_beta" if beta else "openai_ga", account, _session_id(_first(query, "rs_u_sessid")), provider, model
+        "openai_beta" if beta else "openai_ga", account, _client_session(query, headers), provider, model
     )
 
 
@@ -158,4 +165,4 @@ def _gemini(
     if not key:
         raise RouteError(401, "missing API key")
     account = auth.check_api_key(key)
-    return Route("gemini", account, _session_id(_first(query, "rs_u_sessid")), _override(query, headers, installed))
+    return Route("gemini", account, _client_session(query, headers), _override(query, headers, installed))

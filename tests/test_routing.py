@@ -90,3 +90,17 @@ def test_unknown_path_is_404() -> None:
     with pytest.raises(RouteError) as info:
         resolve("/admin", {}, AUTH, INSTALLED, now=0)
     assert info.value.status == 404
+
+
+def test_sdk_paths_take_the_session_id_from_a_header_when_the_query_has_none() -> None:
+    headers = {"authorization": f"Bearer {ACC}:{SECRET}", "x-rs-session": "call-42"}
+    assert resolve("/v1/realtime?model=gpt-realtime", headers, AUTH, INSTALLED, now=0).client_session_id == "call-42"
+    query_wins = resolve("/v1/realtime?model=gpt-realtime&rs_u_sessid=q1", headers, AUTH, INSTALLED, now=0)
+    assert query_wins.client_session_id == "q1"
+    gemini = resolve(GEMINI_PATH, {"x-goog-api-key": SECRET, "x-rs-session": "g-7"}, AUTH, INSTALLED, now=0)
+    assert gemini.client_session_id == "g-7"
+    minted = resolve(GEMINI_PATH, {"x-goog-api-key": SECRET}, AUTH, INSTALLED, now=0).client_session_id
+    assert minted.startswith("sess_")
+    with pytest.raises(RouteError) as info:
+        resolve(GEMINI_PATH, {"x-goog-api-key": SECRET, "x-rs-session": "has space"}, AUTH, INSTALLED, now=0)
+    assert info.value.status == 400
