@@ -38,6 +38,12 @@ Choices where the contract is silent (also in the module summary of the tests):
   ``response.done``); output deltas of that response arriving later are not sent, and resampler audio
   still pending for it is dropped.
 - A fatal ``ProviderError`` is an ``error`` frame, then a close 1011: the provider session is gone.
+- Notices about the gateway's own plumbing produce no frame (the transformer logs and counts them):
+  ``reconnect_required`` (Gemini takes a new configuration only on a new connection: the reconnect happens
+  inside the gateway and the client already got ``session.updated``) and ``history_item_skipped`` (a
+  restored history item with nothing to replay, e.g. a reply cut before any transcript). A provider's
+  ``unsupported_field`` notice is sent once per param per session: a new upstream connection reports its
+  whole configuration again, and the client must not see the reconnect.
 - ``conversation.item.input_audio_transcription.completed`` requires ``usage`` in both SDKs; canonical
   transcripts carry none, so it is ``{"type": "tokens", ...: 0}``.
 """
@@ -890,6 +896,10 @@ class _Response:
 
 
 _STATUS_REASONS = frozenset({"turn_detected", "client_cancelled", "max_output_tokens", "content_filter"})
+# Notices about the gateway's own plumbing, logged and counted by the transformer but not sent: a Gemini
+# reconfiguration reconnects inside the gateway (the client already has its session.updated), and the history
+# it restores may hold an item with nothing to replay. Neither is an error of the client's.
+_SILENT_NOTICES = frozenset({"reconnect_required", "history_item_skipped"})
 # ProviderError codes that are the server's fault (type server_error), besides fatal/retryable ones.
 _SERVER_ERROR_CODES = frozenset({"server_error", "internal_error", "provider_unavailable", "provider_disconnected"})
 
@@ -940,6 +950,9 @@ class OpenAIClientCodec:
         self._responses: dict[str, _Response] = {}
         self._done_responses: OrderedDict[str, None] = OrderedDict()  # late events for these are dropped
         self._transcripts: dict[str, list[str]] = {}  # user item id -> input transcript deltas
+        # Provider params already reported as unsupported: a new upstream connection (reconnect, Gemini
+        # reconfiguration) reports its whole config again, and the client has been told once.
+        self._unsupported_told: set[str] = set()
 
     def __repr__(self) -> str:
         return f"OpenAIClientCodec({self.dialect}, sid={self.meta.sid}, responses={len(self._responses)})"
@@ -1575,6 +1588,12 @@ class OpenAIClientCodec:
         return Out(wire=[frame], close=Close(1011, "provider unavailable") if e.fatal else None)
 
     def _out_notice(self, e: ev.Notice) -> Out:
+        if e.code in _SILENT_NOTICES:
+            return Out()
+        if e.code == "unsupported_field" and e.param is not None:
+            if e.param in self._unsupported_told:
+                return Out()
+            self._unsupported_told.add(e.param)
         return Out(wire=[self._error(e.code or "unsupported_field", e.message, param=e.param)])
 
 

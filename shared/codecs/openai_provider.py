@@ -482,7 +482,8 @@ class OpenAIProviderCodec:
         if o.metadata is not None:
             r["metadata"] = dict(o.metadata)
         if o.temperature is not None:
-            out.events += self._unsupported("temperature", "OpenAI Realtime GA has no temperature; ignored")
+            # Its own param: a session temperature reported earlier must not silence this one.
+            out.events += self._unsupported("response.temperature", "OpenAI Realtime GA has no temperature; ignored")
         return r
 
     def _enc_cancel(self, e: ev.ResponseCancel) -> Out:

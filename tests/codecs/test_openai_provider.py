@@ -311,7 +311,7 @@ def test_response_create_options_become_ga_overrides() -> None:
             },
         }
     ]
-    assert [(e.code, e.param) for e in out.events] == [("unsupported_field", "temperature")]
+    assert [(e.code, e.param) for e in out.events] == [("unsupported_field", "response.temperature")]
 
 
 def test_temperature_is_reported_once_per_connection() -> None:
