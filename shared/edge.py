@@ -35,7 +35,7 @@ from shared.bus import Subjects
 from shared.config import Config
 from shared.metrics import ASSIGN_SECONDS, FRAMES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
 from shared.providers import installed_providers
-from shared.routing import Route, RouteError, provider_for_model, resolve
+from shared.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
 from shared.runtime import instance_id
 from shared.session import SessionMeta, session_key
 from shared.store import Store
@@ -66,6 +66,7 @@ class _Live:
         self.epoch = epoch  # latest epoch of the session
         self.transformer_epoch = epoch  # cout from an older epoch comes from a replaced transformer
         self.worker_epoch = epoch
+        self.delivered_down = (0, 0)  # newest provider output (worker epoch, down seq) sent to the client
         self.transformer = ""
         self.worker = ""
         self.attached_at = time.monotonic()
@@ -74,8 +75,13 @@ class _Live:
         self.send_lock = asyncio.Lock()
 
 
-class _Setup(msgspec.Struct):
+class _Resumption(msgspec.Struct):
+    handle: str | None = None
+
+
+class _Setup(msgspec.Struct, rename="camel"):
     model: str | None = None
+    session_resumption: _Resumption | None = None
 
 
 class _FirstFrame(msgspec.Struct):
@@ -130,7 +136,9 @@ class Edge:
             self.config.port,
             process_request=self._process_request,
             max_size=self.config.max_frame_bytes,
-            compression=None,  # audio is base64 noise: deflate costs CPU for little gain (see docs/decisions.md)
+            # Off by default: audio is base64 noise, deflate costs CPU for little gain (docs/decisions.md,
+            # measured in docs/bench.md).
+            compression="deflate" if self.config.client_compression == "deflate" else None,
             ssl=tls,
             ping_interval=20,
             ping_timeout=20,
@@ -187,6 +195,7 @@ class Edge:
         first: bytes | None = None
         provider = route.provider
         model = route.model
+        client_session_id = route.client_session_id
         if route.dialect == "gemini":
             # Gemini clients speak first (setup); its model may choose the provider.
             try:
@@ -199,12 +208,17 @@ class Edge:
                 setup = _first_frame.decode(first).setup
                 if setup is not None and setup.model:
                     model = setup.model.removeprefix("models/")
+                # Gemini-native resumption: our handles are session ids (see GeminiClientCodec). Only
+                # when the client named no session otherwise; the key still decides the account.
+                handle = setup.session_resumption.handle if setup and setup.session_resumption else None
+                if route.minted and session_id_or_none(handle):
+                    client_session_id = handle  # type: ignore[assignment]
             provider = provider or provider_for_model(model)
         provider = provider or self.config.default_provider
         meta = SessionMeta(
-            sid=session_key(route.account, route.client_session_id),
+            sid=session_key(route.account, client_session_id),
             account=route.account,
-            client_session_id=route.client_session_id,
+            client_session_id=client_session_id,
             dialect=route.dialect,
             provider=provider,
             model=model,
@@ -274,6 +288,7 @@ class Edge:
                     await live.ws.close(out.close_code, out.close_reason)
         except ConnectionClosed:
             pass
+        live.delivered_down = max(live.delivered_down, out.down)
         FRAMES.labels("edge", "out").inc(len(out.frames))
 
     # -- liveness and reattach -------------------------------------------------------------------
@@ -317,7 +332,8 @@ class Edge:
                 subject = Subjects.ASSIGN_TRANSFORMER
                 peer_epoch = live.worker_epoch
             request = bus.encode(bus.AssignRequest(
-                meta=live.meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance))
+                meta=live.meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance,
+                delivered_down=live.delivered_down))
             while not live.closed:
                 try:
                     instance = await self._assign(subject, request)

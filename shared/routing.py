@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from shared.auth import Authenticator, AuthError
 from shared.session import Dialect
 
-__all__ = ["Route", "RouteError", "provider_for_model", "resolve"]
+__all__ = ["Route", "RouteError", "provider_for_model", "resolve", "session_id_or_none"]
 
 # rs_api values -> dialect. OPENAI speaks the beta names: the seed's examples and browser client do.
 SEED_DIALECTS: dict[str, Dialect] = {
@@ -65,6 +65,7 @@ class Route:
     client_session_id: str
     provider: str | None  # None: decided by the first frame (Gemini setup.model) or the default
     model: str | None = None
+    minted: bool = False  # the client named no session here (a Gemini resumption handle may name it)
 
 
 def provider_for_model(model: str | None) -> str | None:
@@ -87,6 +88,11 @@ def _provider_name(raw: str, installed: frozenset[str]) -> str:
 def _first(query: Mapping[str, list[str]], key: str) -> str | None:
     values = query.get(key)
     return values[0] if values else None
+
+
+def session_id_or_none(raw: str | None) -> str | None:
+    """A client-chosen session id when it is acceptable, else None (for ids read after the upgrade)."""
+    return raw if raw is not None and _SESSION_ID.match(raw) else None
 
 
 def _session_id(raw: str | None) -> str:
@@ -165,4 +171,7 @@ def _gemini(
     if not key:
         raise RouteError(401, "missing API key")
     account = auth.check_api_key(key)
-    return Route("gemini", account, _client_session(query, headers), _override(query, headers, installed))
+    named = _first(query, "rs_u_sessid") or headers.get("x-rs-session")
+    return Route(
+        "gemini", account, _client_session(query, headers), _override(query, headers, installed), minted=not named
+    )

@@ -183,6 +183,7 @@ class _Setup:
     turn_detection: ev.TurnDetection | None = field(default_factory=ev.TurnDetection)
     input_transcription: bool = False
     output_transcription: bool = False  # codec-local: send outputTranscription only when asked
+    resumption: bool = False  # codec-local: the client asked for sessionResumptionUpdate messages
     tools: list[ev.Tool] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -380,7 +381,18 @@ def _set_output_transcription(s: _Setup, v: JSON, path: str) -> None:
         s.extra[f"setup.{path}.{key}"] = _json_text(value)
 
 
-# Unknown setup fields (sessionResumption, contextWindowCompression, proactivity, explicitVadSignal,
+def _set_session_resumption(s: _Setup, v: JSON, path: str) -> None:
+    # The gateway resumes sessions itself: the handle it hands out is the session id, which the edge reads
+    # from setup.sessionResumption.handle of a new connection (with a key of the same account). The
+    # conversation lives in our log, so a handle works on any provider and never expires with a socket.
+    cfg = _obj(v, path) if v is not None else None
+    s.resumption = cfg is not None
+    for key, value in (cfg or {}).items():
+        if key != "handle":  # the handle was used for routing at the edge; "transparent" has no meaning here
+            s.extra[f"setup.{path}.{key}"] = _json_text(value)
+
+
+# Unknown setup fields (contextWindowCompression, proactivity, explicitVadSignal,
 # historyConfig, avatarConfig, safetySettings, labels, and whatever newer SDKs add) -> extra.
 _SETUP_FIELDS: Mapping[str, _SetupField] = {
     "model": _set_model,
@@ -390,6 +402,7 @@ _SETUP_FIELDS: Mapping[str, _SetupField] = {
     "realtimeInputConfig": _set_realtime_input_config,
     "inputAudioTranscription": _set_input_transcription,
     "outputAudioTranscription": _set_output_transcription,
+    "sessionResumption": _set_session_resumption,
 }
 
 
@@ -817,6 +830,10 @@ class GeminiClientCodec:
         if reason is not None and e.status != "completed":
             content["turnCompleteReason"] = reason
         wire.append(_wire({"serverContent": content, **usage}))
+        if self._setup is not None and self._setup.resumption:
+            # A turn boundary is a safe resumption point: everything before it is in the session log.
+            update = {"newHandle": self.meta.client_session_id, "resumable": True}
+            wire.append(_wire({"sessionResumptionUpdate": update}))
         return Out(wire=wire)
 
     def _out_go_away(self, e: ev.GoAway) -> Out:

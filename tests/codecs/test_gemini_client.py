@@ -22,6 +22,8 @@ from tests.codecs import Checked, SeqIds, meta, read_frames, validate_gemini
 
 SDK_FRAMES = read_frames("client_gemini_sdk.jsonl")
 SETUP = SDK_FRAMES[0]
+# The same setup without sessionResumption: frame-order tests then see no resumption updates.
+SETUP_PLAIN = json.dumps({"setup": {k: v for k, v in json.loads(SETUP)["setup"].items() if k != "sessionResumption"}})
 PCM16K = audio.tone(440, 20, 16000)
 
 
@@ -33,7 +35,7 @@ def setup(**fields: Any) -> str:
     return json.dumps({"setup": {"model": "models/gemini-live-2.5-flash-preview", **fields}})
 
 
-def ready(codec: Checked, frame: str = SETUP) -> Checked:
+def ready(codec: Checked, frame: str = SETUP_PLAIN) -> Checked:
     codec.feed(frame)
     codec.encode(ev.SessionReady(provider="openai"))
     return codec
@@ -81,7 +83,6 @@ def test_recorded_sdk_setup_becomes_the_whole_session_config() -> None:
         tools=[weather],
         extra={
             "setup.generationConfig.speechConfig.languageCode": '"en-US"',
-            "setup.sessionResumption": '{"handle":"prev-handle"}',
             "setup.realtimeInputConfig.turnCoverage": '"TURN_INCLUDES_ONLY_ACTIVITY"',
             "setup.contextWindowCompression": '{"triggerTokens":25600,"slidingWindow":{"targetTokens":12800}}',
         },
@@ -516,3 +517,14 @@ def test_resume_without_config_accepts_the_replayed_setup() -> None:
     other = make()
     other.codec.resume(None, [])
     assert other.feed(SDK_FRAMES[1]).events == [ev.InputAudio(pcm=PCM16K, rate=16000)]  # no setup replayed
+
+
+def test_session_resumption_hands_out_the_session_id_at_each_turn_end() -> None:
+    # The edge resumes a session from setup.sessionResumption.handle; the handle is the session id, so it
+    # works on any provider and outlives any socket (the conversation is in the gateway's log).
+    codec = ready(make(), SETUP)
+    frames = codec.encode_all(ev.ResponseStarted(response_id="r1"), ev.ResponseDone(response_id="r1"))
+    assert frames[-1] == {"sessionResumptionUpdate": {"newHandle": "client-1", "resumable": True}}
+    plain = ready(make())
+    frames = plain.encode_all(ev.ResponseStarted(response_id="r1"), ev.ResponseDone(response_id="r1"))
+    assert all("sessionResumptionUpdate" not in f for f in frames)

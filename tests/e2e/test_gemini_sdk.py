@@ -476,3 +476,40 @@ async def test_wrong_key_is_refused(tls_stack: TlsStack) -> None:
     assert isinstance(exc, websockets.exceptions.InvalidStatus), type(exc)
     assert exc.response.status_code == 403
     assert "403" in str(exc)
+
+
+# -- 8. Gemini-native session resumption through the gateway ----------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["gemini", "openai"])
+async def test_sdk_session_resumption_handle_resumes_the_conversation(tls_stack: TlsStack, provider: str) -> None:
+    """The SDK's own resumption: the handle from sessionResumptionUpdate, given back in a new connection's
+    setup, continues the conversation, on either provider (the gateway's handle is its session id)."""
+    marker = uuid.uuid4().hex[:8]
+    client = tls_stack.client(headers=_headers(provider))
+    config = _config()
+    config.session_resumption = types.SessionResumptionConfig()
+    async with client.aio.live.connect(model=MODEL, config=config) as session:
+        await session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text=f"one {marker}")]), turn_complete=True)
+        turn = await _receive_turn(session)
+        _assert_spoke(turn, f"turn 1: one {marker}")
+        # The update follows turnComplete, where receive() stopped: it is the next message.
+        async with asyncio.timeout(TIMEOUT_S):
+            async for msg in session.receive():
+                if msg.session_resumption_update is not None:
+                    update = msg.session_resumption_update
+                    break
+    assert update.resumable and update.new_handle
+
+    resumed = _config()
+    resumed.session_resumption = types.SessionResumptionConfig(handle=update.new_handle)
+    async with client.aio.live.connect(model=MODEL, config=resumed) as session:
+        await session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text=f"two {marker}")]), turn_complete=True)
+        _assert_spoke(await _receive_turn(session), f"turn 2: two {marker}")
+
+    other = tls_stack.client(api_key="wrong-account:nope", headers=_headers(provider))
+    with pytest.raises(Exception, match="403"):  # a handle is no credential: the key still decides
+        async with other.aio.live.connect(model=MODEL, config=resumed):
+            pass
