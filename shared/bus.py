@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import logging
 from typing import Literal, TypeVar
 
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from shared import events as ev
 from shared.session import SessionMeta
@@ -36,12 +38,14 @@ __all__ = [
     "ensure_stream",
     "last_in_stream",
     "replay",
+    "replay_seq",
 ]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STREAM = "RS_SESSIONS"
+REPLAY_MAX_S = 15.0  # the longest a replacement's catch-up read may take (see replay_seq)
 
 
 class Subjects:
@@ -94,6 +98,9 @@ class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
     peer_epoch: int = 0  # the other member's epoch: older envelopes from that side are fenced (0 = epoch)
     resume: bool = False  # a replacement: rebuild state from the snapshot and the stream, greet nobody
     reply_to_edge: str = ""  # the edge instance that holds the client socket
+    # Transformer resume: (worker epoch, down seq) of the newest provider output the client was sent;
+    # a replacement sends the client what came after it (it was published while nobody translated).
+    delivered_down: tuple[int, int] = (0, 0)
 
 
 class AssignReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +122,7 @@ class ClientOut(msgspec.Struct, frozen=True, array_like=True):
     frames: list[str]
     close_code: int | None = None
     close_reason: str = ""
+    down: tuple[int, int] = (0, 0)  # the down envelope (epoch, seq) these frames came from; (0, 0): none
 
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,8 +185,14 @@ async def connect(url: str, *, name: str) -> NATS:
     )
 
 
-async def ensure_stream(nc: NATS, *, max_age_s: float = 120.0, max_bytes: int = 1024 * 1024 * 1024) -> None:
+async def ensure_stream(
+    nc: NATS, *, first_seq: int = 1, max_age_s: float = 120.0, max_bytes: int = 1024 * 1024 * 1024
+) -> None:
     """Create (or update) the session stream.
+
+    ``first_seq`` applies when the stream is created: after a nats-server restart the (memory) stream is
+    created anew, and its sequence must go on after the last one the checkpoint used, because the log
+    orders items by stream sequence (``Store.stream_floor``).
 
     Memory storage on purpose: the stream is a short replay window and a feed for the checkpoint, which
     writes the durable record to Redis within milliseconds. File storage would put an fsync-bound disk
@@ -203,7 +217,10 @@ async def ensure_stream(nc: NATS, *, max_age_s: float = 120.0, max_bytes: int = 
                 await js.stream_info(STREAM)
                 await js.update_stream(config)
             except nats.js.errors.NotFoundError:
-                await js.add_stream(config)
+                try:
+                    await js.add_stream(dataclasses.replace(config, first_seq=first_seq))
+                except nats.js.errors.BadRequestError:
+                    continue  # another service created it at the same moment: the next round updates it
             return
         except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
             await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
@@ -214,34 +231,63 @@ def envelope(epoch: int, seq: int, events: list[ev.Event]) -> bytes:
     return ev.encode_envelope(ev.Envelope(epoch, seq, events))  # type: ignore[arg-type]
 
 
-async def last_in_stream(nc: NATS, subject: str) -> bytes | None:
-    """The newest message on ``subject`` still in the stream, or None."""
+async def last_in_stream(nc: NATS, subject: str) -> tuple[bytes, float] | None:
+    """The newest message on ``subject`` still in the stream and its age in seconds, or None."""
     try:
         msg = await nc.jetstream().get_last_msg(STREAM, subject)
     except nats.js.errors.NotFoundError:
         return None
-    return msg.data
+    stored = msg.time or datetime.datetime.now(datetime.UTC)
+    return msg.data or b"", max(0.0, (datetime.datetime.now(datetime.UTC) - stored).total_seconds())
 
 
-async def replay(nc: NATS, subject: str, *, timeout_s: float = 2.0) -> list[bytes]:
-    """Every message on ``subject`` still in the stream, oldest first (a replacement's catch-up read).
+async def replay(
+    nc: NATS, subject: str, *, since_s: float | None = None, timeout_s: float = 2.0
+) -> list[bytes]:
+    """Every message on ``subject`` still in the stream, oldest first (a replacement's catch-up read);
+    with ``since_s``, only those of the last ``since_s`` seconds.
 
     Reads up to the newest message that existed when the call started; later ones arrive on the
     caller's live subscription, which deduplicates by seq.
+    """
+    return [data for _, data in await replay_seq(nc, subject, since_s=since_s, timeout_s=timeout_s)]
+
+
+async def replay_seq(
+    nc: NATS, subject: str, *, start_seq: int = 0, since_s: float | None = None, timeout_s: float = 2.0,
+    max_s: float = REPLAY_MAX_S,
+) -> list[tuple[int, bytes]]:
+    """Like ``replay``, with each message's stream sequence, from ``start_seq`` on (0: the oldest).
+
+    The stream sequence orders messages across subjects (e.g. an ``up`` request vs a ``down`` answer).
+    ``timeout_s`` bounds the wait for each next message, ``max_s`` the whole read: an incomplete replay
+    loses input, so a slow one (a dead instance's sessions all replaying at once) is waited for.
     """
     js = nc.jetstream()
     try:
         last = await js.get_last_msg(STREAM, subject)
     except nats.js.errors.NotFoundError:
         return []
-    sub = await js.subscribe(subject, stream=STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    out: list[bytes] = []
+    if last.seq < start_seq:
+        return []
+    if start_seq:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+    elif since_s is not None:
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since_s)
+        if last.time is not None and last.time < since:
+            return []  # nothing that recent: the consumer would deliver nothing and time out
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
+    else:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    sub = await js.subscribe(subject, stream=STREAM, ordered_consumer=True, config=config)
+    out: list[tuple[int, bytes]] = []
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(max_s):
             while True:
                 msg = await sub.next_msg(timeout=timeout_s)
-                out.append(msg.data)
-                if msg.metadata.sequence.stream >= last.seq:
+                position = msg.metadata.sequence.stream
+                out.append((position, msg.data))
+                if position >= last.seq:
                     return out
     except (TimeoutError, nats.errors.TimeoutError):
         log.warning("stream replay incomplete", extra={"subject_kind": subject.rsplit(".", 1)[-1], "got": len(out)})

@@ -17,6 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DURABLE = "checkpoint"
 BATCH = 256
+FETCH_PAUSE_S = 0.02  # the log trails the stream by at most this much more (replacements wait for it)
 
 
 class Checkpoint:
@@ -45,7 +47,7 @@ class Checkpoint:
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
-        await bus.ensure_stream(nc)
+        await bus.ensure_stream(nc, first_seq=await store.stream_floor())
         consumer = asyncio.create_task(self._consume(nc, store))
         beat = asyncio.create_task(heartbeat_loop(nc, "checkpoint", self.instance, lambda: 0))
         try:
@@ -56,9 +58,12 @@ class Checkpoint:
             with contextlib.suppress(BaseException):
                 await consumer
 
-    async def _consume(self, nc: NATS, store: Store) -> None:
+    async def _bind(self, nc: NATS, store: Store) -> JetStreamContext.PullSubscription:
+        """The stream and the durable consumer, created idempotently: every instance binds to the same
+        consumer (work is shared). Again after a bus reconnect: a restarted nats-server has lost both
+        (memory storage); the new stream's sequence goes on after the last one folded into the log."""
+        await bus.ensure_stream(nc, first_seq=await store.stream_floor())
         js = nc.jetstream()
-        # Created idempotently: every instance binds to the same durable consumer (work is shared).
         await js.add_consumer(
             bus.STREAM,
             ConsumerConfig(
@@ -67,12 +72,32 @@ class Checkpoint:
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 max_ack_pending=20_000,
-                ack_wait=30,
+                # Each message is acked within milliseconds of its delivery. What a killed instance had
+                # fetched is redelivered only after this: until then the log lacks it and a replacement
+                # worker waits for it (ProviderWorker._await_checkpoint), so it is short.
+                ack_wait=2,
             ),
         )
-        psub = await js.pull_subscribe_bind(DURABLE, bus.STREAM)
+        return await js.pull_subscribe_bind(DURABLE, bus.STREAM)
+
+    async def _consume(self, nc: NATS, store: Store) -> None:
+        reconnects = nc.stats["reconnects"]
+        psub = await self._bind(nc, store)
         backoff = 0.05
         while True:
+            if nc.stats["reconnects"] != reconnects and nc.is_connected:
+                seen = nc.stats["reconnects"]
+                try:
+                    old, psub = psub, await self._bind(nc, store)
+                except Exception as exc:
+                    log.warning("rebind after a bus reconnect failed", extra={"error": type(exc).__name__})
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                reconnects = seen
+                log.info("stream and consumer bound again after a bus reconnect")
+                with contextlib.suppress(Exception):
+                    await old.unsubscribe()
             try:
                 msgs = await psub.fetch(BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
@@ -103,3 +128,10 @@ class Checkpoint:
                 FRAMES.labels("checkpoint", "in").inc()
                 self.applied += 1
                 await msg.ack()
+            if msgs:
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    await store.note_stream_seq(msgs[-1].metadata.sequence.stream)
+            if len(msgs) < BATCH:
+                # Caught up: let the stream fill a little before the next pull. Without the pause each pull
+                # returns one or two messages and its request/reply costs more than folding them.
+                await asyncio.sleep(FETCH_PAUSE_S)

@@ -48,6 +48,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     switch_latency_threshold_ms: int = 500
     switch_failure_count: int = 3
     default_provider: str = "openai"
+    client_compression: str = "none"  # permessage-deflate on client sockets: "none" or "deflate" (docs/bench.md)
     tls_cert: str = ""
     tls_key: str = ""
     session_ttl_s: int = 86_400
@@ -131,6 +132,16 @@ def _provider(raw: str) -> str:
     return raw.strip().lower()
 
 
+def _one_of(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 # One row per variable: (env name, Config field, parser). Unset or empty variables keep the default.
 _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("HOST", "host", str),
@@ -155,6 +166,7 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("SWITCH_LATENCY_THRESHOLD_MS", "switch_latency_threshold_ms", _int_range(1, 600_000)),
     ("SWITCH_FAILURE_COUNT", "switch_failure_count", _int_range(1, 1_000)),
     ("RS_DEFAULT_PROVIDER", "default_provider", _provider),
+    ("RS_CLIENT_COMPRESSION", "client_compression", _one_of("none", "deflate")),
     ("RS_TLS_CERT", "tls_cert", str),
     ("RS_TLS_KEY", "tls_key", str),
     ("RS_SESSION_TTL_S", "session_ttl_s", _int_range(60, 30 * 86_400)),

@@ -16,7 +16,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import msgspec
@@ -55,6 +55,9 @@ class AssignError(Exception):
 
 HEARTBEAT_DEADLINE_S = 0.3  # 3 missed 100 ms beats
 WATCHDOG_INTERVAL_S = 0.05
+# After the edge's own NATS connection was down: nobody's beats could arrive, and the others reconnect a
+# little later than we do (reconnect wait + jitter). Silence within this window proves nothing.
+BUS_OUTAGE_GRACE_S = 1.0
 
 
 class _Live:
@@ -114,6 +117,8 @@ class Edge:
         self.sessions: dict[str, _Live] = {}
         self.beats: dict[str, float] = {}  # instance -> monotonic time of its last heartbeat
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bus_back_at = 0.0  # monotonic time the NATS connection was last seen down or came back
+        self._reconnects = 0
 
     @property
     def port(self) -> int:
@@ -123,7 +128,8 @@ class Edge:
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
-        await bus.ensure_stream(nc)
+        await bus.ensure_stream(nc, first_seq=await store.stream_floor())
+        self._reconnects = nc.stats["reconnects"]
         tls: ssl.SSLContext | None = None
         if self.config.tls_cert:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -302,6 +308,8 @@ class Edge:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             now = time.monotonic()
+            if self._bus_outage(now):
+                continue
             for live in list(self.sessions.values()):
                 if live.reattaching or live.closed:
                     continue
@@ -314,14 +322,43 @@ class Edge:
                         task.add_done_callback(self._tasks.discard)
                         break
 
+    def _bus_outage(self, now: float) -> bool:
+        """Whether the bus itself was down lately (then missed beats are no sign of death). On coming back,
+        the stream is created again: memory storage, so a restarted nats-server has lost it."""
+        assert self.nc is not None
+        if not self.nc.is_connected:
+            self._bus_back_at = now
+        elif self.nc.stats["reconnects"] != self._reconnects:
+            self._reconnects = self.nc.stats["reconnects"]
+            self._bus_back_at = now
+            self._spawn(self._ensure_stream())
+        return now - self._bus_back_at < BUS_OUTAGE_GRACE_S
+
+    async def _ensure_stream(self) -> None:
+        assert self.nc is not None and self.store is not None
+        try:
+            await bus.ensure_stream(self.nc, first_seq=await self.store.stream_floor())
+            log.info("stream ensured after a bus reconnect")
+        except Exception:
+            log.exception("stream not re-created after a bus reconnect")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)  # keep a reference until done
+        task.add_done_callback(self._tasks.discard)
+
     async def _reattach(self, live: _Live, role: str, dead: str) -> None:
         """Bump the epoch (fencing), tell the survivors, and attach a replacement that resumes."""
         assert self.nc is not None and self.store is not None
         sid = live.meta.sid
         started = time.perf_counter()
         try:
-            epoch = await self.store.bump_epoch(sid)
+            epoch = await self.store.bump_epoch(sid, above=live.epoch)
             live.epoch = epoch
+            if role == "transformer":
+                # Fenced now, not once the replacement answers: a replaced transformer that was only slow
+                # must not add output after ``delivered_down`` is taken (the replacement re-sends from it).
+                live.transformer_epoch = epoch
             await self.nc.publish(
                 Subjects.ctl(sid), bus.encode(bus.Control(kind="replace", epoch=epoch, role=role, drop=dead))
             )

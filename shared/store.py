@@ -7,7 +7,12 @@ Keys (``sid`` = session key):
 - ``rs:items:<sid>``   hash item id -> msgpack canonical item
 - ``rs:order:<sid>``   sorted set item id -> position (stream sequence): order is the order of the log
 - ``rs:tr:<sid>``      hash item id -> final input transcript (user audio items)
+- ``rs:trp:<sid>``     hash "<item id>|<position>" -> transcript delta, used while no final one exists (a
+                       provider may finalize only at the end of the turn; a replacement must still know
+                       what the user said)
 - ``rs:trunc:<sid>``   hash item id -> audio_end_ms the client reported as played
+
+Global: ``rs:stream:last`` int, the newest stream sequence the checkpoint folded (``stream_floor``).
 
 Writes are idempotent (``ZADD NX``, ``HSET`` of whole values), so at-least-once delivery never
 duplicates an item and two checkpoint instances may process the same session safely.
@@ -54,6 +59,7 @@ def _keys(sid: str) -> dict[str, str]:
         "items": f"rs:items:{sid}",
         "order": f"rs:order:{sid}",
         "tr": f"rs:tr:{sid}",
+        "trp": f"rs:trp:{sid}",
         "trunc": f"rs:trunc:{sid}",
     }
 
@@ -111,11 +117,24 @@ class Store:
         await self.redis.hset(k["sess"], "epoch", str(epoch))
         return int(epoch)
 
-    async def bump_epoch(self, sid: str) -> int:
+    async def bump_epoch(self, sid: str, *, above: int = 0) -> int:
+        """The next epoch, and never one at or below ``above`` (the caller's newest): a Redis restarted
+        without its data would otherwise hand out an epoch the live members already use, or an older one,
+        and fencing would drop the replacement's output instead of the dead member's."""
         k = _keys(sid)
-        epoch = int(await self.redis.incr(k["epoch"]))
+        epoch = int(await self.redis.eval(_BUMP_ABOVE, 1, k["epoch"], str(above)))
         await self.redis.hset(k["sess"], "epoch", str(epoch))
         return epoch
+
+    # -- stream position -------------------------------------------------------------------------
+
+    async def stream_floor(self) -> int:
+        """The sequence a re-created stream starts at: after the newest one the log already used."""
+        raw = await self.redis.get(_STREAM_LAST)
+        return int(raw) + 1 if raw else 1
+
+    async def note_stream_seq(self, seq: int) -> None:
+        await self.redis.eval(_RAISE_KEY, 1, _STREAM_LAST, str(seq))
 
     async def epoch(self, sid: str) -> int:
         raw = await self.redis.get(_keys(sid)["epoch"])
@@ -141,7 +160,7 @@ class Store:
             for index, event in enumerate(events):
                 writes += _FOLD.get(type(event), _skip)(pipe, k, position * 1000 + index, event)
             if writes:
-                for key in ("cfg", "items", "order", "tr", "trunc", "sess"):
+                for key in ("cfg", "items", "order", "tr", "trp", "trunc", "sess"):
                     pipe.expire(k[key], self.ttl_s)
                 await pipe.execute()
         return writes
@@ -155,15 +174,17 @@ class Store:
             pipe.hgetall(k["tr"])
             pipe.get(k["epoch"])
             pipe.hgetall(k["sess"])
-            cfg_raw, order, items_raw, transcripts, epoch_raw, record = await pipe.execute()
+            pipe.hgetall(k["trp"])
+            cfg_raw, order, items_raw, transcripts, epoch_raw, record, partials = await pipe.execute()
         config = _CFG_DEC.decode(cfg_raw) if cfg_raw else None
         items: list[ev.Item] = []
+        partial = _joined(partials) if partials else {}
         for item_id in order:
             raw = items_raw.get(item_id)
             if raw is None:
                 continue
             item = _ITEM_DEC.decode(raw)
-            transcript = transcripts.get(item_id)
+            transcript = transcripts.get(item_id) or partial.get(item_id)
             if transcript is not None and isinstance(item, ev.Message):
                 item = _with_transcript(item, transcript.decode())
             items.append(item)
@@ -173,6 +194,15 @@ class Store:
             epoch=int(epoch_raw) if epoch_raw else 0,
             record={a.decode(): b.decode() for a, b in record.items()},
         )
+
+
+def _joined(partials: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """Item id -> its transcript deltas joined in log order."""
+    grouped: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for key, text in partials.items():
+        item_id, _, position = key.rpartition(b"|")
+        grouped.setdefault(item_id, []).append((position, text))
+    return {item_id: b"".join(text for _, text in sorted(parts)) for item_id, parts in grouped.items()}
 
 
 def _with_transcript(item: ev.Message, transcript: str) -> ev.Message:
@@ -207,6 +237,25 @@ def _fold_item_create(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: in
     return _put_item(pipe, k, pos, e.item)
 
 
+_STREAM_LAST = "rs:stream:last"
+
+# INCR, but to at least ARGV[1] + 1.
+_BUMP_ABOVE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if cur < floor then cur = floor end
+cur = cur + 1
+redis.call('SET', KEYS[1], cur, 'KEEPTTL')
+return cur
+"""
+
+# Raise a key to ARGV[1] unless it is already higher.
+_RAISE_KEY = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 # Raise a hash field to ARGV[1] unless it is already higher (redelivery and parallel checkpoints).
 _RAISE_FIELD = """
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
@@ -229,7 +278,9 @@ def _fold_committed(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int,
 def _fold_transcript(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int, e: ev.Event) -> int:
     assert isinstance(e, ev.InputTranscript)
     if not e.final:
-        return 0
+        # Keyed by position: a redelivered delta overwrites itself instead of being appended twice.
+        pipe.hset(k["trp"], f"{e.item_id}|{pos:020d}", e.text)
+        return 1
     pipe.hset(k["tr"], e.item_id, e.text)
     return 1
 

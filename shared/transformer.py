@@ -33,13 +33,20 @@ __all__ = ["Transformer"]
 
 log = logging.getLogger(__name__)
 
+# How far back a replacement looks for provider output the client never got: the gap is the dead
+# instance's detection plus the reattach (well under a second), so this is generous.
+DOWN_REPLAY_S = 10.0
+# Client frames older than the newest up envelope by more than this were translated (frames are
+# translated in order, within milliseconds): a replacement's cin replay starts there.
+CIN_REPLAY_MARGIN_S = 10.0
+
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 
 
 class _Session:
     __slots__ = (
-        "codec", "epoch", "held", "last_cin", "meta", "open_response", "replaying", "seq_out", "seq_up", "subs",
-        "worker_epoch",
+        "codec", "epoch", "held", "held_down", "last_cin", "last_down", "meta", "open_response", "replaying",
+        "seq_out", "seq_up", "subs", "worker_epoch",
     )
 
     def __init__(self, meta: SessionMeta, epoch: int, worker_epoch: int, codec: ClientCodec) -> None:
@@ -53,6 +60,8 @@ class _Session:
         self.open_response: str | None = None
         self.replaying = False
         self.held: list[bytes] = []  # live client frames that arrived during a replay
+        self.held_down: list[bytes] = []  # live provider output that arrived during a replay
+        self.last_down = (0, 0)  # (worker epoch, seq) of the newest down envelope handled: dedupes replay vs live
         self.subs: list[Subscription] = []
 
 
@@ -108,27 +117,56 @@ class Transformer:
         await nc.flush()  # subscriptions are live on the server before the edge hears "ok"
         await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
         if req.resume:
-            await self._resume(session)
+            # Not in this callback: assign requests are handled one at a time, and a dead transformer's
+            # sessions all arrive here at once.
+            self._spawn(self._start_resumed(session, req.delivered_down))
         else:
             await self._send(session, session.codec.open())
         log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "resume": req.resume})
 
-    async def _resume(self, session: _Session) -> None:
+    async def _resume(self, session: _Session, delivered: tuple[int, int]) -> None:
         """Rebuild codec state from the snapshot, then feed the client frames the dead one never turned
-        into canonical events (cin in the stream after the newest up envelope)."""
+        into canonical events (cin in the stream after the newest up envelope), and send the client the
+        provider output it never got (down after ``delivered``)."""
         assert self.nc is not None and self.store is not None
         sid = session.meta.sid
         snapshot = await self.store.snapshot(sid)
         session.codec.resume(snapshot.config, snapshot.items)
         last_up = await bus.last_in_stream(self.nc, Subjects.up(sid))
+        since: float | None = None
         if last_up is not None:
-            session.seq_up = session.last_cin = ev.decode_envelope(last_up).seq
-        for data in await bus.replay(self.nc, Subjects.cin(sid)):
+            session.seq_up = session.last_cin = ev.decode_envelope(last_up[0]).seq
+            # Only client frames from about then on can be untranslated: not the whole stream window
+            # (a dead transformer's sessions all replay at once, with their audio).
+            since = last_up[1] + CIN_REPLAY_MARGIN_S
+        for data in await bus.replay(self.nc, Subjects.cin(sid), since_s=since):
             await self._feed(session, bus.decode(data, bus.ClientIn))
-        session.replaying = False
-        held, session.held = session.held, []
-        for data in held:
-            await self._feed(session, bus.decode(data, bus.ClientIn))
+        # Output published while nobody translated (the rest of the response being streamed, or its end)
+        # is sent; the part of that response the client already has only rebuilds the codec's state of it.
+        recent = [ev.decode_envelope(d) for d in await bus.replay(self.nc, Subjects.down(sid), since_s=DOWN_REPLAY_S)]
+        prime_from = max(
+            (i for i, env in enumerate(recent)
+             if (env.epoch, env.seq) <= delivered and any(isinstance(e, ev.ResponseStarted) for e in env.events)),
+            default=len(recent),
+        )
+        for i, env in enumerate(recent):
+            if i >= prime_from or (env.epoch, env.seq) > delivered:
+                await self._deliver(session, env, send=(env.epoch, env.seq) > delivered)
+        session.last_down = max(session.last_down, delivered)
+
+    async def _start_resumed(self, session: _Session, delivered: tuple[int, int]) -> None:
+        try:
+            await self._resume(session, delivered)
+        except Exception:  # the stream or the store failed us: go on live, with what was rebuilt
+            log.exception("resume replay failed", extra={"sid": session.meta.sid})
+        finally:
+            session.replaying = False
+            held, session.held = session.held, []
+            for data in held:
+                await self._feed(session, bus.decode(data, bus.ClientIn))
+            held_down, session.held_down = session.held_down, []
+            for data in held_down:
+                await self._deliver(session, ev.decode_envelope(data))
 
     async def _on_client(self, session: _Session, msg: Msg) -> None:
         if session.replaying:
@@ -150,9 +188,18 @@ class Transformer:
         await self._send(session, out, up_seq=frame.seq)
 
     async def _on_down(self, session: _Session, msg: Msg) -> None:
-        env = ev.decode_envelope(msg.data)
+        if session.replaying:
+            session.held_down.append(msg.data)
+            return
+        await self._deliver(session, ev.decode_envelope(msg.data))
+
+    async def _deliver(self, session: _Session, env: ev.Envelope, *, send: bool = True) -> None:
+        """Provider events to the client; ``send=False`` only updates the codec (the client has them)."""
         if env.epoch < session.worker_epoch:
             return  # fenced: a replaced worker that was only slow
+        if (env.epoch, env.seq) <= session.last_down:
+            return  # already handled (stream replay and live delivery overlap)
+        session.last_down = (env.epoch, env.seq)
         out = Out()
         for event in env.events:
             if isinstance(event, ev.ResponseStarted):
@@ -167,7 +214,8 @@ class Transformer:
             except Exception:
                 log.exception("codec failed on a provider event", extra={"sid": session.meta.sid})
                 out.extend(session.codec.encode(_INTERNAL_ERROR))
-        await self._send(session, out)
+        if send:
+            await self._send(session, out, down=session.last_down)
 
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:
         ctl = bus.decode(msg.data, bus.Control)
@@ -183,14 +231,19 @@ class Transformer:
                 session.open_response = None
                 await self._send(session, session.codec.encode(cut))
 
-    async def _send(self, session: _Session, out: Out, *, up_seq: int | None = None) -> None:
+    async def _send(
+        self, session: _Session, out: Out, *, up_seq: int | None = None, down: tuple[int, int] = (0, 0)
+    ) -> None:
         """Client frames to the edge, canonical events to the worker. Order within each is kept."""
         assert self.nc is not None
         sid = session.meta.sid
+        if self.sessions.get(sid) is not session:
+            return  # dropped (or re-assigned) while a resume was still running
         if out.wire or out.close:
             session.seq_out += 1
             close_code, close_reason = out.close if out.close else (None, "")
-            payload = bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason)
+            # ``down`` tells the edge how far the client got, should this transformer die (see _resume).
+            payload = bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason, down)
             await self.nc.publish(Subjects.cout(sid), bus.encode(payload))
         if out.events:
             # Up envelopes carry the cin seq of the client frame they came from (see Edge._run_session).

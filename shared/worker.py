@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import msgspec
+import nats.js.errors
 import websockets
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -41,6 +42,9 @@ __all__ = ["ProviderWorker"]
 
 log = logging.getLogger(__name__)
 
+# A resume waits this long at most for a lagging checkpoint: longer than the consumer's ack_wait, after
+# which what a killed checkpoint had fetched is delivered again.
+CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
@@ -49,6 +53,21 @@ _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 # On resume these are not replayed: they would act twice, or the snapshot already holds their effect.
 _NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
+
+
+def _before_untranscribed_turn(items: list[ev.Item], envs: list[ev.Envelope], committed: int) -> int:
+    """The commit point to replay from. A spoken turn committed but neither transcribed nor answered when
+    its worker died is only audio in the stream (the log holds an empty item, which a restore skips): its
+    audio is replayed, from the client commit before it (the stream's start when there is none)."""
+    last = items[-1] if items else None
+    if not (isinstance(last, ev.Message) and last.role == "user" and not last.text()
+            and any(isinstance(c, ev.AudioContent) for c in last.content)):
+        return committed
+    commits = [env.seq for env in envs if env.seq <= committed and any(
+        isinstance(e, ev.InputAudioCommit) for e in env.events)]
+    if not commits:
+        return committed  # committed by the provider's own turn detection: the range is not known
+    return commits[-2] if len(commits) > 1 else 0
 
 
 class _Session:
@@ -135,10 +154,23 @@ class ProviderWorker:
         ]
         await self.nc.flush()
         await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
-        if req.resume:
-            await self._resume(session)
-        session.task = asyncio.create_task(self._upstream_loop(session))
+        # The resume runs in the session's task, not in this callback: assign requests are handled one
+        # at a time, and a dead worker's sessions all arrive here at once.
+        session.task = asyncio.create_task(self._start(session, req.resume))
         log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "provider": req.meta.provider})
+
+    async def _start(self, session: _Session, resume: bool) -> None:
+        if resume:
+            try:
+                await self._resume(session)
+            except Exception:  # the stream or the store failed us: go on with what the snapshot gives
+                log.exception("resume replay failed", extra={"sid": session.meta.sid})
+            finally:
+                session.replaying = False
+                held, session.held = session.held, []
+                for data in held:
+                    await self._accept(session, data)
+        await self._upstream_loop(session)
 
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:
         ctl = bus.decode(msg.data, bus.Control)
@@ -154,35 +186,59 @@ class ProviderWorker:
 
         Everything up to ``committed_up_seq`` (kept by the checkpoint) is in the snapshot as items; what
         came after is replayed. Requests that would act twice (response.create/cancel) or are already in
-        the log (items, deletes, truncations) are not.
+        the log (items, deletes, truncations) are not, except a response.create no response answered.
         """
         assert self.nc is not None and self.store is not None
         sid = session.meta.sid
-        await self._await_checkpoint()
-        committed = await self.store.committed_up_seq(sid)
-        known = {item.id for item in (await self.store.snapshot(sid)).items}
-        for data in await bus.replay(self.nc, Subjects.up(sid)):
-            env = ev.decode_envelope(data)
-            if env.seq <= committed:
+        await self._await_checkpoint(sid)
+        snapshot = await self.store.snapshot(sid)  # one read: the commit point and the items agree
+        committed = int(snapshot.record.get("committed_up_seq") or 0)
+        known = {item.id for item in snapshot.items}
+        envs = [(pos, ev.decode_envelope(data)) for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid))]
+        committed = _before_untranscribed_turn(snapshot.items, [env for _, env in envs], committed)
+        owed = await self._owed_create(sid, envs)
+        for _, env in envs:
+            if env.seq <= committed and not any(event is owed for event in env.events):
                 continue
             session.last_up = max(session.last_up, env.seq)
             for event in env.events:
-                if isinstance(event, _NOT_REPLAYED) or (isinstance(event, ev.ItemCreate) and event.item.id in known):
+                if event is not owed and (env.seq <= committed or isinstance(event, _NOT_REPLAYED) or (
+                        isinstance(event, ev.ItemCreate) and event.item.id in known)):
                     continue
                 self._take(session, event)
         REPLAYED.inc(len(session.pending))
-        session.replaying = False
-        held, session.held = session.held, []
-        for data in held:
-            await self._accept(session, data)
 
-    async def _await_checkpoint(self, timeout_s: float = 0.3) -> None:
-        """Give the checkpoint a moment to fold what is already in the stream (bounded: never blocks a
-        reattach for long; if it lags, a little already-committed audio may be sent again)."""
+    async def _owed_create(self, sid: str, envs: list[tuple[int, ev.Envelope]]) -> ev.ResponseCreate | None:
+        """The newest response.create, when no response started after it in the stream: the dead worker
+        never acted on it (it died first, or the client re-asked after the cut while no worker listened).
+        Any other one was answered (or cut): replaying it would act twice."""
+        assert self.nc is not None
+        newest = next(
+            ((pos, e) for pos, env in reversed(envs) for e in reversed(env.events) if isinstance(e, ev.ResponseCreate)),
+            None,
+        )
+        if newest is None:
+            return None
+        position, create = newest
+        for _, data in await bus.replay_seq(self.nc, Subjects.down(sid), start_seq=position + 1):
+            if any(isinstance(e, ev.ResponseStarted) for e in ev.decode_envelope(data).events):
+                return None
+        return create
+
+    async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S) -> None:
+        """Wait until the checkpoint has folded this session's events already in the stream, so that the
+        snapshot (history, commit point) and the replay agree: from a stale commit point, input the
+        restored history already holds would be sent again (a duplicate turn). Usually immediate; a
+        checkpoint that lags under load is waited for, up to the bound (which a dead one costs)."""
         assert self.nc is not None
         js = self.nc.jetstream()
         with contextlib.suppress(Exception):
-            target = (await js.stream_info(bus.STREAM)).state.last_seq
+            target = 0
+            for subject in (Subjects.up(sid), Subjects.down(sid)):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    target = max(target, (await js.get_last_msg(bus.STREAM, subject)).seq or 0)
+            if not target:
+                return
             deadline = asyncio.get_running_loop().time() + timeout_s
             while asyncio.get_running_loop().time() < deadline:
                 info = await js.consumer_info(bus.STREAM, DURABLE)
@@ -190,7 +246,7 @@ class ProviderWorker:
                     return
                 if info.num_pending == 0 and info.num_ack_pending == 0:
                     return
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)  # a dead worker's sessions all poll at once: keep the API load low
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)

@@ -1,0 +1,651 @@
+"""Chaos run: N scripted conversations through the official openai SDK while instances are kill -9'd.
+
+    python -m ops.chaos.run --sessions 10 --duration 60 --kill-every 5 [--json out.json]
+
+Starts the whole stack with ``shared.devstack.Stack`` (embedded nats-server and redis-server, or the
+servers in ``NATS_URL``/``REDIS_URL`` when both are set), K transformers and M provider-workers named by
+``RS_INSTANCE_ID`` (so each victim's pid is known), one checkpoint, one edge and both fakes, paced so a
+response takes real time. Half the sessions run on OpenAI, half on Gemini (``rs_core``); each turn is a
+text item ``"<session> turn <k>"`` or a spoken turn (a tone, manual commit) followed by response.create.
+
+Every ``--kill-every`` seconds a random provider-worker (among those serving sessions, when any does) gets
+SIGKILL (the 2nd kill is a transformer, the 3rd the checkpoint, then every 5th / 10th) and is respawned
+under the same instance id after ``--respawn-delay`` (capacity comes back like a restarted pod). The
+edge, nats and redis are never killed.
+
+A response cut by a kill (status failed/incomplete/cancelled) is allowed and counted; the client re-asks
+(one new response.create per cut). At the end, for every session, what the client sent and the answers it
+got must be in the Redis log (``Store.snapshot``) and in the fake's latest upstream conversation, in
+order. Exit status 1 when a session dropped (socket closed, or a turn not done within ``--turn-timeout``),
+an item was lost or duplicated, or an answer counted the turns wrongly (the provider's context differs
+from what the client sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from services.fakes_common import debug_sessions
+from shared import events as ev
+from shared.audio import tone
+from shared.devstack import Proc, Stack, free_port
+from shared.session import session_key
+from shared.store import Store
+
+__all__ = ["Options", "main", "run"]
+
+ACCOUNT = "996-sdassds-86-asd"  # the built-in default account (config.DEFAULT_ACCOUNTS)
+API_KEY = f"{ACCOUNT}:secretkey-996"
+RATE = 24_000
+SPOKEN_MS = (500, 600, 700, 800)  # distinct durations: the fake "hears" "audio 0.6s"
+_TRACED = frozenset({"response.created", "response.done", "input_audio_buffer.committed",
+                     "conversation.item.added", "conversation.item.done"})
+CUT = frozenset({"failed", "incomplete", "cancelled"})
+MAX_REASKS = 2  # one re-ask per cut response; a second kill may cut the re-ask too
+# role -> (rtswitch command, instance id prefix)
+ROLES: dict[str, tuple[str, str]] = {
+    "worker": ("provider-worker", "wk"),
+    "transformer": ("transformer", "tr"),
+    "checkpoint": ("checkpoint", "ckpt"),
+}
+
+
+@dataclass
+class Options:
+    sessions: int = 10
+    duration: float = 60.0
+    kill_every: float = 5.0
+    transformers: int = 2
+    workers: int = 3
+    respawn_delay: float = 1.0
+    turn_timeout: float = 20.0
+    response_ms: int = 1_200
+    pace: float = 1.0
+    think_ms: tuple[int, int] = (100, 800)
+    seed: int | None = None
+    json_path: str | None = None
+    workdir: str | None = None
+
+
+# -- one client session ----------------------------------------------------------------------------
+
+
+@dataclass
+class SessionRun:
+    index: int
+    name: str  # marker in every text turn: "<run>-s007"
+    client_sid: str
+    provider: str
+    expected: list[tuple[str, str]] = field(default_factory=list)  # (role, text) the client sent / got, in order
+    users: int = 0
+    turns: int = 0  # turns answered with a completed response
+    cuts: int = 0
+    reasks: int = 0
+    wrong: list[str] = field(default_factory=list)  # answers whose turn count or echo was not the expected one
+    dropped: str | None = None
+    errors: Counter[str] = field(default_factory=Counter)
+    busy: bool = False  # a request is out and its response is not done
+    # Silence measurement after a kill of an instance serving this session (see SessionRun.heard).
+    measuring: str = ""  # the role killed, while measuring
+    silent_since: float | None = None
+    longest_silence: float = 0.0
+    reattach_s: list[tuple[str, float]] = field(default_factory=list)  # (role killed, seconds)
+    first_delta_s: list[float] = field(default_factory=list)  # undisturbed ask -> first audio delta
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # conversation over (or dropped)
+    trace: list[str] = field(default_factory=list)  # what happened, for the report of a failed session
+    t0: float = 0.0
+
+    def note(self, what: str) -> None:
+        self.trace.append(f"{asyncio.get_running_loop().time() - self.t0:7.3f} {what}")
+
+    @property
+    def sid(self) -> str:
+        return session_key(ACCOUNT, self.client_sid)
+
+    def note_kill(self, at: float, role: str) -> None:
+        """The client-side reattach time: the longest silence the client hears while it waits for audio,
+        from the kill to its next completed response. Waiting starts at the kill when a request was out,
+        else at the next request; the silence across a cut response and its re-ask counts as one. For a
+        worker killed mid-response that is kill -> first audio delta of the re-asked response (from the
+        last delta of the dead worker's tail, which may arrive just after the kill)."""
+        if not self.measuring and self.dropped is None:
+            self.measuring, self.longest_silence = role, 0.0
+            self.silent_since = at if self.busy else None
+
+    def asked(self, at: float) -> None:
+        if self.measuring and self.silent_since is None:
+            self.silent_since = at
+
+    def heard(self, at: float) -> None:
+        if self.measuring and self.silent_since is not None:
+            self.longest_silence = max(self.longest_silence, at - self.silent_since)
+            self.silent_since = at
+
+    def completed(self) -> None:
+        if self.measuring and self.longest_silence > 0:
+            self.reattach_s.append((self.measuring, self.longest_silence))
+            self.measuring = ""
+
+
+class Dropped(Exception):
+    pass
+
+
+async def _until_done(conn: Any, run: SessionRun, asked_at: float, timeout: float) -> tuple[str, str]:
+    """Events up to response.done -> (status, transcript). Measures the first audio delta."""
+    loop = asyncio.get_running_loop()
+    transcript: list[str] = []
+    first = True
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await conn.recv()
+                kind = event.type
+                if kind in _TRACED:
+                    run.note(f"<- {kind} {getattr(getattr(event, 'response', None), 'status', '') or ''}")
+                if kind == "response.output_audio.delta":
+                    now = loop.time()
+                    if first and not run.measuring:
+                        run.first_delta_s.append(now - asked_at)
+                    first = False
+                    run.heard(now)
+                elif kind == "response.output_audio_transcript.delta":
+                    transcript.append(event.delta)
+                elif kind == "error":
+                    run.note(f"<- error {event.error.code}")
+                    run.errors[event.error.code or event.error.type or "error"] += 1
+                elif kind == "response.done":
+                    if event.response.status == "completed":
+                        run.completed()
+                    return event.response.status or "", "".join(transcript)
+    except TimeoutError:
+        raise Dropped(f"no response.done within {timeout:.0f} s") from None
+    except Exception as exc:  # the socket closed: websockets.ConnectionClosed and the SDK's wrappers
+        raise Dropped(f"socket: {type(exc).__name__}: {exc}") from None
+
+
+async def _session(
+    base: str, run: SessionRun, opts: Options, deadline: float, rng: random.Random, release: asyncio.Event
+) -> None:
+    loop = asyncio.get_running_loop()
+    run.t0 = loop.time()
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"{base}/v1")
+    try:
+        async with client.realtime.connect(
+            model="gpt-realtime", extra_query={"rs_core": run.provider, "rs_u_sessid": run.client_sid}
+        ) as conn:
+            await conn.session.update(session={"type": "realtime", "audio": {"input": {
+                "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+            async with asyncio.timeout(opts.turn_timeout):
+                while (await conn.recv()).type != "session.updated":
+                    pass
+            k = 0
+            while loop.time() < deadline:
+                k += 1
+                await asyncio.sleep(rng.uniform(*opts.think_ms) / 1000)
+                # Turn 1 is text: the session's marker is then in every upstream conversation (history).
+                if k == 1 or rng.random() < 0.6:
+                    said = f"{run.name} turn {k}"
+                    run.busy = True
+                    run.note(f"-> item {said}")
+                    await conn.conversation.item.create(item={
+                        "type": "message", "role": "user", "content": [{"type": "input_text", "text": said}]})
+                else:
+                    ms = rng.choice(SPOKEN_MS)
+                    said = f"audio {ms / 1000:.1f}s"
+                    pcm = tone(440, ms, RATE)
+                    run.busy = True
+                    run.note(f"-> audio {said} + commit")
+                    for i in range(0, len(pcm), 4_800):  # 100 ms chunks
+                        await conn.input_audio_buffer.append(audio=_b64(pcm[i : i + 4_800]))
+                    await conn.input_audio_buffer.commit()
+                run.users += 1
+                run.expected.append(("user", said))
+                want = f"turn {run.users}: {said}"
+                for attempt in range(MAX_REASKS + 1):
+                    asked_at = loop.time()
+                    run.busy = True
+                    run.note("-> response.create")
+                    run.asked(asked_at)
+                    await conn.response.create()
+                    status, transcript = await _until_done(conn, run, asked_at, opts.turn_timeout)
+                    run.busy = False
+                    if status not in CUT:
+                        break
+                    run.cuts += 1
+                    if attempt < MAX_REASKS:
+                        run.reasks += 1
+                if status == "completed":
+                    run.turns += 1
+                    run.expected.append(("assistant", transcript))
+                    if transcript != want:
+                        run.wrong.append(f"{transcript!r} != {want!r}")
+            # Kept open until the fake's live upstream conversation has been read.
+            run.finished.set()
+            await release.wait()
+    except Dropped as exc:
+        run.dropped = str(exc)
+    except Exception as exc:
+        run.dropped = f"{type(exc).__name__}: {exc}"
+    finally:
+        run.busy = False
+        run.finished.set()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# -- the stack and the killer ----------------------------------------------------------------------
+
+
+class Cluster:
+    """The stack, and the killable instances by id."""
+
+    def __init__(self, opts: Options, workdir: Path) -> None:
+        self.opts = opts
+        self.stack = Stack(workdir)
+        self.instances: dict[str, tuple[str, Proc | None]] = {}  # id -> (role, proc; None while respawning)
+        self.edge_port = 0
+
+    def start(self) -> None:
+        stack, opts = self.stack, self.opts
+        stack.env.setdefault("LOG_LEVEL", "INFO")
+        if not (stack.env.get("NATS_URL") and stack.env.get("REDIS_URL")):
+            # A bus of our own: services of another stack on a shared bus would join our queue groups.
+            stack.env.pop("NATS_URL", None)
+            stack.env.pop("REDIS_URL", None)
+            stack.start_nats()
+            stack.start_redis()
+        for name in ("OPENAI_API_KEY", "GEMINI_API_KEY"):
+            stack.env.pop(name, None)  # the fakes, never a real provider
+        stack.env.update({"FAKE_PACE": str(opts.pace), "FAKE_RESPONSE_MS": str(opts.response_ms)})
+        stack.start_fakes()
+        self.edge_port = free_port()
+        stack.env.update({"PORT": str(self.edge_port), "HOST": "127.0.0.1"})
+        for role, count in (("checkpoint", 1), ("transformer", opts.transformers), ("worker", opts.workers)):
+            for i in range(count):
+                self.spawn(role, f"{ROLES[role][1]}-{i}")
+        stack.start_service("edge", env={"RS_INSTANCE_ID": "edge-0"}, name="edge-0")
+
+    def spawn(self, role: str, instance: str) -> None:
+        self.instances[instance] = (role, None)
+        proc = self.stack.start_service(ROLES[role][0], env={"RS_INSTANCE_ID": instance}, name=instance)
+        self.instances[instance] = (role, proc)
+
+    def ready(self, role: str) -> list[str]:
+        return [i for i, (r, p) in self.instances.items() if r == role and p is not None and p.alive()]
+
+    def kill(self, instance: str) -> None:
+        role, proc = self.instances[instance]
+        assert proc is not None
+        proc.kill(signal.SIGKILL)
+        proc.popen.wait(5)
+        self.instances[instance] = (role, None)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.edge_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+
+def kill_plan(count: int) -> list[str]:
+    """Mostly workers; the 2nd kill a transformer, the 3rd the checkpoint, then every 5th / 10th."""
+    plan = ["worker"] * count
+    for i in range(count):
+        if i == 1 or (i > 2 and i % 5 == 1):
+            plan[i] = "transformer"
+        elif i == 2 or (i > 2 and i % 10 == 7):
+            plan[i] = "checkpoint"
+    return plan
+
+
+async def _killer(
+    cluster: Cluster, store: Store, runs: list[SessionRun], opts: Options, start: float, rng: random.Random,
+    kills: Counter[str], log: list[dict[str, Any]],
+) -> None:
+    loop = asyncio.get_running_loop()
+    times = [start + opts.kill_every * n for n in range(1, math.ceil(opts.duration / opts.kill_every))]
+    times = [t for t in times if t < start + opts.duration - 1.0]
+    respawns: set[asyncio.Task[None]] = set()
+    for when, role in zip(times, kill_plan(len(times)), strict=True):
+        await asyncio.sleep(max(0.0, when - loop.time()))
+        candidates = cluster.ready(role)
+        if not candidates:
+            continue  # the last victim of this role is still starting
+        routes = await asyncio.gather(*(store.snapshot(r.sid) for r in runs))
+        serving = {r.name: snap.record.get(f"route_{role}", "") for r, snap in zip(runs, routes, strict=True)}
+        # A random instance among those serving sessions (a respawned one may hold none yet).
+        victim = rng.choice([c for c in candidates if c in serving.values()] or candidates)
+        affected = [r for r in runs if serving[r.name] == victim and r.dropped is None]
+        killed_at = loop.time()
+        await asyncio.to_thread(cluster.kill, victim)
+        for run in affected:
+            run.note_kill(killed_at, role)
+            run.note(f"** kill -9 {victim} ({role})")
+        kills[role] += 1
+        log.append({"t": round(killed_at - start, 2), "role": role, "instance": victim, "sessions": len(affected)})
+        print(f"[chaos] t={killed_at - start:5.1f}s kill -9 {victim} ({len(affected)} sessions)", flush=True)
+
+        async def respawn(role: str = role, victim: str = victim) -> None:
+            await asyncio.sleep(opts.respawn_delay)
+            await asyncio.to_thread(cluster.spawn, role, victim)
+
+        task = asyncio.create_task(respawn())
+        respawns.add(task)
+        task.add_done_callback(respawns.discard)
+    await asyncio.gather(*respawns)
+
+
+async def _loop_lag(samples: list[float], interval_s: float = 0.1) -> None:
+    """How late this process's event loop wakes up: client-side times are only as good as this."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(interval_s)
+        samples.append(max(0.0, loop.time() - before - interval_s))
+
+
+# -- checking what was kept ------------------------------------------------------------------------
+
+
+def _missing(
+    expected: Sequence[tuple[str, str]], actual: Sequence[tuple[str, str]], *, merged: bool = False
+) -> list[tuple[str, str]]:
+    """Expected entries that are not in ``actual`` as an in-order subsequence (extra entries are fine:
+    a cut response may leave its partial answer). ``merged``: an entry may be part of an item's text
+    (Gemini's restored history merges consecutive items of one role, e.g. a cut answer and its re-ask)."""
+    missing, pos = [], 0
+    for role, text in expected:
+        found = next((i for i in range(pos, len(actual)) if actual[i][0] == role and (
+            actual[i][1] == text or (merged and text and text in actual[i][1]))), None)
+        if found is None:
+            missing.append((role, text))
+        else:
+            pos = found + 1
+    return missing
+
+
+def _duplicates(run: SessionRun, actual: Sequence[tuple[str, str]]) -> list[str]:
+    """Text turns (unique per session) that appear more than once upstream or in the log."""
+    counts = Counter(text for role, text in actual if role == "user" and text.startswith(f"{run.name} "))
+    return [text for text, n in counts.items() if n > 1]
+
+
+def _store_items(snapshot: Any) -> list[tuple[str, str]]:
+    return [(i.role, i.text()) for i in snapshot.items if isinstance(i, ev.Message)]
+
+
+def _fake_items(session: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(i["role"], i["text"] or "") for i in session["items"] if i["type"] == "message"]
+
+
+async def _verify(cluster: Cluster, store: Store, runs: list[SessionRun], settle_s: float = 15.0) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    alive = [r for r in runs if r.dropped is None]
+    # The checkpoint may have just been respawned: give it time to fold the stream into Redis.
+    deadline = loop.time() + settle_s
+    while True:
+        snaps = await asyncio.gather(*(store.snapshot(r.sid) for r in alive))
+        pending = [r for r, s in zip(alive, snaps, strict=True) if _missing(r.expected, _store_items(s))]
+        if not pending or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    upstream: dict[str, list[dict[str, Any]]] = {
+        p: await debug_sessions(port) for p, port in cluster.stack.fake_ports.items() if p in ("openai", "gemini")
+    }
+    report: dict[str, Any] = {"lost_store": 0, "lost_upstream": 0, "duplicates": 0, "details": {}}
+    for run, snap in zip(alive, snaps, strict=True):
+        store_items = _store_items(snap)
+        # The latest live upstream conversation that holds this session's marker.
+        mine = [s for s in upstream[run.provider]
+                if any((i["text"] or "").startswith(f"{run.name} turn ") for i in s["items"])]
+        fake_items = _fake_items(max(mine, key=lambda s: s["created_at"])) if mine else []
+        lost_store = _missing(run.expected, store_items)
+        lost_up = _missing(run.expected, fake_items, merged=run.provider == "gemini")
+        dups = sorted(set(_duplicates(run, store_items)) | set(_duplicates(run, fake_items)))
+        report["lost_store"] += len(lost_store)
+        report["lost_upstream"] += len(lost_up)
+        report["duplicates"] += len(dups)
+        if lost_store or lost_up or dups:
+            report["details"][run.name] = {
+                "lost_in_store": lost_store, "lost_upstream": lost_up, "duplicated": dups,
+                "store": store_items, "upstream": fake_items, "upstream_sessions": len(mine),
+            }
+    return report
+
+
+# -- metrics and the table -------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? ([-+\deE.naif]+)$')
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        out.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+    return out
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus-style quantile from cumulative (upper bound, count) buckets, linear within a bucket."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return None
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / max(count - prev_count, 1e-9)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def quantiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+    return {"n": len(ordered), "p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1]}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _q_row(q: dict[str, Any], with_max: bool = True) -> str:
+    parts = [f"p50 {_ms(q['p50'])}", f"p95 {_ms(q['p95'])}", f"p99 {_ms(q['p99'])}"]
+    if with_max:
+        parts.append(f"max {_ms(q['max'])}")
+    return ", ".join(parts) + f" (n={q['n']})"
+
+
+def table(result: dict[str, Any]) -> str:
+    k, r = result["kills"], result["reattaches"]
+    rows = [
+        ("sessions", f"{result['sessions']} ({result['providers']['openai']} openai, "
+                     f"{result['providers']['gemini']} gemini)"),
+        ("turns answered", f"{result['turns']} of {result['user_turns']}"),
+        ("responses cut by a kill", f"{result['cuts']} (re-asked {result['reasks']})"),
+        ("kills", f"{k['total']} (" + ", ".join(f"{role} {k.get(role, 0)}" for role in ROLES) + ")"),
+        ("reattaches (edge)", f"{r['total']} (worker {r.get('worker', 0)}, transformer {r.get('transformer', 0)})"),
+        ("sessions dropped", str(result["dropped"])),
+        ("items lost", f"{result['lost']} (redis log {result['lost_store']}, provider {result['lost_upstream']})"),
+        ("items duplicated", str(result["duplicates"])),
+        ("wrong turn counts", str(result["wrong"])),
+        ("reattach, client: silence after a kill", _q_row(result["reattach_client"])),
+        *((f"  - after a {role} kill", _q_row(q)) for role, q in result["reattach_client_by_role"].items()),
+        ("reattach, edge rs_reattach_seconds", _q_row(result["reattach_edge"], with_max=False)),
+        ("first audio, undisturbed turns", _q_row(result["first_audio"])),
+        ("client event loop lag", _q_row(result["client_loop_lag"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {'metric'.ljust(width)} | value", f"|{'-' * (width + 2)}|------"]
+    lines += [f"| {name.ljust(width)} | {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
+    rng = random.Random(opts.seed)
+    tag = uuid.uuid4().hex[:6]
+    runs = [
+        SessionRun(i, f"{tag}-s{i:03d}", f"chaos-{tag}-{i:03d}", ("openai", "gemini")[i % 2])
+        for i in range(opts.sessions)
+    ]
+    loop = asyncio.get_running_loop()
+    base = f"ws://127.0.0.1:{cluster.edge_port}"
+    release = asyncio.Event()
+    kills: Counter[str] = Counter()
+    kill_log: list[dict[str, Any]] = []
+    async with Store.connect(cluster.stack.env["REDIS_URL"]) as store:
+        lag: list[float] = []
+        lag_task = asyncio.create_task(_loop_lag(lag))
+        start = loop.time()
+        deadline = start + opts.duration
+        tasks = [
+            asyncio.create_task(_session(base, r, opts, deadline, random.Random(rng.random()), release)) for r in runs
+        ]
+        await _killer(cluster, store, runs, opts, start, rng, kills, kill_log)
+        # Every session finishes its last turn (each turn is bounded by --turn-timeout), then the logs
+        # are compared while the sockets are still open (the fake lists live upstream sessions).
+        await asyncio.wait([asyncio.create_task(r.finished.wait()) for r in runs])
+        lag_task.cancel()
+        loss = await _verify(cluster, store, runs)
+        release.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    metrics = parse_metrics(await asyncio.to_thread(cluster.metrics))
+    reattaches: dict[str, int] = {}
+    for labels, value in metrics.get("rs_reattaches_total", []):
+        reattaches[labels.get("role", "")] = int(value)
+    reattaches["total"] = sum(reattaches.values())
+    buckets = [(float(lb["le"]), v) for lb, v in metrics.get("rs_reattach_seconds_bucket", [])]
+    edge_q = {"n": int(max((v for _, v in buckets), default=0))}
+    edge_q.update({f"p{int(q * 100)}": histogram_quantile(q, buckets) for q in (0.5, 0.95, 0.99)})
+    kills_out: dict[str, int] = dict(kills)
+    kills_out["total"] = sum(kills.values())
+    dropped = [r for r in runs if r.dropped]
+    result: dict[str, Any] = {
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("json_path", "workdir")},
+        "sessions": len(runs),
+        "providers": dict(Counter(r.provider for r in runs)),
+        "turns": sum(r.turns for r in runs),
+        "user_turns": sum(r.users for r in runs),
+        "cuts": sum(r.cuts for r in runs),
+        "reasks": sum(r.reasks for r in runs),
+        "kills": kills_out,
+        "kill_log": kill_log,
+        "reattaches": reattaches,
+        "dropped": len(dropped),
+        "dropped_detail": {r.name: r.dropped for r in dropped},
+        "traces": {r.name: r.trace for r in runs if r.dropped or r.wrong or r.name in loss["details"]},
+        "lost_store": loss["lost_store"],
+        "lost_upstream": loss["lost_upstream"],
+        "lost": loss["lost_store"] + loss["lost_upstream"],
+        "duplicates": loss["duplicates"],
+        "loss_detail": loss["details"],
+        "wrong": sum(len(r.wrong) for r in runs),
+        "wrong_detail": {r.name: r.wrong for r in runs if r.wrong},
+        "errors": dict(sum((r.errors for r in runs), Counter())),
+        "reattach_client": quantiles([s for r in runs for _, s in r.reattach_s]),
+        "reattach_client_by_role": {
+            role: quantiles([s for r in runs for killed, s in r.reattach_s if killed == role])
+            for role in ("worker", "transformer") if any(k == role for r in runs for k, _ in r.reattach_s)
+        },
+        "reattach_edge": edge_q,
+        "first_audio": quantiles([s for r in runs for s in r.first_delta_s]),
+        "client_loop_lag": quantiles(lag),
+    }
+    result["ok"] = not (result["dropped"] or result["lost"] or result["duplicates"] or result["wrong"])
+    return result
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m ops.chaos.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of conversation (kills stop 1 s before)")
+    p.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
+    p.add_argument("--transformers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--respawn-delay", type=float, default=1.0, help="seconds before a victim is started again")
+    p.add_argument("--turn-timeout", type=float, default=20.0, help="a turn not done by then = session dropped")
+    p.add_argument("--response-ms", type=int, default=1_200, help="fake response audio length")
+    p.add_argument("--pace", type=float, default=1.0, help="fake pacing: 1.0 = real time")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
+    p.add_argument("--workdir", default=None, help="keep the process logs here (default: a temp dir, "
+                                                   "kept only when the run fails)")
+    ns = p.parse_args(argv)
+    opts = Options(**{k: v for k, v in vars(ns).items()})
+    if opts.respawn_delay >= opts.kill_every:
+        p.error("--respawn-delay must be shorter than --kill-every")
+    if opts.workers < 2 or opts.transformers < 1:
+        p.error("at least 2 workers (one is always being killed) and 1 transformer")
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="rs-chaos-"))
+    cluster = Cluster(opts, workdir)
+    result: dict[str, Any] | None = None
+    started = time.monotonic()
+    try:
+        cluster.start()
+        print(f"[chaos] stack up in {time.monotonic() - started:.1f} s; logs in {workdir}", flush=True)
+        result = asyncio.run(run(opts, cluster))
+    finally:
+        cluster.stack.stop()
+    print(f"\nchaos: {opts.sessions} sessions, {opts.duration:.0f} s, kill every {opts.kill_every:g} s, "
+          f"{opts.transformers} transformers, {opts.workers} workers")
+    print(table(result))
+    for title, key in (("dropped", "dropped_detail"), ("wrong answers", "wrong_detail"), ("lost", "loss_detail")):
+        if result[key]:
+            print(f"\n{title}:\n" + json.dumps(result[key], indent=1)[:4000])
+    if opts.json_path:
+        Path(opts.json_path).write_text(json.dumps(result, indent=2))
+    if result["ok"] and opts.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif not result["ok"]:
+        print(f"\nFAILED; process logs kept in {workdir}", file=sys.stderr)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The bench (ops/bench/run.py) runs end to end and produces its tables with a baseline column.
+
+A smoke run with a few sessions for a few seconds: the tables are printed, every number is sane and
+non-zero, the direct (baseline) column is measured in the same run. Targets are not asserted here
+(timing assertions do not belong in tests; docs/bench.md has the measured numbers). The full run is
+``-m slow``.
+
+The bench starts its own stack (real nats-server, redis-server, services and fakes) as subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("edge", "transformer", "worker", "checkpoint")
+
+
+def _bench(tmp_path: Path, *args: str, timeout: float) -> tuple[dict[str, Any], str]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.bench.run", "--json", str(out), "--workdir", str(tmp_path / "stack"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"bench failed:\n{proc.stderr[-4000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value) and value > 0
+
+
+def _check_load(run: dict[str, Any], sessions: int, *, strict: bool) -> None:
+    """One load run (direct or gateway): sessions connected, answered, and measured. ``strict``: every
+    session and every request (a load past the capacity the bench found may lose some: it is reported)."""
+    where = f"{run['target']} at {sessions}"
+    if strict:
+        assert run["connected"] == sessions and run["connect_failures"] == 0, where
+        assert run["lost"] == 0 and run["closed_early"] == 0, f"{where}: requests unanswered or sockets closed"
+        assert not run["errors"], f"{where}: error events {run['errors']}"
+        assert run["declared_dead"] == 0, f"{where}: sessions moved although no process died"
+        assert run["ttfa_ms"]["n"] == sessions, where
+    lat = run["latency_ms"]
+    assert lat["n"] > 0 and _positive(lat["p50"]) and lat["p50"] <= lat["p99"] <= lat["max"], where
+    assert _positive(run["ttfa_ms"]["p50"]), where
+    assert _positive(run["frames_per_s"]) and run["turns"] > 0, where
+    assert _positive(run["cpu_pct"]["fake"]) and _positive(run["cpu_pct"]["clients"]), where
+
+
+def _check_row(row: dict[str, Any], *, strict: bool = True) -> None:
+    n = row["sessions"]
+    _check_load(row["direct"], n, strict=strict)
+    _check_load(row["gateway"], n, strict=strict)
+    gateway = row["gateway"]
+    for service in SERVICES:  # the stack did the work, and its cost per frame is reported
+        assert _positive(gateway["cpu_pct"][service]), (service, gateway["cpu_pct"])
+        assert _positive(gateway["rss_mb"][service]), (service, gateway["rss_mb"])
+        assert _positive(gateway["cpu_us_per_frame"][service]), (service, gateway["cpu_us_per_frame"])
+    for p in ("p50", "p99"):  # added = gateway - direct, from the same run
+        expected = gateway["latency_ms"][p] - row["direct"]["latency_ms"][p]
+        assert math.isclose(row["added_ms"][p], expected, abs_tol=0.01)
+
+
+def _check_tables(stdout: str) -> None:
+    for title in ("### Added latency", "### Resources during the gateway run", "### Capacity",
+                  "### Memory per idle session", "### Client-link compression", "### Worker kill -9"):
+        assert title in stdout, f"missing table {title!r}"
+    assert "direct p50 / p99 ms" in stdout and "added p50 / p99 ms" in stdout  # the baseline column
+
+
+def _check_report(
+    report: dict[str, Any], stdout: str, *, sessions: list[int], memory: int, kills: int, strict: bool
+) -> None:
+    """``strict``: every load row loses nothing; else only the loads the capacity search passed."""
+    _check_tables(stdout)
+    assert report["machine"]["cores"] and report["machine"]["date"]
+    capacity = report["capacity"]
+    assert capacity["steps"] and capacity["max_sessions_under_budget"] >= 0
+    passed = capacity["max_sessions_under_budget"]
+    for step in capacity["steps"]:
+        _check_row(step["row"], strict=strict or step["break"] is None)
+    assert [row["sessions"] for row in report["latency"]] == sessions
+    for row in report["latency"]:
+        _check_row(row, strict=strict or row["sessions"] <= passed)
+
+    mem = report["memory"]
+    assert mem["connected"] == memory
+    for label in (*SERVICES, "nats", "redis"):
+        assert _positive(mem["rss_before_mb"][label]) and _positive(mem["rss_after_mb"][label]), label
+        assert math.isfinite(mem["per_session_kb"][label]), label
+    assert math.isclose(mem["services_per_session_kb"], sum(mem["per_session_kb"][s] for s in SERVICES), abs_tol=0.5)
+
+    none, deflate = report["compression"]
+    assert (none["mode"], deflate["mode"]) == ("none", "deflate")
+    _check_row(none, strict=strict or none["sessions"] <= passed)
+    _check_row(deflate, strict=strict or deflate["sessions"] <= passed)
+    n = deflate["sessions"]
+    assert none["gateway"]["deflate_sessions"] == 0, "compression is off by default"
+    assert deflate["gateway"]["deflate_sessions"] == n, "RS_CLIENT_COMPRESSION=deflate negotiates it"
+
+    failover = report["failover"]
+    assert failover["kills"] == kills and not failover["failures"], failover["failures"]
+    assert failover["retried_requests"] == 0, "a response.create sent after the cut must be answered"
+    first_audio, cut = failover["first_audio_ms"], failover["cut_ms"]
+    assert first_audio["n"] >= kills and cut["n"] == first_audio["n"]
+    assert _positive(cut["p50"]) and first_audio["p50"] >= cut["p50"]  # the cut comes before the new audio
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    report, stdout = _bench(
+        tmp_path,
+        "--sessions", "3", "--seconds", "2", "--warmup", "0.5", "--turn-ms", "400",
+        "--capacity", "3", "--capacity-seconds", "2",
+        "--memory-sessions", "4", "--compression-sessions", "3",
+        "--kills", "1", "--failover-sessions", "2",
+        timeout=110,
+    )
+    _check_report(report, stdout, sessions=[3], memory=4, kills=1, strict=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_bench_full(tmp_path: Path) -> None:
+    """The documented run (docs/bench.md): 1/20/100 sessions, capacity search, 200 idle, 20 kills."""
+    report, stdout = _bench(tmp_path, timeout=3500)
+    _check_report(report, stdout, sessions=[1, 20, 100], memory=200, kills=20, strict=False)
