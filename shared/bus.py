@@ -105,6 +105,7 @@ class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 class AssignReply(msgspec.Struct, frozen=True, kw_only=True):
     instance: str
+    boot: str = ""  # this process incarnation: a restarted instance under the same name is another one
     ok: bool = True
     error: str | None = None
 
@@ -141,6 +142,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     instance: str
     sessions: int
+    boot: str = ""  # see AssignReply.boot
     providers: list[str] = []
 
 

@@ -72,6 +72,7 @@ class _Live:
         self.delivered_down = (0, 0)  # newest provider output (worker epoch, down seq) sent to the client
         self.transformer = ""
         self.worker = ""
+        self.boots: dict[str, str] = {}  # role -> boot of the process that holds it
         self.attached_at = time.monotonic()
         self.reattaching = False
         self.closed = False
@@ -115,7 +116,7 @@ class Edge:
         self.server: Server | None = None
         self.live = 0
         self.sessions: dict[str, _Live] = {}
-        self.beats: dict[str, float] = {}  # instance -> monotonic time of its last heartbeat
+        self.beats: dict[tuple[str, str], float] = {}  # (instance, boot) -> monotonic time of its last beat
         self._tasks: set[asyncio.Task[None]] = set()
         self._bus_back_at = 0.0  # monotonic time the NATS connection was last seen down or came back
         self._reconnects = 0
@@ -248,11 +249,13 @@ class Edge:
             started = time.perf_counter()
             request = bus.encode(bus.AssignRequest(meta=meta, epoch=epoch, reply_to_edge=self.instance))
             try:
-                live.transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
-                live.worker = await self._assign(Subjects.assign_worker(meta.provider), request)
+                transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
+                worker = await self._assign(Subjects.assign_worker(meta.provider), request)
             except AssignError as exc:
                 await self._refuse_in_dialect(ws, meta, str(exc))
                 return
+            live.transformer, live.worker = transformer.instance, worker.instance
+            live.boots = {"transformer": transformer.boot, "worker": worker.boot}
             ASSIGN_SECONDS.observe(time.perf_counter() - started)
             live.attached_at = time.monotonic()
             self.sessions[sid] = live
@@ -300,8 +303,10 @@ class Edge:
     # -- liveness and reattach -------------------------------------------------------------------
 
     async def _on_heartbeat(self, msg: Msg) -> None:
-        # Subject rs.hb.<kind>.<instance>: no decode needed on this hot, fan-in path.
-        self.beats[msg.subject.rsplit(".", 1)[1]] = time.monotonic()
+        # Keyed by (instance, boot): a restarted process under the same name does not hold the sessions
+        # of the one that died, so its beats must not keep them waiting.
+        beat = bus.decode(msg.data, bus.Heartbeat)
+        self.beats[(beat.instance, beat.boot)] = time.monotonic()
 
     async def _watchdog(self) -> None:
         """Notice a dead transformer or worker within HEARTBEAT_DEADLINE_S and reattach its sessions."""
@@ -314,7 +319,7 @@ class Edge:
                 if live.reattaching or live.closed:
                     continue
                 for role, instance in (("transformer", live.transformer), ("worker", live.worker)):
-                    last = max(self.beats.get(instance, 0.0), live.attached_at)
+                    last = max(self.beats.get((instance, live.boots.get(role, "")), 0.0), live.attached_at)
                     if now - last > HEARTBEAT_DEADLINE_S:
                         live.reattaching = True
                         task = asyncio.create_task(self._reattach(live, role, instance))
@@ -373,7 +378,8 @@ class Edge:
                 delivered_down=live.delivered_down))
             while not live.closed:
                 try:
-                    instance = await self._assign(subject, request)
+                    reply = await self._assign(subject, request)
+                    instance = reply.instance
                     break
                 except AssignError:
                     log.warning("no replacement yet", extra={"sid": sid, "role": role})
@@ -383,6 +389,7 @@ class Edge:
                 live.worker, live.worker_epoch = instance, epoch
             else:
                 live.transformer, live.transformer_epoch = instance, epoch
+            live.boots[role] = reply.boot
             live.attached_at = time.monotonic()
             await self.store.set_route(sid, **{role: instance, "epoch": str(epoch)})
             REATTACHES.labels(role).inc()
@@ -393,7 +400,7 @@ class Edge:
         finally:
             live.reattaching = False
 
-    async def _assign(self, subject: str, request: bytes) -> str:
+    async def _assign(self, subject: str, request: bytes) -> bus.AssignReply:
         """Queue-group request with retries: a service that is starting or restarting gets a moment."""
         assert self.nc is not None
         delay = 0.05
@@ -402,7 +409,7 @@ class Edge:
                 msg = await self.nc.request(subject, request, timeout=ASSIGN_TIMEOUT_S)
                 reply = bus.decode(msg.data, bus.AssignReply)
                 if reply.ok:
-                    return reply.instance
+                    return reply
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 pass
             await asyncio.sleep(delay)

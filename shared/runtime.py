@@ -20,11 +20,16 @@ from shared import bus
 from shared.config import Config
 from shared.store import Store
 
-__all__ = ["Service", "heartbeat_loop", "instance_id", "run", "setup_logging"]
+__all__ = ["BOOT", "Service", "heartbeat_loop", "instance_id", "run", "setup_logging"]
 
 log = logging.getLogger(__name__)
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+# One per process start. An instance id may be reused by a restarted process (a pod keeps its name); the
+# boot tells the edge that the process holding its sessions is gone even though the name beats again.
+BOOT = uuid.uuid4().hex[:12]
 
 
 class JsonFormatter(logging.Formatter):
@@ -86,7 +91,9 @@ async def heartbeat_loop(
     subject = bus.Subjects.heartbeat(kind, instance)
     while True:
         with contextlib.suppress(Exception):
-            beat = bus.Heartbeat(kind=kind, instance=instance, sessions=load(), providers=providers or [])
+            beat = bus.Heartbeat(
+                kind=kind, instance=instance, sessions=load(), providers=providers or [], boot=BOOT
+            )
             await nc.publish(subject, bus.encode(beat))
         await asyncio.sleep(interval_s)
 

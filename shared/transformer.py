@@ -25,7 +25,7 @@ from shared.codecs.base import ClientCodec, Out
 from shared.codecs.registry import client_codec
 from shared.config import Config
 from shared.metrics import FRAMES, NOTICES, SESSIONS
-from shared.runtime import heartbeat_loop, instance_id
+from shared.runtime import BOOT, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
 
@@ -115,7 +115,7 @@ class Transformer:
             await nc.subscribe(Subjects.ctl(sid), cb=functools.partial(self._on_ctl, session)),
         ]
         await nc.flush()  # subscriptions are live on the server before the edge hears "ok"
-        await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
+        await msg.respond(bus.encode(bus.AssignReply(instance=self.instance, boot=BOOT)))
         if req.resume:
             # Not in this callback: assign requests are handled one at a time, and a dead transformer's
             # sessions all arrive here at once.

@@ -34,7 +34,7 @@ from shared.codecs.base import Out, ProviderCodec
 from shared.config import Config
 from shared.metrics import FRAMES, PROVIDER_CONNECTS, PROVIDER_ERRORS, REPLAYED, SESSIONS, UPSTREAM_RECONNECTS
 from shared.providers import Provider, ProviderNotConfigured, installed_providers, load_provider
-from shared.runtime import heartbeat_loop, instance_id
+from shared.runtime import BOOT, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
 
@@ -153,7 +153,7 @@ class ProviderWorker:
             await self.nc.subscribe(Subjects.ctl(sid), cb=functools.partial(self._on_ctl, session)),
         ]
         await self.nc.flush()
-        await msg.respond(bus.encode(bus.AssignReply(instance=self.instance)))
+        await msg.respond(bus.encode(bus.AssignReply(instance=self.instance, boot=BOOT)))
         # The resume runs in the session's task, not in this callback: assign requests are handled one
         # at a time, and a dead worker's sessions all arrive here at once.
         session.task = asyncio.create_task(self._start(session, req.resume))
@@ -393,6 +393,10 @@ class ProviderWorker:
         """One upstream connection, from connect to close. Returns whether it opened."""
         assert self.store is not None
         provider = session.provider
+        if session.codec is not None:
+            # A reconnect (provider drop, Gemini reconfiguration): the history must hold everything this
+            # session already said, so let the checkpoint fold what is in the stream first (bounded).
+            await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
         snapshot = await self.store.snapshot(session.meta.sid)
         config = session.config or snapshot.config
         if config is None and provider.capabilities.config_before_connect:
