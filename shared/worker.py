@@ -393,10 +393,10 @@ class ProviderWorker:
         """One upstream connection, from connect to close. Returns whether it opened."""
         assert self.store is not None
         provider = session.provider
-        if session.codec is not None:
-            # A reconnect (provider drop, Gemini reconfiguration): the history must hold everything this
-            # session already said, so let the checkpoint fold what is in the stream first (bounded).
-            await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
+        # The history must hold everything this session already said (a provider reconnect, a Gemini
+        # reconfiguration, a client back on the same session moments after it left): let the checkpoint
+        # fold what the stream holds for it first (bounded; immediate for a new session).
+        await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
         snapshot = await self.store.snapshot(session.meta.sid)
         config = session.config or snapshot.config
         if config is None and provider.capabilities.config_before_connect:
