@@ -16,7 +16,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -36,7 +36,7 @@ from shared.config import Config
 from shared.metrics import ASSIGN_SECONDS, FRAMES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
 from shared.providers import installed_providers
 from shared.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
-from shared.runtime import instance_id
+from shared.runtime import TaskSet, instance_id
 from shared.session import SessionMeta, session_key
 from shared.store import Store
 
@@ -117,7 +117,7 @@ class Edge:
         self.live = 0
         self.sessions: dict[str, _Live] = {}
         self.beats: dict[tuple[str, str], float] = {}  # (instance, boot) -> monotonic time of its last beat
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._bus_back_at = 0.0  # monotonic time the NATS connection was last seen down or came back
         self._reconnects = 0
 
@@ -322,9 +322,7 @@ class Edge:
                     last = max(self.beats.get((instance, live.boots.get(role, "")), 0.0), live.attached_at)
                     if now - last > HEARTBEAT_DEADLINE_S:
                         live.reattaching = True
-                        task = asyncio.create_task(self._reattach(live, role, instance))
-                        self._tasks.add(task)  # keep a reference until done
-                        task.add_done_callback(self._tasks.discard)
+                        self._tasks.spawn(self._reattach(live, role, instance))
                         break
 
     def _bus_outage(self, now: float) -> bool:
@@ -336,7 +334,7 @@ class Edge:
         elif self.nc.stats["reconnects"] != self._reconnects:
             self._reconnects = self.nc.stats["reconnects"]
             self._bus_back_at = now
-            self._spawn(self._ensure_stream())
+            self._tasks.spawn(self._ensure_stream())
         return now - self._bus_back_at < BUS_OUTAGE_GRACE_S
 
     async def _ensure_stream(self) -> None:
@@ -346,11 +344,6 @@ class Edge:
             log.info("stream ensured after a bus reconnect")
         except Exception:
             log.exception("stream not re-created after a bus reconnect")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)  # keep a reference until done
-        task.add_done_callback(self._tasks.discard)
 
     async def _reattach(self, live: _Live, role: str, dead: str) -> None:
         """Bump the epoch (fencing), tell the survivors, and attach a replacement that resumes."""

@@ -11,8 +11,8 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 
@@ -20,7 +20,7 @@ from shared import bus
 from shared.config import Config
 from shared.store import Store
 
-__all__ = ["BOOT", "Service", "heartbeat_loop", "instance_id", "run", "setup_logging"]
+__all__ = ["BOOT", "Service", "TaskSet", "heartbeat_loop", "instance_id", "run", "setup_logging"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,19 @@ def instance_id(kind: str, configured: str = "") -> str:
         return configured.replace(".", "-")
     host = socket.gethostname().split(".")[0].replace(".", "-")[:20]
     return f"{kind}-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class TaskSet:
+    """Fire-and-forget tasks that are kept referenced until they finish (asyncio holds only weak ones)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
 
 class Service(Protocol):

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -25,7 +24,7 @@ from shared.codecs.base import ClientCodec, Out
 from shared.codecs.registry import client_codec
 from shared.config import Config
 from shared.metrics import FRAMES, NOTICES, SESSIONS
-from shared.runtime import BOOT, heartbeat_loop, instance_id
+from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
 
@@ -72,14 +71,9 @@ class Transformer:
         self.config = config
         self.instance = instance_id("transformer", config.instance_id)
         self.sessions: dict[str, _Session] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.nc: NATS | None = None
         self.store: Store | None = None
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
@@ -119,7 +113,7 @@ class Transformer:
         if req.resume:
             # Not in this callback: assign requests are handled one at a time, and a dead transformer's
             # sessions all arrive here at once.
-            self._spawn(self._start_resumed(session, req.delivered_down))
+            self._tasks.spawn(self._start_resumed(session, req.delivered_down))
         else:
             await self._send(session, session.codec.open())
         log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "resume": req.resume})
@@ -222,7 +216,7 @@ class Transformer:
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             # Not awaited here: _drop unsubscribes the very subscription running this callback, which
             # cancels it; the drop runs in its own task so it always completes.
-            self._spawn(self._drop(session.meta.sid))
+            self._tasks.spawn(self._drop(session.meta.sid))
         elif ctl.kind == "replace" and ctl.role == "worker" and ctl.epoch > session.worker_epoch:
             session.worker_epoch = ctl.epoch
             if session.open_response is not None:

@@ -14,8 +14,7 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import msgspec
 import nats.js.errors
@@ -34,7 +33,7 @@ from shared.codecs.base import Out, ProviderCodec
 from shared.config import Config
 from shared.metrics import FRAMES, PROVIDER_CONNECTS, PROVIDER_ERRORS, REPLAYED, SESSIONS, UPSTREAM_RECONNECTS
 from shared.providers import Provider, ProviderNotConfigured, installed_providers, load_provider
-from shared.runtime import BOOT, heartbeat_loop, instance_id
+from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
 
@@ -104,14 +103,9 @@ class ProviderWorker:
         settings = config.provider_settings()
         self.providers: dict[str, Provider] = {n: load_provider(n)(settings) for n in names}
         self.sessions: dict[str, _Session] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.nc: NATS | None = None
         self.store: Store | None = None
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
@@ -177,7 +171,7 @@ class ProviderWorker:
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             # Not awaited here: _drop unsubscribes the very subscription running this callback, which
             # cancels it; the drop runs in its own task so it always completes.
-            self._spawn(self._drop(session.meta.sid))
+            self._tasks.spawn(self._drop(session.meta.sid))
         elif ctl.kind == "replace" and ctl.role == "transformer" and ctl.epoch > session.transformer_epoch:
             session.transformer_epoch = ctl.epoch
 
