@@ -47,6 +47,7 @@ CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
+DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
@@ -256,8 +257,13 @@ class ProviderWorker:
                 await session.ws.close()
         if session.task is not None:
             session.task.cancel()
-            with contextlib.suppress(BaseException):
-                await session.task
+            # Bounded: _drop runs inside the assign callback, which handles requests one at a time; a task
+            # slow to stop must not stall every later assignment of this worker.
+            done, _ = await asyncio.wait({session.task}, timeout=DROP_WAIT_S)
+            if not done:
+                log.warning("upstream task still stopping", extra={"sid": sid})
+            elif not session.task.cancelled():
+                session.task.exception()  # retrieved, as the await did: how it ended no longer matters
         log.info("session detached", extra={"sid": sid, "epoch": session.epoch})
 
     # -- client -> provider ----------------------------------------------------------------------
@@ -416,6 +422,10 @@ class ProviderWorker:
             ping_interval=20, ping_timeout=20,
         ) as ws:
             session.ws = ws
+            if session.closed:
+                # Dropped while connecting, and the cancellation got lost on the way (Python 3.11's
+                # asyncio.wait_for, used by nats-py requests, can swallow one): never serve a dropped session.
+                return True
             PROVIDER_CONNECTS.labels(session.meta.provider).inc()
             await self._apply(session, codec.connect(config, snapshot.items))
             while session.pending:

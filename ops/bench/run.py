@@ -10,15 +10,16 @@ Phases (``--phases``, all by default, in this order):
 * ``latency``: per session count, the same raw-websocket client (ops.bench.client) streams 20 ms
   frames and times commit+response.create -> first output audio delta, first straight against the
   fake (the baseline), then through the gateway. Added = gateway - direct, per percentile.
-* ``capacity``: more sessions until added p99 > 20 ms, errors, lost requests, or the offered frame
-  rate is not met; the largest count under the budget.
+* ``capacity``: more sessions until added p99 > 20 ms, errors, lost requests, sessions the edge took
+  for dead, or the offered frame rate is not met; the largest count under the budget.
 * ``compression``: permessage-deflate on the client link (an edge with RS_CLIENT_COMPRESSION=deflate)
   vs off, at ``--compression-sessions``.
 * ``failover``: kill -9 of the worker holding live sessions (two workers) -> first audio of the next
   response, client side, over ``--kills`` kills.
 
-Clients run in their own processes (one asyncio loop each, two at 100+ sessions) so the measuring
-loops are not starved by the orchestrator; the stack is subprocesses (shared.devstack.Stack).
+Clients run in their own processes (``python -m ops.bench.client``, one asyncio loop each, two from
+100 sessions) so the measuring loops are not starved by the orchestrator; the stack is subprocesses
+(shared.devstack.Stack). Method and results: docs/bench.md.
 """
 
 from __future__ import annotations
@@ -826,10 +827,11 @@ def render(report: dict[str, Any]) -> str:
         rows = [[r["mode"], _pair(r["gateway"]["latency_ms"]),
                  f"{r['added_ms']['p50']:.2f} / {r['added_ms']['p99']:.2f}",
                  _f(r["gateway"]["cpu_pct"].get("edge", math.nan), 0),
+                 _f(r["gateway"]["cpu_us_per_frame"].get("edge", math.nan), 0),
                  _f(r["gateway"]["cpu_pct"].get("clients", math.nan), 0),
                  str(r["gateway"]["deflate_sessions"])] for r in comp]
         parts.append(_table(["client link", "gateway p50 / p99 ms", "added p50 / p99 ms", "edge CPU %",
-                             "clients CPU %", "sessions with deflate negotiated"], rows))
+                             "edge CPU µs per frame", "clients CPU %", "sessions with deflate negotiated"], rows))
     fo = report.get("failover")
     if fo:
         parts.append(f"\n### Worker kill -9 -> first audio of the next response ({fo['kills']} kills, "
