@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import ssl as ssl_module
 import time
 from collections import deque
@@ -1182,3 +1183,17 @@ async def debug_sessions(
     if status != 200:
         raise RuntimeError(f"/debug/sessions answered {status}")
     return json.loads(body)["sessions"]
+
+
+async def serve_until_signal(server: Any) -> None:
+    """Print the fake's port (the first stdout line, which scripts read), serve until SIGINT/SIGTERM, close."""
+    print(server.port, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import ssl
 
 from services.fake_gemini.server import start
+from services.fakes_common import serve_until_signal
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -39,16 +38,7 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 async def _serve(args: argparse.Namespace) -> None:
     server = await start(args.host, args.port, ssl_context=_tls(args))
-    print(server.port, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.close()
+    await serve_until_signal(server)
 
 
 def main(argv: list[str] | None = None) -> None:

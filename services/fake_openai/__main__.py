@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 
 from services.fake_openai.server import start
+from services.fakes_common import serve_until_signal
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -25,16 +24,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 async def _serve(args: argparse.Namespace) -> None:
     server = await start(args.host, args.port, azure=args.azure)
-    print(server.port, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.close()
+    await serve_until_signal(server)
 
 
 def main(argv: list[str] | None = None) -> None:
