@@ -22,6 +22,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionP
 
 from shared import events as ev
 from shared.session import SessionMeta
+from shared.store import LOGGED_EVENTS
 
 __all__ = [
     "STREAM",
@@ -37,6 +38,7 @@ __all__ = [
     "encode",
     "ensure_stream",
     "last_in_stream",
+    "part",
     "replay",
     "replay_seq",
 ]
@@ -67,13 +69,17 @@ class Subjects:
     def cin(sid: str) -> str:  # edge -> transformer: client frames as received
         return f"rs.s.{sid}.cin"
 
+    # ``up`` and ``down`` come in two parts: ``log`` carries envelopes with an event the conversation log
+    # folds (items, commits, config...), ``live`` everything else (audio, deltas: most of the traffic).
+    # The checkpoint consumes only ``log``; the stream keeps both as the replay window. Members subscribe
+    # to ``*`` with one subscription, so the order between the parts is the order of publication.
     @staticmethod
-    def up(sid: str) -> str:  # transformer -> worker: canonical Up events
-        return f"rs.s.{sid}.up"
+    def up(sid: str, part: str = "*") -> str:  # transformer -> worker: canonical Up events
+        return f"rs.s.{sid}.up.{part}"
 
     @staticmethod
-    def down(sid: str) -> str:  # worker -> transformer: canonical Down events
-        return f"rs.s.{sid}.down"
+    def down(sid: str, part: str = "*") -> str:  # worker -> transformer: canonical Down events
+        return f"rs.s.{sid}.down.{part}"
 
     @staticmethod
     def cout(sid: str) -> str:  # transformer -> edge: encoded client frames
@@ -87,9 +93,18 @@ class Subjects:
     def heartbeat(kind: str, instance: str) -> str:
         return f"rs.hb.{kind}.{instance}"
 
+    @staticmethod
+    def probe(instance: str, boot: str) -> str:  # edge -> one process incarnation: "are you alive?"
+        return f"rs.probe.{instance}.{boot}"
+
     HEARTBEATS = "rs.hb.>"
-    STREAM_SUBJECTS = ["rs.s.*.cin", "rs.s.*.up", "rs.s.*.down"]
-    CHECKPOINT_SUBJECTS = ["rs.s.*.up", "rs.s.*.down"]
+    STREAM_SUBJECTS = ["rs.s.*.cin", "rs.s.*.up.*", "rs.s.*.down.*"]
+    CHECKPOINT_SUBJECTS = ["rs.s.*.up.log", "rs.s.*.down.log"]
+
+
+def part(events: list[ev.Event]) -> str:
+    """The part of ``up``/``down`` an envelope goes on: ``log`` when the checkpoint must see it."""
+    return "log" if any(type(event) in LOGGED_EVENTS for event in events) else "live"
 
 
 class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,7 +33,7 @@ from shared import bus
 from shared.auth import Authenticator
 from shared.bus import Subjects
 from shared.config import Config
-from shared.metrics import ASSIGN_SECONDS, FRAMES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
+from shared.metrics import ASSIGN_SECONDS, FRAMES, PROBES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
 from shared.providers import installed_providers
 from shared.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
 from shared.runtime import TaskSet, instance_id
@@ -53,8 +53,16 @@ class AssignError(Exception):
     pass
 
 
-HEARTBEAT_DEADLINE_S = 0.3  # 3 missed 100 ms beats
+# Liveness: an instance whose beat is late is asked directly on its probe subject (one probe per process
+# at a time, whatever the number of its sessions). "No responders" means its connection is gone (a kill -9
+# closes the socket at once): dead. An answer means slow, not dead: a CPU-starved process keeps its
+# sessions instead of being failed over, which would add load where it is already short. No answer within
+# PROBE_TIMEOUT_S means stopped (SIGSTOP, a hung loop): dead.
+SUSPECT_AFTER_S = 0.15  # 1.5 beat intervals
+PROBE_TIMEOUT_S = 1.0
+HEARTBEAT_DEADLINE_S = 0.3  # 3 missed 100 ms beats: dead unless a probe answers
 WATCHDOG_INTERVAL_S = 0.05
+DEAD_MEMORY_S = 60.0  # how long a process found dead is remembered (sessions still being moved off it)
 # After the edge's own NATS connection was down: nobody's beats could arrive, and the others reconnect a
 # little later than we do (reconnect wait + jitter). Silence within this window proves nothing.
 BUS_OUTAGE_GRACE_S = 1.0
@@ -117,6 +125,8 @@ class Edge:
         self.live = 0
         self.sessions: dict[str, _Live] = {}
         self.beats: dict[tuple[str, str], float] = {}  # (instance, boot) -> monotonic time of its last beat
+        self.probes: dict[tuple[str, str], asyncio.Task[None]] = {}  # probes in flight, by process
+        self.dead: dict[tuple[str, str], float] = {}  # processes found dead -> when
         self._tasks = TaskSet()
         self._bus_back_at = 0.0  # monotonic time the NATS connection was last seen down or came back
         self._reconnects = 0
@@ -306,24 +316,63 @@ class Edge:
         # Keyed by (instance, boot): a restarted process under the same name does not hold the sessions
         # of the one that died, so its beats must not keep them waiting.
         beat = bus.decode(msg.data, bus.Heartbeat)
-        self.beats[(beat.instance, beat.boot)] = time.monotonic()
+        key = (beat.instance, beat.boot)
+        self.beats[key] = time.monotonic()
+        # Found dead, yet beating: it was stopped and woke up. What it held is moved already or still
+        # with it; new sessions it takes are no business of that finding.
+        self.dead.pop(key, None)
 
     async def _watchdog(self) -> None:
-        """Notice a dead transformer or worker within HEARTBEAT_DEADLINE_S and reattach its sessions."""
+        """Notice a dead transformer or worker and reattach its sessions: a late beat starts a probe, a
+        process found dead (probe) or silent past HEARTBEAT_DEADLINE_S without answering one loses them."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             now = time.monotonic()
             if self._bus_outage(now):
                 continue
+            for key, since in list(self.dead.items()):
+                if now - since > DEAD_MEMORY_S:
+                    del self.dead[key]
             for live in list(self.sessions.values()):
                 if live.reattaching or live.closed:
                     continue
                 for role, instance in (("transformer", live.transformer), ("worker", live.worker)):
-                    last = max(self.beats.get((instance, live.boots.get(role, "")), 0.0), live.attached_at)
-                    if now - last > HEARTBEAT_DEADLINE_S:
+                    key = (instance, live.boots.get(role, ""))
+                    silent = now - max(self.beats.get(key, 0.0), live.attached_at)
+                    if silent <= SUSPECT_AFTER_S:
+                        continue
+                    if key in self.dead:
                         live.reattaching = True
                         self._tasks.spawn(self._reattach(live, role, instance))
                         break
+                    if key not in self.probes:
+                        self.probes[key] = self._tasks.spawn(self._probe(key))
+
+    async def _probe(self, key: tuple[str, str]) -> None:
+        """Ask one process whether it is alive; an answer counts as a beat, "no responders" or a timeout
+        past the heartbeat deadline marks it dead."""
+        assert self.nc is not None
+        instance, boot = key
+        try:
+            await self.nc.request(Subjects.probe(instance, boot), b"", timeout=PROBE_TIMEOUT_S)
+            self.beats[key] = max(self.beats.get(key, 0.0), time.monotonic())
+            PROBES.labels("alive").inc()
+        except nats.errors.NoRespondersError:
+            self._found_dead(key, "gone")
+        except nats.errors.TimeoutError:
+            if time.monotonic() - self.beats.get(key, 0.0) > HEARTBEAT_DEADLINE_S:
+                self._found_dead(key, "unresponsive")
+        except Exception as exc:  # the bus itself failed us: that says nothing about the instance
+            log.warning("probe failed", extra={"instance": instance, "error": type(exc).__name__})
+        finally:
+            self.probes.pop(key, None)
+
+    def _found_dead(self, key: tuple[str, str], how: str) -> None:
+        if self._bus_outage(time.monotonic()):
+            return
+        self.dead[key] = time.monotonic()
+        PROBES.labels(how).inc()
+        log.warning("instance dead", extra={"instance": key[0], "how": how})
 
     def _bus_outage(self, now: float) -> bool:
         """Whether the bus itself was down lately (then missed beats are no sign of death). On coming back,

@@ -8,6 +8,7 @@ __all__ = [
     "ASSIGN_SECONDS",
     "FRAMES",
     "NOTICES",
+    "PROBES",
     "PROVIDER_CONNECTS",
     "PROVIDER_ERRORS",
     "REATTACHES",
@@ -35,3 +36,7 @@ REATTACH_SECONDS = Histogram(
 )
 REPLAYED = Counter("rs_replayed_events_total", "Events replayed from the stream to a replacement worker")
 UPSTREAM_RECONNECTS = Counter("rs_upstream_reconnects_total", "Upstream reconnects", ["provider"])
+PROBES = Counter(
+    "rs_liveness_probes_total", "Probes of instances whose beats were late, by outcome (alive: a failover spared)",
+    ["result"],
+)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from shared import bus
 from shared.config import Config
@@ -100,15 +101,26 @@ async def heartbeat_loop(
     nc: NATS, kind: str, instance: str, load: Callable[[], int], *, providers: list[str] | None = None,
     interval_s: float = 0.1,
 ) -> None:
-    """100 ms beats with the instance's load; the edge watches them to notice a dead instance."""
+    """100 ms beats with the instance's load; the edge watches them to notice a dead instance. It asks an
+    instance whose beats are late on its probe subject: the answer tells slow from dead (see Edge)."""
     subject = bus.Subjects.heartbeat(kind, instance)
-    while True:
+
+    async def answer(msg: Msg) -> None:
         with contextlib.suppress(Exception):
-            beat = bus.Heartbeat(
-                kind=kind, instance=instance, sessions=load(), providers=providers or [], boot=BOOT
-            )
-            await nc.publish(subject, bus.encode(beat))
-        await asyncio.sleep(interval_s)
+            await msg.respond(b"")
+
+    probes = await nc.subscribe(bus.Subjects.probe(instance, BOOT), cb=answer)
+    try:
+        while True:
+            with contextlib.suppress(Exception):
+                beat = bus.Heartbeat(
+                    kind=kind, instance=instance, sessions=load(), providers=providers or [], boot=BOOT
+                )
+                await nc.publish(subject, bus.encode(beat))
+            await asyncio.sleep(interval_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await probes.unsubscribe()
 
 
 async def _serve(service: Service, config: Config) -> None:

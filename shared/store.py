@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import events as ev
 from shared.session import SessionMeta
 
-__all__ = ["Snapshot", "Store"]
+__all__ = ["LOGGED_EVENTS", "Snapshot", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +312,6 @@ _FOLD = {
     ev.ItemDelete: _fold_delete,
     ev.ItemTruncate: _fold_truncate,
 }
+
+# The events that change the log: only envelopes holding one reach the checkpoint (bus.part).
+LOGGED_EVENTS: frozenset[type] = frozenset(_FOLD)

@@ -242,7 +242,8 @@ class Transformer:
         if out.events:
             # Up envelopes carry the cin seq of the client frame they came from (see Edge._run_session).
             session.seq_up = up_seq if up_seq is not None else session.seq_up
-            await self.nc.publish(Subjects.up(sid), bus.envelope(session.epoch, session.seq_up, out.events))
+            envelope = bus.envelope(session.epoch, session.seq_up, out.events)
+            await self.nc.publish(Subjects.up(sid, bus.part(out.events)), envelope)
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)

@@ -55,19 +55,18 @@ _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway c
 _NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
 
 
-def _before_untranscribed_turn(items: list[ev.Item], envs: list[ev.Envelope], committed: int) -> int:
-    """The commit point to replay from. A spoken turn committed but neither transcribed nor answered when
-    its worker died is only audio in the stream (the log holds an empty item, which a restore skips): its
-    audio is replayed, from the client commit before it (the stream's start when there is none)."""
+def _before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], committed: int) -> int:
+    """The commit point to replay from. A spoken turn committed (by the client or the provider's turn
+    detection) but neither transcribed nor answered when its worker died is only audio in the stream: the
+    log holds an empty item, which a restore skips. Its audio is replayed from the commit before it, so
+    the replacement's provider hears the turn again (the stream's start when that commit has aged out).
+
+    ``commit_points`` are the ``up_seq`` of the provider's commits still in the stream."""
     last = items[-1] if items else None
     if not (isinstance(last, ev.Message) and last.role == "user" and not last.text()
             and any(isinstance(c, ev.AudioContent) for c in last.content)):
         return committed
-    commits = [env.seq for env in envs if env.seq <= committed and any(
-        isinstance(e, ev.InputAudioCommit) for e in env.events)]
-    if not commits:
-        return committed  # committed by the provider's own turn detection: the range is not known
-    return commits[-2] if len(commits) > 1 else 0
+    return max((point for point in commit_points if point < committed), default=0)
 
 
 class _Session:
@@ -190,7 +189,11 @@ class ProviderWorker:
         committed = int(snapshot.record.get("committed_up_seq") or 0)
         known = {item.id for item in snapshot.items}
         envs = [(pos, ev.decode_envelope(data)) for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid))]
-        committed = _before_untranscribed_turn(snapshot.items, [env for _, env in envs], committed)
+        commit_points = [
+            e.up_seq for _, data in await bus.replay_seq(self.nc, Subjects.down(sid, "log"))
+            for e in ev.decode_envelope(data).events if isinstance(e, ev.InputCommitted)
+        ]
+        committed = _before_untranscribed_turn(snapshot.items, commit_points, committed)
         owed = await self._owed_create(sid, envs)
         for _, env in envs:
             if env.seq <= committed and not any(event is owed for event in env.events):
@@ -229,7 +232,7 @@ class ProviderWorker:
         js = self.nc.jetstream()
         with contextlib.suppress(Exception):
             target = 0
-            for subject in (Subjects.up(sid), Subjects.down(sid)):
+            for subject in (Subjects.up(sid, "log"), Subjects.down(sid, "log")):  # what the checkpoint folds
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     target = max(target, (await js.get_last_msg(bus.STREAM, subject)).seq or 0)
             if not target:
@@ -342,7 +345,8 @@ class ProviderWorker:
                 # What the provider has committed so far: a replacement replays only what came after.
                 events[index] = msgspec.structs.replace(event, up_seq=session.last_up)
         session.seq_down += 1
-        await self.nc.publish(Subjects.down(session.meta.sid), bus.envelope(session.epoch, session.seq_down, events))
+        envelope = bus.envelope(session.epoch, session.seq_down, events)
+        await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
 
     async def _upstream_loop(self, session: _Session) -> None:
         failures = 0

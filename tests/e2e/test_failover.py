@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,14 @@ def _transcript(events: list[Any]) -> str:
     return "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
 
 
+def _probes(fs: FailoverStack, result: str) -> float:
+    """The edge's count of liveness probes with ``result`` (alive / gone / unresponsive)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{fs.edge_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    prefix = f'rs_liveness_probes_total{{result="{result}"}} '
+    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+
+
 async def _kill_and_respawn(fs: FailoverStack, instance: str, command: str) -> None:
     fs.procs[instance].kill(signal.SIGKILL)
     fs.procs[instance].popen.wait(5)
@@ -142,11 +151,15 @@ async def test_worker_killed_mid_response(failover: FailoverStack, store: Store,
             assert victim in failover.procs
             loop = asyncio.get_running_loop()
             killed_at = loop.time()
+            gone_before = await asyncio.to_thread(_probes, failover, "gone")
             await _kill_and_respawn(failover, victim, "provider-worker")
             events = await _next(conn, "response.done")
             cut = events[-1].response
             assert cut.status in ("failed", "incomplete", "cancelled"), cut
             assert loop.time() - killed_at < 3.0, "the cut response must be closed promptly, not time out"
+            # Noticed by a probe finding no responders (the killed process's connection is gone), not
+            # by waiting out the heartbeat deadline.
+            assert await asyncio.to_thread(_probes, failover, "gone") > gone_before
         finally:
             await reset_knobs(fake_port)
 
@@ -169,6 +182,45 @@ async def test_worker_killed_mid_response(failover: FailoverStack, store: Store,
     assert latest, sessions
     users = [i["text"] for i in latest[-1]["items"] if i["role"] == "user"]
     assert users == [f"one {marker}", f"two {marker}", "audio 0.7s", f"three {marker}"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_spoken_turn_survives_the_worker_dying_before_its_transcript(
+    failover: FailoverStack, store: Store, provider: str
+) -> None:
+    """Server VAD and no input transcription: the log holds the spoken turn as an empty audio item, so
+    only the stream has what was said. The worker dies while answering it: the replacement's provider
+    hears the turn again (its audio is replayed from the commit before it) and answers it."""
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"vad-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    fake_port = failover.stack.fake_ports[provider]
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(
+        model="gpt-realtime", extra_query={"rs_core": provider, "rs_u_sessid": client_sid}
+    ) as conn:
+        vad = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": vad}}})
+        await _next(conn, "session.updated")
+        await _say(conn, f"one {marker}")
+        await _next(conn, "response.done")
+
+        await set_knobs(fake_port, pace=1.0, response_ms=3_000)
+        try:
+            pcm = tone(440, 1_000, 24_000) + bytes(24_000 * 2 * 800 // 1_000)
+            for i in range(0, len(pcm), 960):  # 20 ms frames
+                await conn.input_audio_buffer.append(audio=b64(pcm[i:i + 960]))
+            heard = await _next(conn, "response.output_audio.delta")
+            assert [e.type for e in heard].count("input_audio_buffer.committed") == 1
+            assert not [e for e in heard if e.type.startswith("conversation.item.input_audio_transcription")]
+            await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
+            cut = await _next(conn, "response.done")
+            assert cut[-1].response.status != "completed"
+        finally:
+            await reset_knobs(fake_port)
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == "turn 2: audio 1.3s"
+        assert events[-1].response.status == "completed"
 
 
 async def test_transformer_killed_mid_session(failover: FailoverStack, store: Store) -> None:
@@ -231,6 +283,36 @@ async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> N
         events = await _next(conn, "response.done")
         assert all(getattr(e, "response_id", None) != cut_id for e in events)
         assert _transcript(events) == f"turn 2: two {marker}"
+
+
+async def test_briefly_frozen_worker_keeps_its_sessions(failover: FailoverStack, store: Store) -> None:
+    """A worker that misses beats for longer than the deadline but answers the edge's probe (a starved
+    process) is slow, not dead: its sessions stay, no failover adds load where it is already short."""
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"frozen-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(
+        model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
+    ) as conn:
+        await _say(conn, f"one {marker}")
+        await _next(conn, "response.done")
+        worker = await _route(store, sid, "worker")
+        epoch = await _route_epoch(store, sid)
+        alive_before = await asyncio.to_thread(_probes, failover, "alive")
+        pid = failover.procs[worker].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.6)  # twice the heartbeat deadline, less than the probe's patience
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await _say(conn, f"two {marker}")
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == f"turn 2: two {marker}"
+        assert events[-1].response.status == "completed"
+        assert await _route(store, sid, "worker") == worker
+        assert await _route_epoch(store, sid) == epoch, "no reattach"
+        assert await asyncio.to_thread(_probes, failover, "alive") > alive_before
 
 
 async def test_checkpoint_killed_and_restarted_without_loss(
