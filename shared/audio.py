@@ -12,7 +12,7 @@ import binascii
 import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 import numpy as np
@@ -293,6 +293,7 @@ def pcm16_to_alaw(b: bytes) -> bytes:
 # Wire formats
 
 Encoding = Literal["pcm16", "pcmu", "pcma"]
+_ENCODINGS: frozenset[str] = frozenset(get_args(Encoding))
 
 
 class AudioFormat(msgspec.Struct, frozen=True):
@@ -302,6 +303,21 @@ class AudioFormat(msgspec.Struct, frozen=True):
     @property
     def sample_bytes(self) -> int:
         return 2 if self.encoding == "pcm16" else 1
+
+    @property
+    def name(self) -> str:
+        """Stable, dialect-free name, ``<encoding>/<rate>`` like an RTP rtpmap (``pcmu/8000``,
+        ``pcm16/24000``): what canonical events carry; :meth:`from_name` gives the very same format back."""
+        return f"{self.encoding}/{self.rate}"
+
+    @classmethod
+    def from_name(cls, name: str) -> AudioFormat:
+        """The inverse of :attr:`name`. Strict (no spaces, case or leading zeros), so that
+        ``from_name(n).name == n`` always holds; raises ValueError otherwise."""
+        encoding, sep, rate = name.partition("/")
+        if not sep or encoding not in _ENCODINGS or not (rate.isascii() and rate.isdecimal()) or rate[0] == "0":
+            raise ValueError("not an audio format name")
+        return cls(encoding, int(rate))  # type: ignore[arg-type]  # checked against Encoding above
 
 
 PCM16_24K = AudioFormat("pcm16", 24000)

@@ -16,6 +16,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "CLIENT_SIDE_FIELDS",
     "DOWN_TYPES",
     "UP_TYPES",
     "ActivityEnd",
@@ -171,6 +172,21 @@ class SessionConfig(Event, tag="cfg"):
     speed: float | None = None
     # Fields the client set that the target provider may lack: codecs report them, never drop silently.
     extra: dict[str, str] = {}
+    # The client's own wire audio formats, as ``AudioFormat.name`` (shared/audio.py: "pcmu/8000",
+    # "pcm16/16000"). Provider codecs ignore them (they speak their provider's PCM); they are here so that
+    # a replacement transformer can rebuild the client codec from the checkpoint (ClientCodec.resume).
+    # None: the dialect has no session-wide format (Gemini names the rate on every chunk).
+    client_input_format: str | None = None
+    client_output_format: str | None = None
+
+    def for_provider(self) -> SessionConfig:
+        """This config without the client-side fields: what a provider codec compares to tell whether
+        anything changed upstream (a client switching to G.711 must not reconfigure the provider)."""
+        return msgspec.structs.replace(self, **dict.fromkeys(CLIENT_SIDE_FIELDS))
+
+
+# SessionConfig fields that only the client codec reads.
+CLIENT_SIDE_FIELDS: tuple[str, ...] = ("client_input_format", "client_output_format")
 
 
 class ResponseOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -17,6 +17,7 @@ __all__ = [
     "REPLAYED",
     "SESSIONS",
     "UPSTREAM_RECONNECTS",
+    "UPSTREAM_ROTATIONS",
 ]
 
 SESSIONS = Gauge("rs_sessions", "Live sessions held by this process", ["service"])
@@ -36,6 +37,10 @@ REATTACH_SECONDS = Histogram(
 )
 REPLAYED = Counter("rs_replayed_events_total", "Events replayed from the stream to a replacement worker")
 UPSTREAM_RECONNECTS = Counter("rs_upstream_reconnects_total", "Upstream reconnects", ["provider"])
+UPSTREAM_ROTATIONS = Counter(
+    "rs_upstream_rotations_total", "Upstream connections replaced on purpose before the provider ended them",
+    ["provider"],
+)
 PROBES = Counter(
     "rs_liveness_probes_total", "Probes of instances whose beats were late, by outcome (alive: a failover spared)",
     ["result"],

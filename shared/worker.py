@@ -14,7 +14,8 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -31,11 +32,19 @@ from shared.bus import Subjects
 from shared.checkpoint import DURABLE
 from shared.codecs.base import Out, ProviderCodec
 from shared.config import Config
-from shared.metrics import FRAMES, PROVIDER_CONNECTS, PROVIDER_ERRORS, REPLAYED, SESSIONS, UPSTREAM_RECONNECTS
+from shared.metrics import (
+    FRAMES,
+    PROVIDER_CONNECTS,
+    PROVIDER_ERRORS,
+    REPLAYED,
+    SESSIONS,
+    UPSTREAM_RECONNECTS,
+    UPSTREAM_ROTATIONS,
+)
 from shared.providers import Provider, ProviderNotConfigured, installed_providers, load_provider
 from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
 from shared.session import SessionMeta
-from shared.store import Store
+from shared.store import Snapshot, Store
 
 __all__ = ["ProviderWorker"]
 
@@ -47,6 +56,7 @@ CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
+ROTATE_MARGIN_S = 1.0  # a connection going away is replaced at the latest this long before its end
 DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
@@ -89,6 +99,8 @@ class _Session:
         self.overflowed = 0  # 1: input was lost while disconnected, 2: the client was told
         self.open_response: str | None = None
         self.seq_down = 0
+        self.rotate_by: float | None = None  # loop time the provider ends this connection (goAway)
+        self.rotating = False  # the upstream is being closed on purpose, to be replaced at once
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -155,16 +167,21 @@ class ProviderWorker:
 
     async def _start(self, session: _Session, resume: bool) -> None:
         if resume:
-            try:
-                await self._resume(session)
-            except Exception:  # the stream or the store failed us: go on with what the snapshot gives
-                log.exception("resume replay failed", extra={"sid": session.meta.sid})
-            finally:
-                session.replaying = False
-                held, session.held = session.held, []
-                for data in held:
-                    await self._accept(session, data)
+            await self._replaying(session, self._resume(session))
         await self._upstream_loop(session)
+
+    async def _replaying(self, session: _Session, replay: Coroutine[Any, Any, None]) -> None:
+        """Run a stream replay while live up envelopes wait (in order) in ``held``, then take those."""
+        session.replaying = True
+        try:
+            await replay
+        except Exception:  # the stream or the store failed us: go on with what was queued
+            log.exception("stream replay failed", extra={"sid": session.meta.sid})
+        finally:
+            session.replaying = False
+            held, session.held = session.held, []
+            for data in held:
+                await self._accept(session, data)
 
     async def _on_ctl(self, session: _Session, msg: Msg) -> None:
         ctl = bus.decode(msg.data, bus.Control)
@@ -176,16 +193,23 @@ class ProviderWorker:
             session.transformer_epoch = ctl.epoch
 
     async def _resume(self, session: _Session) -> None:
-        """A replacement: queue the input the provider never committed, from the stream.
+        """A replacement: queue the input the provider never committed, from the stream."""
+        assert self.store is not None
+        await self._await_checkpoint(session.meta.sid)
+        await self._queue_uncommitted(session, await self.store.snapshot(session.meta.sid))
+
+    async def _queue_uncommitted(self, session: _Session, snapshot: Snapshot, *, upto: int | None = None) -> None:
+        """Queue, from the stream, the input a new provider connection must get after the history.
 
         Everything up to ``committed_up_seq`` (kept by the checkpoint) is in the snapshot as items; what
-        came after is replayed. Requests that would act twice (response.create/cancel) or are already in
-        the log (items, deletes, truncations) are not, except a response.create no response answered.
+        came after is replayed: a replacement worker never had it, and a dropped or rotated connection
+        took it along uncommitted (audio of a turn being spoken). Requests that would act twice
+        (response.create/cancel) or are already in the log (items, deletes, truncations) are not, except
+        a response.create no response answered. ``upto``: only envelopes this worker already took (a
+        reconnect; newer ones arrive live); None: all, and they count as taken (a replacement).
         """
-        assert self.nc is not None and self.store is not None
+        assert self.nc is not None
         sid = session.meta.sid
-        await self._await_checkpoint(sid)
-        snapshot = await self.store.snapshot(sid)  # one read: the commit point and the items agree
         committed = int(snapshot.record.get("committed_up_seq") or 0)
         known = {item.id for item in snapshot.items}
         envs = [(pos, ev.decode_envelope(data)) for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid))]
@@ -195,16 +219,23 @@ class ProviderWorker:
         ]
         committed = _before_untranscribed_turn(snapshot.items, commit_points, committed)
         owed = await self._owed_create(sid, envs)
+        replay: list[ev.Event] = []
         for _, env in envs:
-            if env.seq <= committed and not any(event is owed for event in env.events):
+            if (env.seq <= committed and not any(event is owed for event in env.events)) or (
+                    upto is not None and env.seq > upto):
                 continue
-            session.last_up = max(session.last_up, env.seq)
+            if upto is None:
+                session.last_up = max(session.last_up, env.seq)
             for event in env.events:
                 if event is not owed and (env.seq <= committed or isinstance(event, _NOT_REPLAYED) or (
                         isinstance(event, ev.ItemCreate) and event.item.id in known)):
                     continue
-                self._take(session, event)
-        REPLAYED.inc(len(session.pending))
+                replay.append(event)
+        # Replaces what was queued while disconnected: the stream holds that too, in order.
+        session.pending.clear()
+        for event in replay:
+            self._take(session, event)
+        REPLAYED.inc(len(replay))
 
     async def _owed_create(self, sid: str, envs: list[tuple[int, ev.Envelope]]) -> ev.ResponseCreate | None:
         """The newest response.create, when no response started after it in the stream: the dead worker
@@ -331,8 +362,45 @@ class ProviderWorker:
         if out.wire and session.ws is not None:
             for frame in out.wire:
                 await session.ws.send(frame)
-        if out.events:
-            await self._publish(session, out.events)
+        events = out.events
+        if any(isinstance(e, ev.GoAway) for e in events):
+            # The provider will end this connection soon (Gemini's session cap). Ours to handle: the
+            # client is not told, the connection is replaced at a turn boundary (see _rotate_when_idle).
+            for e in events:
+                if isinstance(e, ev.GoAway):
+                    self._plan_rotation(session, e.time_left_ms)
+            events = [e for e in events if not isinstance(e, ev.GoAway)]
+        if events:
+            await self._publish(session, events)
+        if session.rotate_by is not None and session.open_response is None:
+            await self._rotate(session)
+
+    def _plan_rotation(self, session: _Session, time_left_ms: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + time_left_ms / 1000
+        if session.rotate_by is not None and session.rotate_by <= deadline:
+            return
+        session.rotate_by = deadline
+        log.info("provider going away", extra={"sid": session.meta.sid, "time_left_ms": time_left_ms})
+        # Not idle by then (a long response): rotate anyway, a little before the provider cuts it.
+        force_in = max(0.0, time_left_ms / 1000 - ROTATE_MARGIN_S)
+        ws = session.ws
+        self._tasks.spawn(self._rotate_later(session, ws, force_in))
+
+    async def _rotate_later(self, session: _Session, ws: ClientConnection | None, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if session.ws is ws and ws is not None:
+            await self._rotate(session)
+
+    async def _rotate(self, session: _Session) -> None:
+        """Replace the upstream connection on purpose: the loop reconnects at once with the history and
+        the uncommitted input, without telling the client anything went wrong."""
+        if session.ws is None or session.rotating:
+            return
+        session.rotating = True
+        UPSTREAM_ROTATIONS.labels(session.meta.provider).inc()
+        with contextlib.suppress(Exception):
+            await session.ws.close(1000, "go away")
 
     async def _publish(self, session: _Session, events: list[ev.Event]) -> None:
         assert self.nc is not None
@@ -384,9 +452,11 @@ class ProviderWorker:
                 await self._publish(session, [ev.ProviderError(
                     code="provider_unavailable", message=f"{name} unavailable ({reason})", fatal=True)])
                 return
-            reconfigure = getattr(session.codec, "needs_reconnect", False)
-            delay = 0.0 if reconfigure else min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1)
-            if not reconfigure:
+            # Closed on purpose (a config Gemini takes only at setup, a provider going away): back at once.
+            planned = getattr(session.codec, "needs_reconnect", False) or session.rotating
+            session.rotating, session.rotate_by = False, None
+            delay = 0.0 if planned else min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1)
+            if not planned:
                 UPSTREAM_RECONNECTS.labels(name).inc()
                 await self._publish(session, [ev.Notice(
                     code="provider_reconnecting", message=f"{name} connection lost ({reason}); reconnecting")])
@@ -402,6 +472,9 @@ class ProviderWorker:
         # fold what the stream holds for it first (bounded; immediate for a new session).
         await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
         snapshot = await self.store.snapshot(session.meta.sid)
+        if session.codec is not None:
+            # A reconnect: the input the lost connection had not committed went with it.
+            await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
         config = session.config or snapshot.config
         if config is None and provider.capabilities.config_before_connect:
             # Gemini takes its config in the first frame: give the client a moment to send it.

@@ -338,6 +338,18 @@ def test_openai_format():
             A.openai_format(bad)
 
 
+def test_format_names_round_trip_exactly():
+    # The names travel in SessionConfig (transformer failover): every format must come back as itself.
+    for fmt in (*A.FORMATS.values(), A.AudioFormat("pcm16", 16000), A.AudioFormat("pcm16", 44100)):
+        assert A.AudioFormat.from_name(fmt.name) == fmt
+    assert (A.FORMATS["g711_ulaw"].name, A.FORMATS["audio/pcma"].name) == ("pcmu/8000", "pcma/8000")
+    assert A.FORMATS["pcm16"].name == "pcm16/24000"
+    for bad in ("", "pcmu", "pcmu/", "/8000", "opus/48000", "PCMU/8000", "pcmu/08000", "pcmu/0", "pcmu/-8",
+                "pcmu/8000 ", "pcmu/8e3", "pcmu/\u0668000", "g711_ulaw"):
+        with pytest.raises(ValueError):
+            A.AudioFormat.from_name(bad)
+
+
 def test_decode_encode_dispatch():
     pcm = A.tone(440.0, 20, 8000)
     assert A.decode_to_pcm16(pcm, A.FORMATS["pcm16"]) is pcm

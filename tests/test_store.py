@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from shared import events as ev
@@ -81,3 +82,16 @@ async def test_config_and_delete(store: Store) -> None:
     await store.apply(sid, 2, [ev.ItemDelete(item_id="x")])
     snap = await store.snapshot(sid)
     assert snap.config == cfg and snap.items == []
+
+
+async def test_client_audio_formats_survive_the_snapshot(store: Store) -> None:
+    # A replacement transformer rebuilds the client codec from this config (ClientCodec.resume).
+    sid = _meta().sid
+    cfg = ev.SessionConfig(instructions="x", client_input_format="pcmu/8000", client_output_format="pcm16/16000")
+    await store.apply(sid, 1, [cfg])
+    snap = await store.snapshot(sid)
+    assert snap.config == cfg and snap.config is not None
+    assert (snap.config.client_input_format, snap.config.client_output_format) == ("pcmu/8000", "pcm16/16000")
+    switched = msgspec.structs.replace(cfg, client_output_format="pcma/8000")
+    await store.apply(sid, 2, [switched])
+    assert (await store.snapshot(sid)).config == switched

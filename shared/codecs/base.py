@@ -55,7 +55,8 @@ class ClientCodec(Protocol):
 
     def resume(self, config: ev.SessionConfig | None, items: list[ev.Item]) -> None:
         """Rebuild state on a replacement transformer (the client already got its greeting): the merged
-        session config and the known items, from the checkpoint's snapshot. Sends nothing."""
+        session config (with the client's audio formats, ``client_*_format``) and the known items, from
+        the checkpoint's snapshot. Sends nothing."""
         ...
 
     def feed(self, frame: str | bytes) -> Out:

@@ -475,7 +475,8 @@ class GeminiClientCodec:
         replays next, so it is accepted as the first frame; a first frame that is not setup gets the
         defaults instead of a close. ``outputAudioTranscription`` is codec-local and not in the
         checkpoint: it is assumed on (a client that did not ask can ignore the field; one that did
-        would otherwise lose transcripts).
+        would otherwise lose transcripts). Audio formats need nothing: every input chunk names its own
+        mime type and output is always 24 kHz PCM, so this dialect leaves ``client_*_format`` unset.
         """
         self._resumed = True
         self._ready_sent = config is not None

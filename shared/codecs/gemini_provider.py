@@ -390,8 +390,9 @@ class GeminiProviderCodec:
         if not self._setup_sent:
             self.config = e  # connect() will send it
             return Out()
-        if e == (self.pending_config or self.config):
-            return Out()
+        current = self.pending_config or self.config
+        if current is not None and e.for_provider() == current.for_provider():
+            return Out()  # nothing Gemini sees changed (a client audio format is not ours): no reconnect
         # Gemini takes exactly one setup per connection (anchor §3.6 #6): the worker must reconnect.
         self.pending_config = e
         if self.needs_reconnect:

@@ -268,6 +268,8 @@ class _Session:
             tool_choice=tool_choice,
             speed=self.speed,
             extra=extra,
+            client_input_format=self.input_format.name,
+            client_output_format=self.output_format.name,
         )
 
 
@@ -503,12 +505,25 @@ def _session_fields(beta: bool) -> tuple[dict[str, _Setter], dict[str, _Setter]]
     return realtime, transcription
 
 
+def _format_from_config(name: str | None, default: audio.AudioFormat) -> audio.AudioFormat:
+    if name is None:
+        return default
+    try:
+        return audio.AudioFormat.from_name(name)
+    except ValueError:  # a newer transformer's format: the default beats losing the whole resume
+        log.warning("unknown client audio format in the checkpoint; using the default", extra={"format": name})
+        return default
+
+
 def _session_from_config(cfg: ev.SessionConfig, base: _Session, beta: bool) -> _Session:
     """The inverse of :meth:`_Session.to_config` (resume on a replacement transformer).
 
-    Audio formats are codec-local and not in the canonical config: they restart at the defaults.
+    Audio formats come back from the config's client-side fields; a config without them (written before
+    they existed) or with a name this version does not know keeps the dialect default, PCM16 24 kHz.
     """
     s = replace(base, passthrough={})
+    s.input_format = _format_from_config(cfg.client_input_format, base.input_format)
+    s.output_format = _format_from_config(cfg.client_output_format, base.output_format)
     s.model = cfg.model or base.model
     s.instructions = cfg.instructions
     s.voice = cfg.voice or base.voice
@@ -1049,12 +1064,14 @@ class OpenAIClientCodec:
     def resume(self, config: ev.SessionConfig | None, items: list[ev.Item]) -> None:
         """Rebuild state on a replacement transformer from the checkpoint; sends nothing.
 
-        Not recoverable from canonical state: the client's audio formats (they restart at the dialect
-        default, PCM16 24 kHz) and responses in flight (their next event re-announces them).
+        The client's audio formats come back with the config (``client_input_format``/
+        ``client_output_format``), so a G.711 client keeps G.711 across a transformer failover. Not
+        recoverable from canonical state: responses in flight (their next event re-announces them).
         """
         if config is not None:
             base = _Session(model=self.meta.model, voice=self._d.default_voice)
             self._state = _session_from_config(config, base, self._d.beta)
+            self._out_conv = audio.RateConverter(self._state.output_format.rate)
         for item in items:
             self._remember(item)
 

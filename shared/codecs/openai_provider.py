@@ -371,8 +371,9 @@ class OpenAIProviderCodec:
         if not self._connected:
             self.config = e  # connect() will send it
             return Out()
-        if e == self.config:
-            return Out()  # the client codec acks locally; nothing changed upstream
+        if self.config is not None and e.for_provider() == self.config.for_provider():
+            # The client codec acks locally; nothing changed upstream (a client audio format is not ours).
+            return Out()
         return self._session_update(e)
 
     def _append(self, pcm: bytes) -> list[str]:

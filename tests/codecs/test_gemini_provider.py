@@ -724,3 +724,17 @@ def test_response_create_that_arrives_after_the_turn_already_ended_is_still_a_no
     # and a later text turn still gets its answer
     codec.encode(ev.ItemCreate(item=ev.Message(id="t1", role="user", content=[ev.TextContent(text="hi")])))
     assert "clientContent" in wire(codec.encode(ev.ResponseCreate()).wire)[0]
+
+
+def test_client_audio_formats_never_reach_gemini() -> None:
+    # They travel in SessionConfig for a transformer failover only: the provider speaks its own PCM.
+    formats = {"client_input_format": "pcmu/8000", "client_output_format": "pcma/8000"}
+    codec = GeminiProviderCodec(META, "gemini-live-2.5-flash-preview")
+    out = codec.connect(ev.SessionConfig(instructions="a", **formats), [])
+    plain = GeminiProviderCodec(META, "gemini-live-2.5-flash-preview").connect(ev.SessionConfig(instructions="a"), [])
+    assert out.events == [] and out.wire == plain.wire
+    codec.feed(SETUP_COMPLETE)
+    # A client that only switches its own audio format must not cost a reconnect.
+    out = codec.encode(ev.SessionConfig(instructions="a"))
+    assert out.wire == [] and out.events == [] and not codec.needs_reconnect
+    assert [e.code for e in codec.encode(ev.SessionConfig(instructions="b")).events] == ["reconnect_required"]

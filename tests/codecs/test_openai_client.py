@@ -11,6 +11,7 @@ import json
 import random
 from typing import Any
 
+import msgspec
 import pytest
 from openai.types.beta.realtime import SessionCreatedEvent as BetaSessionCreated
 from openai.types.realtime import SessionCreatedEvent as GASessionCreated
@@ -197,6 +198,8 @@ def test_ga_session_fields_map_to_config_and_unknown_slots_to_extra() -> None:
             "session.audio.input.transcription.prompt": '"names"',
             "session.tracing": '"auto"',
         },
+        client_input_format="pcm16/24000",  # the dialect defaults, carried for a transformer failover
+        client_output_format="pcm16/24000",
     )
     echoed = codec.frames[-1]["session"]
     assert echoed["tracing"] == "auto" and echoed["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
@@ -811,6 +814,136 @@ def test_resume_restores_session_and_items_without_sending() -> None:
     assert again == config
     second.feed('{"type":"conversation.item.retrieve","item_id":"item_x"}')
     assert second.frames[-1]["item"]["content"] == [{"type": "input_text", "text": "hi"}]
+
+
+# Recorded-style session.update bodies that leave PCM16 24 kHz, with the canonical names they must carry.
+CLIENT_FORMATS = pytest.mark.parametrize(
+    ("beta", "session", "names"),
+    [
+        (True, {"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw"}, ("pcmu/8000", "pcmu/8000")),
+        (True, {"input_audio_format": "g711_alaw", "output_audio_format": "g711_ulaw"}, ("pcma/8000", "pcmu/8000")),
+        (
+            False,
+            {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}},
+            ("pcmu/8000", "pcmu/8000"),
+        ),
+        (
+            False,
+            {
+                "audio": {
+                    "input": {"format": {"type": "audio/pcma"}},
+                    "output": {"format": {"type": "audio/pcm", "rate": 16000}},
+                }
+            },
+            ("pcma/8000", "pcm16/16000"),
+        ),
+    ],
+    ids=["beta-ulaw", "beta-alaw-in", "ga-pcmu", "ga-pcma-in-pcm16k-out"],
+)
+
+
+def _echoed_formats(session: dict[str, Any], beta: bool) -> tuple[Any, Any]:
+    if beta:
+        return session["input_audio_format"], session["output_audio_format"]
+    return session["audio"]["input"]["format"], session["audio"]["output"]["format"]
+
+
+def _pin_pcm_rate(value: Any) -> None:
+    if isinstance(value, dict):
+        if value.get("type") == "audio/pcm" and "rate" in value:
+            value["rate"] = 24000
+        for v in value.values():
+            _pin_pcm_rate(v)
+    elif isinstance(value, list):
+        for v in value:
+            _pin_pcm_rate(v)
+
+
+def _validate_allowing_pcm_rates(frame: str, beta: bool) -> None:
+    """The SDK pins GA ``audio/pcm`` to 24 kHz; the gateway honours the client's rate (audio.openai_format).
+    Everything else is validated as usual."""
+    obj = json.loads(frame)
+    _pin_pcm_rate(obj)
+    validate_openai(json.dumps(obj), beta=beta)
+
+
+def _speak(codec: Checked, beta: bool, pcm: bytes, rate: int, response_id: str) -> bytes:
+    """One assistant audio response from PCM at ``rate`` in 20 ms chunks: the audio bytes the client got."""
+    step = rate // 25
+    frames = codec.encode_all(
+        ev.ResponseStarted(response_id=response_id),
+        *(
+            ev.OutputAudio(response_id=response_id, item_id=f"{response_id}_a", pcm=pcm[i : i + step], rate=rate)
+            for i in range(0, len(pcm), step)
+        ),
+        ev.OutputDone(
+            response_id=response_id,
+            item=ev.Message(id=f"{response_id}_a", role="assistant", content=[ev.AudioContent()]),
+        ),
+        ev.ResponseDone(response_id=response_id),
+    )
+    return b"".join(base64.b64decode(f["delta"]) for f in frames if f["type"] == NAMES[beta]["audio_delta"])
+
+
+@CLIENT_FORMATS
+def test_resume_keeps_the_client_audio_formats(beta: bool, session: dict[str, Any], names: tuple[str, str]) -> None:
+    def make_checked() -> Checked:
+        dialect = "openai_beta" if beta else "openai_ga"
+        codec = OpenAIClientCodec(meta(dialect, "gpt-realtime"), beta=beta, id_factory=SeqIds())
+        return Checked(codec, lambda frame: _validate_allowing_pcm_rates(frame, beta))
+
+    first = make_checked()
+    first.open()
+    out = first.feed(session_update(beta, **session))
+    assert errors(out) == []  # the formats are the client's own business: no unsupported_field
+    (config,) = out.events
+    assert isinstance(config, ev.SessionConfig)
+    assert (config.client_input_format, config.client_output_format) == names
+    echoed = _echoed_formats(first.frames[-1]["session"], beta)
+    # What the replacement transformer reads back went through the bus and the store as msgpack.
+    (restored,) = ev.decode_envelope(ev.encode_envelope(ev.Envelope(epoch=1, seq=1, events=[config]))).events
+    assert restored == config
+
+    second = make_checked()
+    second.codec.resume(restored, [])  # sends nothing; audio may flow both ways before any session.update
+
+    in_fmt = audio.AudioFormat.from_name(names[0])
+    wire_in = audio.encode_from_pcm16(audio.tone(440, 100, in_fmt.rate), in_fmt)
+    append = json.dumps({"type": "input_audio_buffer.append", "audio": audio.b64encode_std(wire_in)})
+    (heard_first,) = first.feed(append).events
+    (heard_second,) = second.feed(append).events
+    assert heard_second == heard_first == ev.InputAudio(pcm=audio.decode_to_pcm16(wire_in, in_fmt), rate=in_fmt.rate)
+
+    out_fmt = audio.AudioFormat.from_name(names[1])
+    # At the client's own rate the output converter passes audio through, so the bytes must match exactly
+    # (soxr is not bit-exact across instances: resampled audio may differ by a quantisation step).
+    spoken = audio.tone(600, 400, out_fmt.rate)
+    sent_first = _speak(first, beta, spoken, out_fmt.rate, "resp_1")
+    sent_second = _speak(second, beta, spoken, out_fmt.rate, "resp_1")
+    assert sent_second == sent_first == audio.encode_from_pcm16(spoken, out_fmt)
+    # Provider audio at 24 kHz is resampled to the restored output rate, then encoded.
+    resampled = _speak(second, beta, audio.tone(600, 400, 24000), 24000, "resp_2")
+    played = audio.decode_to_pcm16(resampled, out_fmt)
+    assert abs(len(played) // 2 - 400 * out_fmt.rate // 1000) <= 4
+    assert abs(audio.dominant_hz(played, out_fmt.rate) - 600) < 5
+
+    # The next session.update carries and echoes the restored formats, untouched.
+    (again,) = second.feed(session_update(beta, instructions="after failover")).events
+    assert again == msgspec.structs.replace(config, instructions="after failover")
+    assert _echoed_formats(second.frames[-1]["session"], beta) == echoed
+
+
+@DIALECTS
+def test_resume_from_a_config_without_client_formats_falls_back_to_pcm16_24k(beta: bool) -> None:
+    # A checkpoint written before the formats travelled, or by a newer transformer with a format this one lacks.
+    for fmt in (None, "opus/48000"):
+        codec = make(beta)
+        codec.codec.resume(ev.SessionConfig(client_input_format=fmt, client_output_format=fmt), [])
+        (config,) = codec.feed(session_update(beta, instructions="x")).events
+        assert (config.client_input_format, config.client_output_format) == ("pcm16/24000", "pcm16/24000")
+        pcm = audio.tone(440, 20, 24000)
+        append = json.dumps({"type": "input_audio_buffer.append", "audio": audio.b64encode_std(pcm)})
+        assert codec.feed(append).events == [ev.InputAudio(pcm=pcm, rate=24000)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -629,3 +629,17 @@ def test_speech_without_interrupt_response_does_not_interrupt() -> None:
 def test_input_audio_with_an_invalid_rate_is_reported() -> None:
     out = make().encode(ev.InputAudio(pcm=b"\x00\x00", rate=0))
     assert out.wire == [] and [e.code for e in out.events] == ["invalid_audio"]
+
+
+def test_client_audio_formats_never_reach_openai() -> None:
+    # They travel in SessionConfig for a transformer failover only: the provider speaks its own PCM.
+    formats = {"client_input_format": "pcmu/8000", "client_output_format": "pcm16/16000"}
+    codec = OpenAIProviderCodec(META, "gpt-realtime")
+    out = codec.connect(ev.SessionConfig(instructions="a", **formats), [])
+    assert out.events == []  # nothing to report as unsupported
+    assert out.wire == OpenAIProviderCodec(META, "gpt-realtime").connect(ev.SessionConfig(instructions="a"), []).wire
+    # A client that only switches its own audio format changes nothing upstream...
+    assert codec.encode(ev.SessionConfig(instructions="a")).wire == []
+    # ...while a real change still goes out.
+    [update] = wire(codec.encode(ev.SessionConfig(instructions="b", **formats)).wire)
+    assert update["session"]["instructions"] == "b"

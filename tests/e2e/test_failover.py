@@ -315,6 +315,81 @@ async def test_briefly_frozen_worker_keeps_its_sessions(failover: FailoverStack,
         assert await asyncio.to_thread(_probes, failover, "alive") > alive_before
 
 
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_uncommitted_audio_survives_a_new_provider_connection(
+    failover: FailoverStack, store: Store, provider: str
+) -> None:
+    """Audio appended but not committed lives only in the provider's input buffer: when that connection
+    ends (the provider drops it; on Gemini a reconfiguration needs a new one), the new connection gets
+    it again from the stream, so the commit that follows hears all of it."""
+    marker = uuid.uuid4().hex[:8]
+    fake_port = failover.stack.fake_ports[provider]
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    async with client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": provider}) as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        await _next(conn, "session.updated")
+        await _say(conn, f"one {marker}")
+        await _next(conn, "response.done")
+        upstream = next(s for s in await debug_sessions(fake_port)
+                        if any(f"one {marker}" in str(i.get("text")) for i in s["items"]))
+        pcm = tone(440, 600, 24_000)
+        for i in range(0, len(pcm), 960):
+            await conn.input_audio_buffer.append(audio=b64(pcm[i:i + 960]))
+        if provider == "openai":
+            # Dropped instead of acknowledging the next change (Gemini reconnects for one anyway).
+            await set_knobs(fake_port, session=upstream["id"], close_after=upstream["events_sent"])
+        try:
+            await conn.session.update(session={"type": "realtime", "instructions": f"terse {marker}"})
+            await _next(conn, "session.updated")
+            async with asyncio.timeout(TIMEOUT_S):
+                while upstream["id"] in {s["id"] for s in await debug_sessions(fake_port)}:
+                    await asyncio.sleep(0.02)
+        finally:
+            await reset_knobs(fake_port)
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = await _next(conn, "response.done")
+        assert [e for e in events if e.type == "error" and e.error.code != "provider_reconnecting"] == []
+        assert _transcript(events) == "turn 2: audio 0.6s"
+
+
+async def test_provider_going_away_is_replaced_at_a_turn_boundary(failover: FailoverStack, store: Store) -> None:
+    """Gemini announces the end of the connection (goAway: its session cap). The worker replaces the
+    connection at the next turn boundary, long before the end, with the history; the client is told
+    nothing and notices nothing."""
+    marker = uuid.uuid4().hex[:8]
+    fake_port = failover.stack.fake_ports["gemini"]
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    await set_knobs(fake_port, go_away_after_s=0.5, go_away_time_left_s=60)
+    try:
+        async with client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": "gemini"}) as conn:
+            await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+            seen = await _next(conn, "session.updated")
+            await set_knobs(fake_port, pace=1.0, response_ms=1_500)
+            await _say(conn, f"one {marker}")  # goAway arrives while this is answered: rotated after it
+            seen += await _next(conn, "response.done")
+            assert seen[-1].response.status == "completed"
+            await reset_knobs(fake_port)
+            async with asyncio.timeout(TIMEOUT_S):
+                while True:
+                    mine = [s for s in await debug_sessions(fake_port, include_closed=True)
+                            if any(f"one {marker}" in str(i.get("text")) for i in s["items"])]
+                    if len(mine) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+            await _say(conn, f"two {marker}")
+            second = await _next(conn, "response.done")
+            seen += second
+            assert _transcript(second) == f"turn 2: two {marker}"
+            assert [e for e in seen if e.type == "error"] == [], "the client is not told"
+    finally:
+        await reset_knobs(fake_port)
+    latest = [s for s in await debug_sessions(fake_port, include_closed=True)
+              if any(f"two {marker}" in str(i.get("text")) for i in s["items"])][-1]
+    said = [str(i["text"]) for i in latest["items"] if i["role"] == "user"]
+    assert said == [f"one {marker}", f"two {marker}"]
+
+
 async def test_checkpoint_killed_and_restarted_without_loss(
     failover: FailoverStack, store: Store, infra: Infra
 ) -> None:
