@@ -20,13 +20,14 @@ import pytest
 from openai import AsyncOpenAI
 
 from services.fakes_common import debug_sessions, reset_knobs, set_knobs
+from shared import audio
 from shared import events as ev
 from shared.devstack import Proc, Stack, free_port
 from shared.session import session_key
 from shared.store import Store
 
 from ..conftest import Infra
-from .helpers import ACCOUNT, API_KEY, TIMEOUT_S, b64, tone
+from .helpers import ACCOUNT, API_KEY, TIMEOUT_S, b64, tone, unb64
 
 pytestmark = pytest.mark.e2e
 
@@ -223,7 +224,17 @@ async def test_spoken_turn_survives_the_worker_dying_before_its_transcript(
         assert events[-1].response.status == "completed"
 
 
-async def test_transformer_killed_mid_session(failover: FailoverStack, store: Store) -> None:
+# The client's wire format: (session audio format, encode PCM16 for the wire, wire bytes per ms of audio).
+_WIRE_FORMATS = {
+    "pcm16": ({"type": "audio/pcm", "rate": 24_000}, lambda pcm: pcm, 48),
+    "g711_ulaw": ({"type": "audio/pcmu"}, audio.pcm16_to_ulaw, 8),
+}
+
+
+@pytest.mark.parametrize("wire", list(_WIRE_FORMATS))
+async def test_transformer_killed_mid_session(failover: FailoverStack, store: Store, wire: str) -> None:
+    fmt, encode, bytes_per_ms = _WIRE_FORMATS[wire]
+    rate = fmt.get("rate", 8_000)
     marker = uuid.uuid4().hex[:8]
     client_sid = f"tr-{marker}"
     sid = session_key(ACCOUNT, client_sid)
@@ -232,19 +243,22 @@ async def test_transformer_killed_mid_session(failover: FailoverStack, store: St
         model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
     ) as conn:
         await conn.session.update(session={"type": "realtime", "instructions": "kept", "audio": {
-            "input": {"turn_detection": None}}})
+            "input": {"turn_detection": None, "format": fmt}, "output": {"format": fmt}}})
         await _next(conn, "session.updated")
         await _say(conn, f"one {marker}")
         await _next(conn, "response.done")
         victim = await _route(store, sid, "transformer")
         before = await _route_epoch(store, sid)
         await _kill_and_respawn(failover, victim, "transformer")
-        # Frames sent while nobody translates are not lost: they are in the stream.
-        await conn.input_audio_buffer.append(audio=b64(tone(440, 500, 24_000)))
+        # Frames sent while nobody translates are not lost: they are in the stream. The replacement
+        # decodes them in the client's format, and answers in it.
+        await conn.input_audio_buffer.append(audio=b64(encode(tone(440, 500, rate))))
         await conn.input_audio_buffer.commit()
         await conn.response.create()
         events = await _next(conn, "response.done")
         assert _transcript(events) == "turn 2: audio 0.5s"
+        played = sum(len(unb64(e.delta)) for e in events if e.type == "response.output_audio.delta")
+        assert played == 400 * bytes_per_ms, "the fake's 400 ms answer, in the client's own format"
         assert [e.type for e in events].count("session.created") == 0, "a replacement greets nobody"
         assert await _route_moves(store, sid, "transformer", before), "the edge recorded the reattach"
 
