@@ -46,7 +46,7 @@ from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Snapshot, Store
 
-__all__ = ["ProviderWorker"]
+__all__ = ["InputClock", "ProviderWorker"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,35 @@ def _before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], c
     return max((point for point in commit_points if point < committed), default=0)
 
 
+class InputClock:
+    """Which up envelope carried the input audio at a given millisecond of one provider connection.
+
+    Providers with server VAD say where speech stopped in their own input clock (OpenAI ``audio_end_ms``:
+    ms of audio since the connection opened). That, not the newest envelope when the commit event
+    arrives, is the commit point: frames sent between the two belong to the next turn, and a replacement
+    must replay them. Bounded: marks older than the newest commit are dropped.
+    """
+
+    __slots__ = ("_marks", "_ms")
+
+    def __init__(self) -> None:
+        self._ms = 0.0
+        self._marks: collections.deque[tuple[float, int]] = collections.deque()  # (audio end ms, up seq)
+
+    def add(self, seq: int, pcm_bytes: int, rate: int) -> None:
+        self._ms += pcm_bytes / 2 / rate * 1000
+        if self._marks and self._marks[-1][1] == seq:
+            self._marks[-1] = (self._ms, seq)
+        else:
+            self._marks.append((self._ms, seq))
+
+    def seq_at(self, ms: int) -> int | None:
+        """The envelope holding audio millisecond ``ms`` (None: not sent on this connection)."""
+        while self._marks and self._marks[0][0] < ms:
+            self._marks.popleft()
+        return self._marks[0][1] if self._marks else None
+
+
 class _Session:
     def __init__(self, meta: SessionMeta, epoch: int, transformer_epoch: int, provider: Provider) -> None:
         self.meta = meta
@@ -101,6 +130,8 @@ class _Session:
         self.seq_down = 0
         self.rotate_by: float | None = None  # loop time the provider ends this connection (goAway)
         self.rotating = False  # the upstream is being closed on purpose, to be replaced at once
+        self.clock = InputClock()  # of the current provider connection
+        self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -345,6 +376,10 @@ class ProviderWorker:
 
     async def _encode(self, session: _Session, event: ev.Event) -> None:
         assert session.codec is not None
+        if isinstance(event, ev.InputAudio):
+            # Queued input (a reconnect's flush) is marked with the newest seq: later than it was, which
+            # only makes the commit point later, as it was before there was a clock.
+            session.clock.add(session.last_up, len(event.pcm), event.rate)
         try:
             out = session.codec.encode(event)
         except Exception:
@@ -409,9 +444,14 @@ class ProviderWorker:
                 session.open_response = event.response_id
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
+            elif isinstance(event, ev.SpeechStopped) and event.audio_end_ms:
+                seq = session.clock.seq_at(event.audio_end_ms)
+                if seq is not None:
+                    session.speech_ends[event.item_id] = seq
             elif isinstance(event, ev.InputCommitted):
                 # What the provider has committed so far: a replacement replays only what came after.
-                events[index] = msgspec.structs.replace(event, up_seq=session.last_up)
+                up_seq = session.speech_ends.pop(event.item_id, session.last_up)
+                events[index] = msgspec.structs.replace(event, up_seq=up_seq)
         session.seq_down += 1
         envelope = bus.envelope(session.epoch, session.seq_down, events)
         await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
@@ -504,6 +544,7 @@ class ProviderWorker:
                 # asyncio.wait_for, used by nats-py requests, can swallow one): never serve a dropped session.
                 return True
             PROVIDER_CONNECTS.labels(session.meta.provider).inc()
+            session.clock, session.speech_ends = InputClock(), {}  # a new connection's audio starts at 0
             await self._apply(session, codec.connect(config, snapshot.items))
             while session.pending:
                 await self._encode(session, session.pending.popleft())
