@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 from typing import Literal, TypeVar
 
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from shared import events as ev
 from shared.session import SessionMeta
@@ -33,6 +35,7 @@ __all__ = [
     "Control",
     "Heartbeat",
     "Subjects",
+    "age_of",
     "connect",
     "decode",
     "encode",
@@ -48,6 +51,7 @@ T = TypeVar("T")
 
 STREAM = "RS_SESSIONS"
 REPLAY_MAX_S = 15.0  # the longest a replacement's catch-up read may take (see replay_seq)
+DIRECT_BATCH = 256  # messages per direct-get request of a replay
 
 
 class Subjects:
@@ -227,6 +231,7 @@ async def ensure_stream(
         max_age=max_age_s,
         max_bytes=max_bytes,
         discard=DiscardPolicy.OLD,
+        allow_direct=True,  # replays read with batched direct gets (replay_seq)
     )
     for attempt in range(50):
         try:
@@ -251,11 +256,22 @@ def envelope(epoch: int, seq: int, events: list[ev.Event]) -> bytes:
 async def last_in_stream(nc: NATS, subject: str) -> tuple[bytes, float] | None:
     """The newest message on ``subject`` still in the stream and its age in seconds, or None."""
     try:
-        msg = await nc.jetstream().get_last_msg(STREAM, subject)
+        msg = await nc.jetstream().get_last_msg(STREAM, subject, direct=True)
     except nats.js.errors.NotFoundError:
         return None
     stored = msg.time or datetime.datetime.now(datetime.UTC)
     return msg.data or b"", max(0.0, (datetime.datetime.now(datetime.UTC) - stored).total_seconds())
+
+
+async def age_of(nc: NATS, position: int) -> float | None:
+    """Seconds since the message at stream ``position`` was stored (None: no longer in the stream)."""
+    try:
+        msg = await nc.jetstream().get_msg(STREAM, seq=position, direct=True)
+    except (nats.js.errors.NotFoundError, nats.js.errors.BadRequestError):
+        return None
+    if msg.time is None:
+        return None
+    return max(0.0, (datetime.datetime.now(datetime.UTC) - msg.time).total_seconds())
 
 
 async def replay(
@@ -264,8 +280,8 @@ async def replay(
     """Every message on ``subject`` still in the stream, oldest first (a replacement's catch-up read);
     with ``since_s``, only those of the last ``since_s`` seconds.
 
-    Reads up to the newest message that existed when the call started; later ones arrive on the
-    caller's live subscription, which deduplicates by seq.
+    Reads until nothing more is pending; what arrives meanwhile also reaches the caller's live
+    subscription, which deduplicates by seq.
     """
     return [data for _, data in await replay_seq(nc, subject, since_s=since_s, timeout_s=timeout_s)]
 
@@ -277,36 +293,49 @@ async def replay_seq(
     """Like ``replay``, with each message's stream sequence, from ``start_seq`` on (0: the oldest).
 
     The stream sequence orders messages across subjects (e.g. an ``up`` request vs a ``down`` answer).
+    Batched direct gets (NATS >= 2.11): one request per ``DIRECT_BATCH`` messages and no consumer to
+    create and delete, which matters when a dead instance's sessions all replay at once.
     ``timeout_s`` bounds the wait for each next message, ``max_s`` the whole read: an incomplete replay
-    loses input, so a slow one (a dead instance's sessions all replaying at once) is waited for.
+    loses input, so a slow one is waited for.
     """
-    js = nc.jetstream()
-    try:
-        last = await js.get_last_msg(STREAM, subject)
-    except nats.js.errors.NotFoundError:
-        return []
-    if last.seq < start_seq:
-        return []
+    request: dict[str, object] = {"next_by_subj": subject, "batch": DIRECT_BATCH}
     if start_seq:
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+        request["seq"] = start_seq
     elif since_s is not None:
         since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since_s)
-        if last.time is not None and last.time < since:
-            return []  # nothing that recent: the consumer would deliver nothing and time out
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
+        request["start_time"] = since.isoformat().replace("+00:00", "Z")
     else:
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    sub = await js.subscribe(subject, stream=STREAM, ordered_consumer=True, config=config)
+        request["seq"] = 1
+    replies: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        replies.put_nowait(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
     out: list[tuple[int, bytes]] = []
     try:
         async with asyncio.timeout(max_s):
             while True:
-                msg = await sub.next_msg(timeout=timeout_s)
-                position = msg.metadata.sequence.stream
-                out.append((position, msg.data))
-                if position >= last.seq:
+                await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", json.dumps(request).encode(), reply=inbox)
+                while True:
+                    msg = await asyncio.wait_for(replies.get(), timeout_s)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is None:
+                        out.append((int(headers["Nats-Sequence"]), msg.data))
+                    elif status == "204":  # end of this batch
+                        break
+                    elif status == "404":  # nothing (more) on the subject
+                        return out
+                    else:
+                        raise RuntimeError(f"direct get answered {status} {headers.get('Description', '')}")
+                if int(headers.get("Nats-Num-Pending", "0")) == 0:
                     return out
-    except (TimeoutError, nats.errors.TimeoutError):
+                # Go on after the last one read (later ones arrive on the caller's live subscription too).
+                last = int(headers["Nats-Last-Sequence"])
+                request = {"next_by_subj": subject, "batch": DIRECT_BATCH, "seq": last + 1}
+    except TimeoutError:
         log.warning("stream replay incomplete", extra={"subject_kind": subject.rsplit(".", 1)[-1], "got": len(out)})
         return out
     finally:

@@ -11,6 +11,8 @@ Keys (``sid`` = session key):
                        provider may finalize only at the end of the turn; a replacement must still know
                        what the user said)
 - ``rs:trunc:<sid>``   hash item id -> audio_end_ms the client reported as played
+- ``rs:commits:<sid>`` hash item id -> "<stream position>:<up seq>" of the provider's commit of that user
+                       audio item: where a replacement's replay of the stream has to start
 
 Global: ``rs:stream:last`` int, the newest stream sequence the checkpoint folded (``stream_floor``).
 
@@ -35,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import events as ev
 from shared.session import SessionMeta
 
-__all__ = ["LOGGED_EVENTS", "Snapshot", "Store"]
+__all__ = ["LOGGED_EVENTS", "Commit", "Snapshot", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,19 @@ _ITEM_DEC: msgspec.msgpack.Decoder[ev.Item] = msgspec.msgpack.Decoder(ev.Item)  
 _CFG_DEC = msgspec.msgpack.Decoder(ev.SessionConfig)
 
 
+class Commit(msgspec.Struct, frozen=True, array_like=True):
+    """A provider commit of user input: its down envelope's stream position, and the up seq it covers."""
+
+    position: int
+    up_seq: int
+
+
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     config: ev.SessionConfig | None
     items: list[ev.Item]
     epoch: int
     record: dict[str, str]
+    commits: list[Commit] = []  # oldest first
 
 
 def _keys(sid: str) -> dict[str, str]:
@@ -61,6 +71,7 @@ def _keys(sid: str) -> dict[str, str]:
         "tr": f"rs:tr:{sid}",
         "trp": f"rs:trp:{sid}",
         "trunc": f"rs:trunc:{sid}",
+        "commits": f"rs:commits:{sid}",
     }
 
 
@@ -160,7 +171,7 @@ class Store:
             for index, event in enumerate(events):
                 writes += _FOLD.get(type(event), _skip)(pipe, k, position * 1000 + index, event)
             if writes:
-                for key in ("cfg", "items", "order", "tr", "trp", "trunc", "sess"):
+                for key in ("cfg", "items", "order", "tr", "trp", "trunc", "sess", "commits"):
                     pipe.expire(k[key], self.ttl_s)
                 await pipe.execute()
         return writes
@@ -175,7 +186,8 @@ class Store:
             pipe.get(k["epoch"])
             pipe.hgetall(k["sess"])
             pipe.hgetall(k["trp"])
-            cfg_raw, order, items_raw, transcripts, epoch_raw, record, partials = await pipe.execute()
+            pipe.hvals(k["commits"])
+            cfg_raw, order, items_raw, transcripts, epoch_raw, record, partials, commits_raw = await pipe.execute()
         config = _CFG_DEC.decode(cfg_raw) if cfg_raw else None
         items: list[ev.Item] = []
         partial = _joined(partials) if partials else {}
@@ -193,6 +205,7 @@ class Store:
             items=items,
             epoch=int(epoch_raw) if epoch_raw else 0,
             record={a.decode(): b.decode() for a, b in record.items()},
+            commits=sorted((Commit(*map(int, raw.split(b":"))) for raw in commits_raw), key=lambda c: c.position),
         )
 
 
@@ -272,6 +285,7 @@ def _fold_committed(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: int,
     pipe.zadd(k["order"], {item.id: pos}, nx=True)
     if e.up_seq:
         pipe.eval(_RAISE_FIELD, 1, k["sess"], "committed_up_seq", str(e.up_seq))
+        pipe.hset(k["commits"], e.item_id, f"{pos // 1000}:{e.up_seq}")
     return 1
 
 

@@ -33,11 +33,12 @@ __all__ = ["Transformer"]
 log = logging.getLogger(__name__)
 
 # How far back a replacement looks for provider output the client never got: the gap is the dead
-# instance's detection plus the reattach (well under a second), so this is generous.
-DOWN_REPLAY_S = 10.0
+# instance's detection (at most ~1.2 s, a stopped one) plus the reattach (p99 ~0.25 s in the 50-session
+# chaos run), so this is generous. It is also as far back as the response in flight can be rebuilt.
+DOWN_REPLAY_S = 5.0
 # Client frames older than the newest up envelope by more than this were translated (frames are
-# translated in order, within milliseconds): a replacement's cin replay starts there.
-CIN_REPLAY_MARGIN_S = 10.0
+# translated in order, within milliseconds; stream times are the server's): the cin replay starts there.
+CIN_REPLAY_MARGIN_S = 2.0
 
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 
@@ -124,6 +125,7 @@ class Transformer:
         provider output it never got (down after ``delivered``)."""
         assert self.nc is not None and self.store is not None
         sid = session.meta.sid
+        started = asyncio.get_running_loop().time()
         snapshot = await self.store.snapshot(sid)
         session.codec.resume(snapshot.config, snapshot.items)
         last_up = await bus.last_in_stream(self.nc, Subjects.up(sid))
@@ -133,7 +135,9 @@ class Transformer:
             # Only client frames from about then on can be untranslated: not the whole stream window
             # (a dead transformer's sessions all replay at once, with their audio).
             since = last_up[1] + CIN_REPLAY_MARGIN_S
-        for data in await bus.replay(self.nc, Subjects.cin(sid), since_s=since):
+        frames = await bus.replay(self.nc, Subjects.cin(sid), since_s=since)
+        cin_count = len(frames)
+        for data in frames:
             await self._feed(session, bus.decode(data, bus.ClientIn))
         # Output published while nobody translated (the rest of the response being streamed, or its end)
         # is sent; the part of that response the client already has only rebuilds the codec's state of it.
@@ -147,6 +151,9 @@ class Transformer:
             if i >= prime_from or (env.epoch, env.seq) > delivered:
                 await self._deliver(session, env, send=(env.epoch, env.seq) > delivered)
         session.last_down = max(session.last_down, delivered)
+        log.info("resume replayed", extra={
+            "sid": sid, "total_ms": round((asyncio.get_running_loop().time() - started) * 1000),
+            "cin": cin_count, "down": len(recent)})
 
     async def _start_resumed(self, session: _Session, delivered: tuple[int, int]) -> None:
         try:

@@ -56,6 +56,9 @@ CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
+# Input after a commit was published at most this long (plus the VAD's silence timeout) before the
+# provider's commit reached the stream (its latency): a replacement's replay starts that much earlier.
+REPLAY_MARGIN_S = 3.0
 ROTATE_MARGIN_S = 1.0  # a connection going away is replaced at the latest this long before its end
 DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
@@ -131,6 +134,7 @@ class _Session:
         self.rotate_by: float | None = None  # loop time the provider ends this connection (goAway)
         self.rotating = False  # the upstream is being closed on purpose, to be replaced at once
         self.clock = InputClock()  # of the current provider connection
+        self.resume_snapshot: Snapshot | None = None  # what a replacement's resume read, for its first connect
         self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
@@ -226,8 +230,15 @@ class ProviderWorker:
     async def _resume(self, session: _Session) -> None:
         """A replacement: queue the input the provider never committed, from the stream."""
         assert self.store is not None
+        started = asyncio.get_running_loop().time()
         await self._await_checkpoint(session.meta.sid)
-        await self._queue_uncommitted(session, await self.store.snapshot(session.meta.sid))
+        waited = asyncio.get_running_loop().time() - started
+        snapshot = session.resume_snapshot = await self.store.snapshot(session.meta.sid)
+        await self._queue_uncommitted(session, snapshot)
+        log.info("resume replayed", extra={
+            "sid": session.meta.sid, "checkpoint_wait_ms": round(waited * 1000),
+            "total_ms": round((asyncio.get_running_loop().time() - started) * 1000),
+            "items": len(snapshot.items), "replayed": len(session.pending)})
 
     async def _queue_uncommitted(self, session: _Session, snapshot: Snapshot, *, upto: int | None = None) -> None:
         """Queue, from the stream, the input a new provider connection must get after the history.
@@ -243,12 +254,23 @@ class ProviderWorker:
         sid = session.meta.sid
         committed = int(snapshot.record.get("committed_up_seq") or 0)
         known = {item.id for item in snapshot.items}
-        envs = [(pos, ev.decode_envelope(data)) for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid))]
-        commit_points = [
-            e.up_seq for _, data in await bus.replay_seq(self.nc, Subjects.down(sid, "log"))
-            for e in ev.decode_envelope(data).events if isinstance(e, ev.InputCommitted)
+        committed = _before_untranscribed_turn(snapshot.items, [c.up_seq for c in snapshot.commits], committed)
+        # Read the stream from shortly before that commit, not the whole window: a dead worker's sessions
+        # all replay at once, and the window holds minutes of their audio.
+        since: float | None = None
+        start = next((c for c in reversed(snapshot.commits) if c.up_seq <= committed), None)
+        if start is not None and committed:
+            age = await bus.age_of(self.nc, start.position)
+            config = session.config or snapshot.config
+            vad = config.turn_detection if config is not None else None
+            # Semantic VAD may wait up to 8 s (OpenAI, eagerness low) before it commits.
+            silence_s = 0.0 if vad is None else 8.0 if vad.type == "semantic_vad" else (
+                (vad.silence_duration_ms or 500) / 1000)
+            since = None if age is None else age + REPLAY_MARGIN_S + silence_s
+        envs = [
+            (pos, ev.decode_envelope(data))
+            for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid), since_s=since)
         ]
-        committed = _before_untranscribed_turn(snapshot.items, commit_points, committed)
         owed = await self._owed_create(sid, envs)
         replay: list[ev.Event] = []
         for _, env in envs:
@@ -296,7 +318,7 @@ class ProviderWorker:
             target = 0
             for subject in (Subjects.up(sid, "log"), Subjects.down(sid, "log")):  # what the checkpoint folds
                 with contextlib.suppress(nats.js.errors.NotFoundError):
-                    target = max(target, (await js.get_last_msg(bus.STREAM, subject)).seq or 0)
+                    target = max(target, (await js.get_last_msg(bus.STREAM, subject, direct=True)).seq or 0)
             if not target:
                 return
             deadline = asyncio.get_running_loop().time() + timeout_s
@@ -510,8 +532,10 @@ class ProviderWorker:
         # The history must hold everything this session already said (a provider reconnect, a Gemini
         # reconfiguration, a client back on the same session moments after it left): let the checkpoint
         # fold what the stream holds for it first (bounded; immediate for a new session).
-        await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
-        snapshot = await self.store.snapshot(session.meta.sid)
+        snapshot, session.resume_snapshot = session.resume_snapshot, None
+        if snapshot is None:  # not the first connection of a replacement, which has just read it
+            await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
+            snapshot = await self.store.snapshot(session.meta.sid)
         if session.codec is not None:
             # A reconnect: the input the lost connection had not committed went with it.
             await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))

@@ -95,3 +95,15 @@ async def test_client_audio_formats_survive_the_snapshot(store: Store) -> None:
     switched = msgspec.structs.replace(cfg, client_output_format="pcma/8000")
     await store.apply(sid, 2, [switched])
     assert (await store.snapshot(sid)).config == switched
+
+
+async def test_provider_commits_are_kept_with_their_stream_position(store: Store) -> None:
+    """Each commit of user audio keeps (stream position, up seq): where a replacement's replay starts."""
+    meta = _meta()
+    await store.open_session(meta, edge="e1")
+    await store.apply(meta.sid, 12, [ev.InputCommitted(item_id="u1", up_seq=100)])
+    await store.apply(meta.sid, 40, [ev.SpeechStopped(item_id="u2"), ev.InputCommitted(item_id="u2", up_seq=250)])
+    await store.apply(meta.sid, 12, [ev.InputCommitted(item_id="u1", up_seq=100)])  # redelivered
+    snap = await store.snapshot(meta.sid)
+    assert [(c.position, c.up_seq) for c in snap.commits] == [(12, 100), (40, 250)]
+    assert snap.record["committed_up_seq"] == "250"
