@@ -424,6 +424,10 @@ _TURN_COMPLETE_REASON: Mapping[str, str] = {  # canonical ResponseDone.reason ->
     "content_filter": "GENERATED_CONTENT_SAFETY",
 }
 
+# ResponseDone reasons of a response cut by the gateway's failover (a dead worker, a dropped provider):
+# the client hears it broken off, like a barge-in, so it is told ``interrupted`` before ``turnComplete``.
+_CUT_REASONS = frozenset({"worker_replaced", "provider_disconnected"})
+
 # ProviderError codes that are the server's fault (close 1011), besides fatal/retryable ones.
 _SERVER_ERROR_CODES = frozenset({"server_error", "internal_error", "provider_unavailable", "provider_disconnected"})
 
@@ -817,7 +821,7 @@ class GeminiClientCodec:
             # Gemini sends no turnComplete after toolCall: the model continues after toolResponse.
             return Out(wire=[_wire(usage)] if usage else [])
         wire: list[str] = []
-        if e.status == "cancelled":
+        if e.status == "cancelled" or e.reason in _CUT_REASONS:
             if not turn.interrupted:
                 self._out_conv.reset()
                 wire.append(_INTERRUPTED)

@@ -418,6 +418,15 @@ def test_failed_response_still_completes_the_turn() -> None:
     assert frames[-1] == {"serverContent": {"turnComplete": True, "turnCompleteReason": "MALFORMED_FUNCTION_CALL"}}
 
 
+@pytest.mark.parametrize("reason", ["worker_replaced", "provider_disconnected"])
+def test_response_cut_by_a_failover_is_interrupted_then_completed(reason: str) -> None:
+    frames = ready(make()).encode_all(
+        ev.OutputText(response_id="r1", item_id="a1", delta="x"),
+        ev.ResponseDone(response_id="r1", status="failed", reason=reason),
+    )
+    assert frames[1:] == [{"serverContent": {"interrupted": True}}, {"serverContent": {"turnComplete": True}}]
+
+
 def test_tool_calls() -> None:
     codec = ready(make())
     frames = codec.encode_all(

@@ -113,6 +113,23 @@ def _transcript(events: list[Any]) -> str:
     return "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
 
 
+def _connect(fs: FailoverStack, provider: str, client_sid: str | None = None) -> Any:
+    """An official openai SDK (GA) connection through this module's edge."""
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{fs.edge_port}/v1")
+    query = {"rs_core": provider} | ({"rs_u_sessid": client_sid} if client_sid else {})
+    return client.realtime.connect(model="gpt-realtime", extra_query=query)
+
+
+async def _first_manual_turn(conn: Any, fake_port: int, marker: str) -> dict[str, Any]:
+    """Manual turns, one text turn answered; the fake's upstream session that holds it."""
+    await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+    await _next(conn, "session.updated")
+    await _say(conn, f"one {marker}")
+    await _next(conn, "response.done")
+    return next(s for s in await debug_sessions(fake_port)
+                if any(f"one {marker}" in str(i.get("text")) for i in s["items"]))
+
+
 def _probes(fs: FailoverStack, result: str) -> float:
     """The edge's count of liveness probes with ``result`` (alive / gone / unresponsive)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{fs.edge_port}/metrics", timeout=5) as resp:
@@ -133,10 +150,7 @@ async def test_worker_killed_mid_response(failover: FailoverStack, store: Store,
     client_sid = f"fo-{marker}"
     sid = session_key(ACCOUNT, client_sid)
     fake_port = failover.stack.fake_ports[provider]
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(
-        model="gpt-realtime", extra_query={"rs_core": provider, "rs_u_sessid": client_sid}
-    ) as conn:
+    async with _connect(failover, provider, client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
         await _next(conn, "session.updated")
         await _say(conn, f"one {marker}")
@@ -196,10 +210,7 @@ async def test_spoken_turn_survives_the_worker_dying_before_its_transcript(
     client_sid = f"vad-{marker}"
     sid = session_key(ACCOUNT, client_sid)
     fake_port = failover.stack.fake_ports[provider]
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(
-        model="gpt-realtime", extra_query={"rs_core": provider, "rs_u_sessid": client_sid}
-    ) as conn:
+    async with _connect(failover, provider, client_sid) as conn:
         vad = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10}
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": vad}}})
         await _next(conn, "session.updated")
@@ -238,10 +249,7 @@ async def test_transformer_killed_mid_session(failover: FailoverStack, store: St
     marker = uuid.uuid4().hex[:8]
     client_sid = f"tr-{marker}"
     sid = session_key(ACCOUNT, client_sid)
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(
-        model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
-    ) as conn:
+    async with _connect(failover, "openai", client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "instructions": "kept", "audio": {
             "input": {"turn_detection": None, "format": fmt}, "output": {"format": fmt}}})
         await _next(conn, "session.updated")
@@ -269,10 +277,7 @@ async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> N
     client_sid = f"slow-{marker}"
     sid = session_key(ACCOUNT, client_sid)
     fake_port = failover.stack.fake_ports["openai"]
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(
-        model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
-    ) as conn:
+    async with _connect(failover, "openai", client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
         await _next(conn, "session.updated")
         await set_knobs(fake_port, pace=1.0, response_ms=1_500)
@@ -305,10 +310,7 @@ async def test_briefly_frozen_worker_keeps_its_sessions(failover: FailoverStack,
     marker = uuid.uuid4().hex[:8]
     client_sid = f"frozen-{marker}"
     sid = session_key(ACCOUNT, client_sid)
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(
-        model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
-    ) as conn:
+    async with _connect(failover, "openai", client_sid) as conn:
         await _say(conn, f"one {marker}")
         await _next(conn, "response.done")
         worker = await _route(store, sid, "worker")
@@ -338,14 +340,8 @@ async def test_uncommitted_audio_survives_a_new_provider_connection(
     it again from the stream, so the commit that follows hears all of it."""
     marker = uuid.uuid4().hex[:8]
     fake_port = failover.stack.fake_ports[provider]
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": provider}) as conn:
-        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-        await _next(conn, "session.updated")
-        await _say(conn, f"one {marker}")
-        await _next(conn, "response.done")
-        upstream = next(s for s in await debug_sessions(fake_port)
-                        if any(f"one {marker}" in str(i.get("text")) for i in s["items"]))
+    async with _connect(failover, provider) as conn:
+        upstream = await _first_manual_turn(conn, fake_port, marker)
         pcm = tone(440, 600, 24_000)
         for i in range(0, len(pcm), 960):
             await conn.input_audio_buffer.append(audio=b64(pcm[i:i + 960]))
@@ -373,10 +369,9 @@ async def test_provider_going_away_is_replaced_at_a_turn_boundary(failover: Fail
     nothing and notices nothing."""
     marker = uuid.uuid4().hex[:8]
     fake_port = failover.stack.fake_ports["gemini"]
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
     await set_knobs(fake_port, go_away_after_s=0.5, go_away_time_left_s=60)
     try:
-        async with client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": "gemini"}) as conn:
+        async with _connect(failover, "gemini") as conn:
             await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
             seen = await _next(conn, "session.updated")
             await set_knobs(fake_port, pace=1.0, response_ms=1_500)
@@ -413,10 +408,7 @@ async def test_checkpoint_killed_and_restarted_without_loss(
     failover.procs["ckpt-a"].kill(signal.SIGKILL)
     failover.procs["ckpt-a"].popen.wait(5)
     try:
-        client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-        async with client.realtime.connect(
-            model="gpt-realtime", extra_query={"rs_core": "openai", "rs_u_sessid": client_sid}
-        ) as conn:
+        async with _connect(failover, "openai", client_sid) as conn:
             await _say(conn, f"one {marker}")
             await _next(conn, "response.done")
             await _say(conn, f"two {marker}")
@@ -439,10 +431,7 @@ async def test_tool_call_stays_answerable_after_the_worker_dies(
     marker = uuid.uuid4().hex[:8]
     client_sid = f"tool-{marker}"
     sid = session_key(ACCOUNT, client_sid)
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(
-        model="gpt-realtime", extra_query={"rs_core": provider, "rs_u_sessid": client_sid}
-    ) as conn:
+    async with _connect(failover, provider, client_sid) as conn:
         await conn.session.update(session={
             "type": "realtime", "audio": {"input": {"turn_detection": None}},
             "tools": [{"type": "function", "name": "get_weather", "description": "weather in a city",
@@ -476,14 +465,8 @@ async def test_provider_drop_is_survived_by_reconnecting_with_history(
     worker closes the cut response, tells the client, backs off, reconnects and restores the history."""
     marker = uuid.uuid4().hex[:8]
     fake_port = failover.stack.fake_ports[provider]
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
-    async with client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": provider}) as conn:
-        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-        await _next(conn, "session.updated")
-        await _say(conn, f"one {marker}")
-        await _next(conn, "response.done")
-        upstream = next(s for s in await debug_sessions(fake_port)
-                        if any(f"one {marker}" in str(i.get("text")) for i in s["items"]))
+    async with _connect(failover, provider) as conn:
+        upstream = await _first_manual_turn(conn, fake_port, marker)
         await set_knobs(fake_port, session=upstream["id"], close_after=upstream["events_sent"] + 4, close_code=1011)
         await set_knobs(fake_port, refuse=503, refuse_count=2)
         try:
