@@ -79,7 +79,7 @@ class Transformer:
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
-        sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=self._on_assign)
+        sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=self._take_assign)
         beat = asyncio.create_task(heartbeat_loop(nc, "transformer", self.instance, lambda: len(self.sessions)))
         try:
             yield
@@ -89,6 +89,12 @@ class Transformer:
                 await sub.unsubscribe()
             for sid in list(self.sessions):
                 await self._drop(sid)
+
+    async def _take_assign(self, msg: Msg) -> None:
+        # Each request in a task of its own: nats-py runs a subscription's callbacks one at a time, and a
+        # dead instance's sessions all arrive at once; handled in turn, each waiting for its own flush,
+        # the last of 40 waited seconds (edge reattach p99 1.8 s in the 50-session chaos run).
+        self._tasks.spawn(self._on_assign(msg))
 
     async def _on_assign(self, msg: Msg) -> None:
         assert self.nc is not None and self.store is not None
@@ -112,8 +118,7 @@ class Transformer:
         await nc.flush()  # subscriptions are live on the server before the edge hears "ok"
         await msg.respond(bus.encode(bus.AssignReply(instance=self.instance, boot=BOOT)))
         if req.resume:
-            # Not in this callback: assign requests are handled one at a time, and a dead transformer's
-            # sessions all arrive here at once.
+            # In its own task: the edge is answered as soon as the session is ours.
             self._tasks.spawn(self._start_resumed(session, req.delivered_down))
         else:
             await self._send(session, session.codec.open())

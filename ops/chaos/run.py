@@ -59,6 +59,11 @@ ACCOUNT = "996-sdassds-86-asd"  # the built-in default account (config.DEFAULT_A
 API_KEY = f"{ACCOUNT}:secretkey-996"
 RATE = 24_000
 SPOKEN_MS = (500, 600, 700, 800)  # distinct durations: the fake "hears" "audio 0.6s"
+# Server-VAD sessions stream their spoken turns in real time, 20 ms frames, and the provider's VAD ends
+# the turn and answers; the fakes hear the segment as padding + speech + the silence that ended it.
+VAD = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10}
+VAD_TRAIL_MS = 600  # silence streamed after the tone: more than the VAD needs to end the turn
+FRAME_BYTES = RATE * 2 * 20 // 1000
 _TRACED = frozenset({"response.created", "response.done", "input_audio_buffer.committed",
                      "conversation.item.added", "conversation.item.done"})
 CUT = frozenset({"failed", "incomplete", "cancelled"})
@@ -83,6 +88,7 @@ class Options:
     response_ms: int = 1_200
     pace: float = 1.0
     think_ms: tuple[int, int] = (100, 800)
+    vad_every: int = 5  # every Nth session uses server VAD with streamed audio (0: none)
     seed: int | None = None
     json_path: str | None = None
     workdir: str | None = None
@@ -97,6 +103,7 @@ class SessionRun:
     name: str  # marker in every text turn: "<run>-s007"
     client_sid: str
     provider: str
+    vad: bool = False  # server VAD, spoken turns streamed in real time and answered without response.create
     expected: list[tuple[str, str]] = field(default_factory=list)  # (role, text) the client sent / got, in order
     users: int = 0
     turns: int = 0  # turns answered with a completed response
@@ -196,7 +203,7 @@ async def _session(
             model="gpt-realtime", extra_query={"rs_core": run.provider, "rs_u_sessid": run.client_sid}
         ) as conn:
             await conn.session.update(session={"type": "realtime", "audio": {"input": {
-                "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+                "turn_detection": VAD if run.vad else None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
             async with asyncio.timeout(opts.turn_timeout):
                 while (await conn.recv()).type != "session.updated":
                     pass
@@ -211,6 +218,12 @@ async def _session(
                     run.note(f"-> item {said}")
                     await conn.conversation.item.create(item={
                         "type": "message", "role": "user", "content": [{"type": "input_text", "text": said}]})
+                elif run.vad:
+                    ms = rng.choice(SPOKEN_MS)
+                    said = f"audio {(VAD['prefix_padding_ms'] + ms + VAD['silence_duration_ms']) / 1000:.1f}s"
+                    run.busy = True
+                    run.note(f"-> streamed audio {said}, server VAD")
+                    await _stream(conn, tone(440, ms, RATE) + bytes(RATE * 2 * VAD_TRAIL_MS // 1000))
                 else:
                     ms = rng.choice(SPOKEN_MS)
                     said = f"audio {ms / 1000:.1f}s"
@@ -223,12 +236,15 @@ async def _session(
                 run.users += 1
                 run.expected.append(("user", said))
                 want = f"turn {run.users}: {said}"
+                # The provider's VAD answers a streamed turn by itself; anything else (and a re-ask) asks.
+                answered_by_vad = run.vad and not said.startswith(run.name)
                 for attempt in range(MAX_REASKS + 1):
                     asked_at = loop.time()
                     run.busy = True
-                    run.note("-> response.create")
                     run.asked(asked_at)
-                    await conn.response.create()
+                    if not (answered_by_vad and attempt == 0):
+                        run.note("-> response.create")
+                        await conn.response.create()
                     status, transcript = await _until_done(conn, run, asked_at, opts.turn_timeout)
                     run.busy = False
                     if status not in CUT:
@@ -251,6 +267,15 @@ async def _session(
     finally:
         run.busy = False
         run.finished.set()
+
+
+async def _stream(conn: Any, pcm: bytes) -> None:
+    """20 ms frames on a real-time schedule (a microphone), so the provider's VAD sees speech and silence."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n, i in enumerate(range(0, len(pcm), FRAME_BYTES)):
+        await conn.input_audio_buffer.append(audio=_b64(pcm[i : i + FRAME_BYTES]))
+        await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
 
 
 def _b64(data: bytes) -> str:
@@ -494,7 +519,7 @@ def table(result: dict[str, Any]) -> str:
     k, r = result["kills"], result["reattaches"]
     rows = [
         ("sessions", f"{result['sessions']} ({result['providers']['openai']} openai, "
-                     f"{result['providers']['gemini']} gemini)"),
+                     f"{result['providers']['gemini']} gemini; {result['vad_sessions']} with server VAD)"),
         ("turns answered", f"{result['turns']} of {result['user_turns']}"),
         ("responses cut by a kill", f"{result['cuts']} (re-asked {result['reasks']})"),
         ("kills", f"{k['total']} (" + ", ".join(f"{role} {k.get(role, 0)}" for role in ROLES) + ")"),
@@ -522,7 +547,8 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
     rng = random.Random(opts.seed)
     tag = uuid.uuid4().hex[:6]
     runs = [
-        SessionRun(i, f"{tag}-s{i:03d}", f"chaos-{tag}-{i:03d}", ("openai", "gemini")[i % 2])
+        SessionRun(i, f"{tag}-s{i:03d}", f"chaos-{tag}-{i:03d}", ("openai", "gemini")[i % 2],
+                   vad=bool(opts.vad_every) and i % opts.vad_every == opts.vad_every - 1)
         for i in range(opts.sessions)
     ]
     loop = asyncio.get_running_loop()
@@ -561,6 +587,7 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
         "options": {k: v for k, v in asdict(opts).items() if k not in ("json_path", "workdir")},
         "sessions": len(runs),
         "providers": dict(Counter(r.provider for r in runs)),
+        "vad_sessions": sum(r.vad for r in runs),
         "turns": sum(r.turns for r in runs),
         "user_turns": sum(r.users for r in runs),
         "cuts": sum(r.cuts for r in runs),
@@ -603,6 +630,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--turn-timeout", type=float, default=20.0, help="a turn not done by then = session dropped")
     p.add_argument("--response-ms", type=int, default=1_200, help="fake response audio length")
     p.add_argument("--pace", type=float, default=1.0, help="fake pacing: 1.0 = real time")
+    p.add_argument("--vad-every", type=int, default=5,
+                   help="every Nth session uses server VAD with audio streamed in real time (0: none)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     p.add_argument("--workdir", default=None, help="keep the process logs here (default: a temp dir, "
