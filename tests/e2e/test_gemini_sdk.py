@@ -25,10 +25,12 @@ from google import genai
 from google.genai import types
 
 from services.fakes_common import debug_sessions, reset_knobs, set_knobs
-from shared.devstack import Stack, free_port
+from shared.devstack import Proc, Stack, free_port
+from shared.session import session_key
+from shared.store import Store
 
 from ..conftest import Infra
-from .helpers import API_KEY, GEMINI_WS_PATH, TIMEOUT_S, b64, dominant_hz, tone
+from .helpers import ACCOUNT, API_KEY, GEMINI_WS_PATH, TIMEOUT_S, b64, dominant_hz, tone
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +52,7 @@ class TlsStack:
     port: int
     ssl_context: ssl.SSLContext
     fake_ports: dict[str, int]
+    workers: dict[str, Proc]  # by instance id: two, so one can be killed
 
     def client(self, *, api_key: str = API_KEY, headers: dict[str, str] | None = None) -> genai.Client:
         return genai.Client(api_key=api_key, http_options=types.HttpOptions(
@@ -75,10 +78,14 @@ def tls_stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         stack.start_fakes()
         port = free_port()
         stack.env.update({"PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "INFO"})
-        for command in ("checkpoint", "transformer", "provider-worker"):
+        for command in ("checkpoint", "transformer"):
             stack.start_service(command)
+        workers = {
+            name: stack.start_service("provider-worker", env={"RS_INSTANCE_ID": name}, name=name)
+            for name in ("sdk-wk-a", "sdk-wk-b")
+        }
         stack.start_service("edge", "--tls-cert", str(cert), "--tls-key", str(key))  # = RS_TLS_CERT/RS_TLS_KEY
-        yield TlsStack(stack, port, client_ctx, stack.fake_ports)
+        yield TlsStack(stack, port, client_ctx, stack.fake_ports, workers)
     finally:
         stack.stop()
 
@@ -513,3 +520,54 @@ async def test_sdk_session_resumption_handle_resumes_the_conversation(tls_stack:
     with pytest.raises(Exception, match="403"):  # a handle is no credential: the key still decides
         async with other.aio.live.connect(model=MODEL, config=resumed):
             pass
+
+
+# -- 8. a worker killed mid-answer ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["gemini", "openai"])
+async def test_worker_killed_mid_answer_interrupts_it_and_the_session_goes_on(
+    tls_stack: TlsStack, infra: Infra, provider: str
+) -> None:
+    """kill -9 of the worker while it streams an answer: the SDK hears that answer interrupted and the
+    turn complete, never a hang or a closed socket, and the next turn is answered with the history."""
+    marker = uuid.uuid4().hex[:8]
+    session_id = f"kill-{marker}"
+    fake_port = tls_stack.fake_ports[provider]
+    client = tls_stack.client(headers=_headers(provider, session_id))
+    async with Store.connect(infra.redis_url) as store, client.aio.live.connect(
+        model=MODEL, config=_config()
+    ) as session:
+        await session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text=f"one {marker}")]), turn_complete=True)
+        _assert_spoke(await _receive_turn(session), f"turn 1: one {marker}")
+
+        victim = ""
+        await set_knobs(fake_port, pace=1.0, response_ms=3_000)  # a 3 s answer at real time
+        try:
+            await session.send_client_content(
+                turns=types.Content(role="user", parts=[types.Part(text=f"two {marker}")]), turn_complete=True)
+            async with asyncio.timeout(TIMEOUT_S):
+                async for msg in session.receive():
+                    if msg.data:
+                        break  # the answer is playing
+            victim = (await store.snapshot(session_key(ACCOUNT, session_id))).record["route_worker"]
+            tls_stack.workers[victim].kill()
+            tls_stack.workers[victim].popen.wait(5)
+            cut = await _receive_turn(session)
+            assert cut.interrupted and cut.complete, cut.messages[-3:]
+        finally:
+            await reset_knobs(fake_port)
+            if victim:  # capacity back, under the same name (a restarted pod)
+                tls_stack.workers[victim] = tls_stack.stack.start_service(
+                    "provider-worker", env={"RS_INSTANCE_ID": victim}, name=victim)
+
+        await session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text=f"three {marker}")]), turn_complete=True)
+        turn = await _receive_turn(session)
+        assert turn.complete and not turn.interrupted
+        assert turn.transcript.startswith("turn ") and turn.transcript.endswith(f"three {marker}")
+
+    upstream = await _upstream_with(tls_stack, provider, f"three {marker}")
+    said = " ".join(str(i["text"]) for i in upstream["items"] if i["role"] == "user")
+    assert said == f"one {marker} two {marker} three {marker}"
