@@ -66,6 +66,7 @@ _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 # On resume these are not replayed: they would act twice, or the snapshot already holds their effect.
 _NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
+_USER_INPUT = (ev.ItemCreate, ev.InputAudioCommit)  # what a response.create asks an answer to
 
 
 def _before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], committed: int) -> int:
@@ -296,21 +297,32 @@ class ProviderWorker:
         REPLAYED.inc(len(replay))
 
     async def _owed_create(self, sid: str, envs: list[tuple[int, ev.Envelope]]) -> ev.ResponseCreate | None:
-        """The newest response.create, when no response started after it in the stream: the dead worker
-        never acted on it (it died first, or the client re-asked after the cut while no worker listened).
-        Any other one was answered (or cut): replaying it would act twice."""
+        """The newest response.create, when nothing answered it: the dead worker never acted on it (it
+        died first, or the client re-asked after the cut while no worker listened). Replaying any other
+        would act twice.
+
+        Answered means a response started or ended after it in the stream, or it was absorbed: the only
+        create since the user's last input, sent after a response to that input had already ended (a
+        provider that answers by itself, like Gemini at the end of a manual turn, may start and even
+        finish its answer before the client's create reaches the stream; the codec swallows that create).
+        A response cut by the death never ends in the stream."""
         assert self.nc is not None
-        newest = next(
-            ((pos, e) for pos, env in reversed(envs) for e in reversed(env.events) if isinstance(e, ev.ResponseCreate)),
-            None,
-        )
-        if newest is None:
+        creates = [(pos, e) for pos, env in envs for e in env.events if isinstance(e, ev.ResponseCreate)]
+        if not creates:
             return None
-        position, create = newest
-        for _, data in await bus.replay_seq(self.nc, Subjects.down(sid), start_seq=position + 1):
-            if any(isinstance(e, ev.ResponseStarted) for e in ev.decode_envelope(data).events):
-                return None
-        return create
+        position, create = creates[-1]
+        down = [(pos, ev.decode_envelope(data)) for pos, data in await bus.replay_seq(
+            self.nc, Subjects.down(sid), start_seq=envs[0][0])]
+        if any(pos > position and any(isinstance(e, ev.ResponseStarted | ev.ResponseDone) for e in env.events)
+               for pos, env in down):
+            return None
+        inputs = [pos for pos, env in envs if any(isinstance(e, _USER_INPUT) for e in env.events)]
+        inputs += [pos for pos, env in down if any(isinstance(e, ev.InputCommitted) for e in env.events)]
+        last_input = max((pos for pos in inputs if pos < position), default=0)
+        ended = any(last_input < pos < position and any(isinstance(e, ev.ResponseDone) for e in env.events)
+                    for pos, env in down)
+        alone = sum(1 for pos, _ in creates if last_input < pos <= position) == 1
+        return None if ended and alone else create
 
     async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S) -> None:
         """Wait until the checkpoint has folded this session's events already in the stream, so that the
@@ -572,6 +584,11 @@ class ProviderWorker:
                 # asyncio.wait_for, used by nats-py requests, can swallow one): never serve a dropped session.
                 return True
             PROVIDER_CONNECTS.labels(session.meta.provider).inc()
+            log.info("upstream connect", extra={
+                "sid": session.meta.sid, "items": len(snapshot.items), "pending": len(session.pending),
+                "config": "session" if session.config is not None else "snapshot" if snapshot.config else "default",
+                "vad": config.turn_detection is not None,
+                "replayed": [type(e).__name__ for e in list(session.pending)[:8]]})
             session.clock, session.speech_ends = InputClock(), {}  # a new connection's audio starts at 0
             await self._apply(session, codec.connect(config, snapshot.items))
             while session.pending:

@@ -958,7 +958,9 @@ class OpenAIClientCodec:
         self._conversation_id = self._ids("conv")
         self._state = _Session(model=meta.model, voice=self._d.default_voice)
         self._out_conv = audio.RateConverter(self._state.output_format.rate)
-        self._in_bytes = 0  # bytes appended since the last commit/clear (empty commit -> error)
+        # Bytes appended since the last commit/clear (empty commit -> error). None: not known, after a
+        # resume (what the dead transformer took in may still be uncommitted upstream): the provider judges.
+        self._in_bytes: int | None = 0
         self._items: OrderedDict[str, ev.Item] = OrderedDict()
         self._last_item_id: str | None = None
         self._call_names: dict[str, str] = {}  # call_id -> function name (Gemini needs it on results)
@@ -1068,6 +1070,7 @@ class OpenAIClientCodec:
         ``client_output_format``), so a G.711 client keeps G.711 across a transformer failover. Not
         recoverable from canonical state: responses in flight (their next event re-announces them).
         """
+        self._in_bytes = None
         if config is not None:
             base = _Session(model=self.meta.model, voice=self._d.default_voice)
             self._state = _session_from_config(config, base, self._d.beta)
@@ -1125,7 +1128,7 @@ class OpenAIClientCodec:
             return Out()
         fmt = self._state.input_format
         pcm = audio.decode_to_pcm16(data, fmt)
-        self._in_bytes += len(pcm)
+        self._in_bytes = (self._in_bytes or 0) + len(pcm)
         return Out(events=[ev.InputAudio(pcm=pcm, rate=fmt.rate)])
 
     def _on_commit(self, head: _Head, frame: str | bytes) -> Out:

@@ -769,6 +769,16 @@ def test_commit_after_clear_is_empty_again() -> None:
     assert errors(codec.feed('{"type":"input_audio_buffer.commit"}'))[0]["code"] == "input_audio_buffer_commit_empty"
 
 
+@pytest.mark.parametrize("beta", [False, True])
+def test_a_resumed_codec_leaves_the_commit_to_the_provider(beta: bool) -> None:
+    """After a transformer failover the audio the dead one took in may still be uncommitted upstream: a
+    commit right after the resume goes to the provider (which judges it), it is not refused as empty."""
+    codec = make(beta)
+    codec.codec.resume(None, [])
+    assert codec.feed('{"type":"input_audio_buffer.commit"}').events == [ev.InputAudioCommit()]
+    assert errors(codec.feed('{"type":"input_audio_buffer.commit"}'))[0]["code"] == "input_audio_buffer_commit_empty"
+
+
 def test_beta_transcription_session_update() -> None:
     codec = make(True)
     out = codec.feed(

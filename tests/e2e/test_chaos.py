@@ -47,8 +47,10 @@ def _assert_survived(proc: subprocess.CompletedProcess[str], result: dict[str, A
 
 
 def test_chaos_short(tmp_path: Path) -> None:
-    proc, result = _chaos(tmp_path, "--sessions", "6", "--duration", "20", "--kill-every", "4", timeout=110)
-    _assert_survived(proc, result, 6)
+    """The issue's short run: 10 sessions for 60 s, a kill every 5 s (2 sessions on server VAD)."""
+    proc, result = _chaos(tmp_path, "--sessions", "10", "--duration", "60", "--kill-every", "5", timeout=200)
+    _assert_survived(proc, result, 10)
+    assert result["vad_sessions"] == 2
     assert result["reattach_client"]["n"] > 0  # a client-side reattach time was measured
 
 
@@ -57,3 +59,4 @@ def test_chaos_short(tmp_path: Path) -> None:
 def test_chaos_long(tmp_path: Path) -> None:
     proc, result = _chaos(tmp_path, "--sessions", "50", "--duration", "300", "--kill-every", "10", timeout=1_100)
     _assert_survived(proc, result, 50)
+    assert result["vad_sessions"] == 10

@@ -487,3 +487,98 @@ async def test_provider_drop_is_survived_by_reconnecting_with_history(
               if any(f"three {marker}" in str(i.get("text")) for i in s["items"])][-1]
     said = " ".join(str(i["text"]) for i in latest["items"] if i["role"] == "user")
     assert said == f"one {marker} two {marker} three {marker}"
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_worker_killed_between_turns_then_a_spoken_turn(
+    failover: FailoverStack, store: Store, provider: str
+) -> None:
+    """The worker dies while the session is idle; the next turn is spoken (manual commit): answered."""
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"idle-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    async with _connect(failover, provider, client_sid) as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _next(conn, "session.updated")
+        for k in (1, 2):
+            await conn.input_audio_buffer.append(audio=b64(tone(440, 500 + 100 * k, 24_000)))
+            await conn.input_audio_buffer.commit()
+            await conn.response.create()
+            await _next(conn, "response.done")
+            await _say(conn, f"text {k} {marker}")
+            await _next(conn, "response.done")
+        await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
+        await asyncio.sleep(0.5)
+        await conn.input_audio_buffer.append(audio=b64(tone(440, 600, 24_000)))
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = await _next(conn, "response.done")
+        assert events[-1].response.status == "completed", [e.type for e in events]
+        assert _transcript(events) == "turn 5: audio 0.6s"
+        await _say(conn, f"after {marker}")
+        events = await _next(conn, "response.done")
+        assert events[-1].response.status == "completed", [e.type for e in events]
+        assert _transcript(events) == f"turn 6: after {marker}"
+
+
+async def test_a_response_create_answered_before_it_reached_the_stream_is_not_replayed(
+    failover: FailoverStack, store: Store
+) -> None:
+    """Gemini answers a manual spoken turn by itself at activityEnd, so its response can start before the
+    client's response.create (which the gateway then swallows) is in the stream. A replacement must not
+    take that create for one nobody answered and ask Gemini again: an answer the client never asked
+    for would barge into its next turn."""
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"owed-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    async with _connect(failover, "gemini", client_sid) as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _next(conn, "session.updated")
+        await conn.input_audio_buffer.append(audio=b64(tone(440, 600, 24_000)))
+        await conn.input_audio_buffer.commit()
+        await _next(conn, "response.created")  # answered before any response.create
+        await conn.response.create()
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == "turn 1: audio 0.6s"
+        await asyncio.sleep(0.3)  # the checkpoint folds it
+        await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
+        await asyncio.sleep(1.0)  # the replacement is up: an unsolicited answer would be under way
+        await _say(conn, f"two {marker}")
+        events = await _next(conn, "response.done")
+        assert [e.type for e in events].count("response.created") == 1, [e.type for e in events]
+        assert events[-1].response.status == "completed"
+        assert _transcript(events) == f"turn 2: two {marker}"
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_re_ask_after_a_cut_vad_answer_is_answered(failover: FailoverStack, store: Store, provider: str) -> None:
+    """Server VAD answers a spoken turn by itself; the worker dies while that answer plays. The client's
+    response.create after the cut is the one nobody answered: the replacement acts on it."""
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"reask-{marker}"
+    sid = session_key(ACCOUNT, client_sid)
+    fake_port = failover.stack.fake_ports[provider]
+    async with _connect(failover, provider, client_sid) as conn:
+        vad = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": vad, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _next(conn, "session.updated")
+        await _say(conn, f"one {marker}")
+        await _next(conn, "response.done")
+        await set_knobs(fake_port, pace=1.0, response_ms=3_000)
+        try:
+            pcm = tone(440, 1_000, 24_000) + bytes(24_000 * 2 * 800 // 1_000)
+            for i in range(0, len(pcm), 960):
+                await conn.input_audio_buffer.append(audio=b64(pcm[i:i + 960]))
+            await _next(conn, "response.output_audio.delta")
+            await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
+            cut = await _next(conn, "response.done")
+            assert cut[-1].response.status != "completed"
+        finally:
+            await reset_knobs(fake_port)
+        await conn.response.create()
+        events = await _next(conn, "response.done")
+        assert events[-1].response.status == "completed"
+        assert _transcript(events) == "turn 2: audio 1.3s"
