@@ -120,6 +120,24 @@ def _connect(fs: FailoverStack, provider: str, client_sid: str | None = None) ->
     return client.realtime.connect(model="gpt-realtime", extra_query=query)
 
 
+def _ids(prefix: str) -> tuple[str, str, str]:
+    """A marker, a client session id built from it, and that session's key."""
+    marker = uuid.uuid4().hex[:8]
+    client_sid = f"{prefix}-{marker}"
+    return marker, client_sid, session_key(ACCOUNT, client_sid)
+
+
+async def _configure(conn: Any, *, vad: bool = False, transcription: bool = False) -> None:
+    """Manual turns, or server VAD ending a turn after 300 ms of silence; input transcription or not."""
+    audio_in: dict[str, Any] = {
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10} if vad else None
+    }
+    if transcription:
+        audio_in["transcription"] = {"model": "gpt-4o-mini-transcribe"}
+    await conn.session.update(session={"type": "realtime", "audio": {"input": audio_in}})
+    await _next(conn, "session.updated")
+
+
 async def _first_manual_turn(conn: Any, fake_port: int, marker: str) -> dict[str, Any]:
     """Manual turns, one text turn answered; the fake's upstream session that holds it."""
     await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
@@ -146,9 +164,7 @@ async def _kill_and_respawn(fs: FailoverStack, instance: str, command: str) -> N
 
 @pytest.mark.parametrize("provider", ["openai", "gemini"])
 async def test_worker_killed_mid_response(failover: FailoverStack, store: Store, provider: str) -> None:
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"fo-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("fo")
     fake_port = failover.stack.fake_ports[provider]
     async with _connect(failover, provider, client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
@@ -206,14 +222,10 @@ async def test_spoken_turn_survives_the_worker_dying_before_its_transcript(
     """Server VAD and no input transcription: the log holds the spoken turn as an empty audio item, so
     only the stream has what was said. The worker dies while answering it: the replacement's provider
     hears the turn again (its audio is replayed from the commit before it) and answers it."""
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"vad-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("vad")
     fake_port = failover.stack.fake_ports[provider]
     async with _connect(failover, provider, client_sid) as conn:
-        vad = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10}
-        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": vad}}})
-        await _next(conn, "session.updated")
+        await _configure(conn, vad=True)
         await _say(conn, f"one {marker}")
         await _next(conn, "response.done")
 
@@ -246,9 +258,7 @@ _WIRE_FORMATS = {
 async def test_transformer_killed_mid_session(failover: FailoverStack, store: Store, wire: str) -> None:
     fmt, encode, bytes_per_ms = _WIRE_FORMATS[wire]
     rate = fmt.get("rate", 8_000)
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"tr-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("tr")
     async with _connect(failover, "openai", client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "instructions": "kept", "audio": {
             "input": {"turn_detection": None, "format": fmt}, "output": {"format": fmt}}})
@@ -273,9 +283,7 @@ async def test_transformer_killed_mid_session(failover: FailoverStack, store: St
 
 async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> None:
     """A worker that is only frozen (SIGSTOP) is replaced; when it wakes it must not write into the session."""
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"slow-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("slow")
     fake_port = failover.stack.fake_ports["openai"]
     async with _connect(failover, "openai", client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
@@ -307,9 +315,7 @@ async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> N
 async def test_briefly_frozen_worker_keeps_its_sessions(failover: FailoverStack, store: Store) -> None:
     """A worker that misses beats for longer than the deadline but answers the edge's probe (a starved
     process) is slow, not dead: its sessions stay, no failover adds load where it is already short."""
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"frozen-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("frozen")
     async with _connect(failover, "openai", client_sid) as conn:
         await _say(conn, f"one {marker}")
         await _next(conn, "response.done")
@@ -402,9 +408,7 @@ async def test_provider_going_away_is_replaced_at_a_turn_boundary(failover: Fail
 async def test_checkpoint_killed_and_restarted_without_loss(
     failover: FailoverStack, store: Store, infra: Infra
 ) -> None:
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"ck-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("ck")
     failover.procs["ckpt-a"].kill(signal.SIGKILL)
     failover.procs["ckpt-a"].popen.wait(5)
     try:
@@ -428,9 +432,7 @@ async def test_checkpoint_killed_and_restarted_without_loss(
 async def test_tool_call_stays_answerable_after_the_worker_dies(
     failover: FailoverStack, store: Store, provider: str
 ) -> None:
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"tool-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("tool")
     async with _connect(failover, provider, client_sid) as conn:
         await conn.session.update(session={
             "type": "realtime", "audio": {"input": {"turn_detection": None}},
@@ -494,13 +496,9 @@ async def test_worker_killed_between_turns_then_a_spoken_turn(
     failover: FailoverStack, store: Store, provider: str
 ) -> None:
     """The worker dies while the session is idle; the next turn is spoken (manual commit): answered."""
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"idle-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("idle")
     async with _connect(failover, provider, client_sid) as conn:
-        await conn.session.update(session={"type": "realtime", "audio": {"input": {
-            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
-        await _next(conn, "session.updated")
+        await _configure(conn, transcription=True)
         for k in (1, 2):
             await conn.input_audio_buffer.append(audio=b64(tone(440, 500 + 100 * k, 24_000)))
             await conn.input_audio_buffer.commit()
@@ -529,13 +527,9 @@ async def test_a_response_create_answered_before_it_reached_the_stream_is_not_re
     client's response.create (which the gateway then swallows) is in the stream. A replacement must not
     take that create for one nobody answered and ask Gemini again: an answer the client never asked
     for would barge into its next turn."""
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"owed-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("owed")
     async with _connect(failover, "gemini", client_sid) as conn:
-        await conn.session.update(session={"type": "realtime", "audio": {"input": {
-            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
-        await _next(conn, "session.updated")
+        await _configure(conn, transcription=True)
         await conn.input_audio_buffer.append(audio=b64(tone(440, 600, 24_000)))
         await conn.input_audio_buffer.commit()
         await _next(conn, "response.created")  # answered before any response.create
@@ -556,15 +550,10 @@ async def test_a_response_create_answered_before_it_reached_the_stream_is_not_re
 async def test_re_ask_after_a_cut_vad_answer_is_answered(failover: FailoverStack, store: Store, provider: str) -> None:
     """Server VAD answers a spoken turn by itself; the worker dies while that answer plays. The client's
     response.create after the cut is the one nobody answered: the replacement acts on it."""
-    marker = uuid.uuid4().hex[:8]
-    client_sid = f"reask-{marker}"
-    sid = session_key(ACCOUNT, client_sid)
+    marker, client_sid, sid = _ids("reask")
     fake_port = failover.stack.fake_ports[provider]
     async with _connect(failover, provider, client_sid) as conn:
-        vad = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10}
-        await conn.session.update(session={"type": "realtime", "audio": {"input": {
-            "turn_detection": vad, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
-        await _next(conn, "session.updated")
+        await _configure(conn, vad=True, transcription=True)
         await _say(conn, f"one {marker}")
         await _next(conn, "response.done")
         await set_knobs(fake_port, pace=1.0, response_ms=3_000)
