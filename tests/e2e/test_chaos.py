@@ -46,6 +46,7 @@ def _assert_survived(proc: subprocess.CompletedProcess[str], result: dict[str, A
     assert result["turns"] >= sessions * 3, report  # the sessions really talked through the kills
 
 
+@pytest.mark.timeout(240)  # 60 s of conversation plus the stack's start and the verification
 def test_chaos_short(tmp_path: Path) -> None:
     """The issue's short run: 10 sessions for 60 s, a kill every 5 s (2 sessions on server VAD)."""
     proc, result = _chaos(tmp_path, "--sessions", "10", "--duration", "60", "--kill-every", "5", timeout=200)
