@@ -47,8 +47,8 @@ class Checkpoint:
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
-        await bus.ensure_stream(nc, first_seq=await store.stream_floor())
-        consumer = asyncio.create_task(self._consume(nc, store))
+        psub = await self._bind(nc, store)  # here, not in the task: a bus without JetStream fails the start
+        consumer = asyncio.create_task(self._consume(nc, store, psub))
         beat = asyncio.create_task(heartbeat_loop(nc, "checkpoint", self.instance, lambda: 0))
         try:
             yield
@@ -80,9 +80,8 @@ class Checkpoint:
         )
         return await js.pull_subscribe_bind(DURABLE, bus.STREAM)
 
-    async def _consume(self, nc: NATS, store: Store) -> None:
+    async def _consume(self, nc: NATS, store: Store, psub: JetStreamContext.PullSubscription) -> None:
         reconnects = nc.stats["reconnects"]
-        psub = await self._bind(nc, store)
         backoff = 0.05
         while True:
             if nc.stats["reconnects"] != reconnects and nc.is_connected:

@@ -151,10 +151,6 @@ class Store:
         raw = await self.redis.get(_keys(sid)["epoch"])
         return int(raw) if raw else 0
 
-    async def committed_up_seq(self, sid: str) -> int:
-        raw = await self.redis.hget(_keys(sid)["sess"], "committed_up_seq")
-        return int(raw) if raw else 0
-
     async def set_route(self, sid: str, **route: str) -> None:
         await self.redis.hset(_keys(sid)["sess"], mapping={f"route_{k}": v for k, v in route.items()})
 

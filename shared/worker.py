@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Coroutine
@@ -75,7 +76,7 @@ def _before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], c
     log holds an empty item, which a restore skips. Its audio is replayed from the commit before it, so
     the replacement's provider hears the turn again (the stream's start when that commit has aged out).
 
-    ``commit_points`` are the ``up_seq`` of the provider's commits still in the stream."""
+    ``commit_points`` are the ``up_seq`` of the provider's commits the log holds (``Snapshot.commits``)."""
     last = items[-1] if items else None
     if not (isinstance(last, ev.Message) and last.role == "user" and not last.text()
             and any(isinstance(c, ev.AudioContent) for c in last.content)):
@@ -438,7 +439,7 @@ class ProviderWorker:
         events = out.events
         if any(isinstance(e, ev.GoAway) for e in events):
             # The provider will end this connection soon (Gemini's session cap). Ours to handle: the
-            # client is not told, the connection is replaced at a turn boundary (see _rotate_when_idle).
+            # client is not told, the connection is replaced at a turn boundary (below, or _plan_rotation's deadline).
             for e in events:
                 if isinstance(e, ev.GoAway):
                     self._plan_rotation(session, e.time_left_ms)
@@ -588,7 +589,7 @@ class ProviderWorker:
                 "sid": session.meta.sid, "items": len(snapshot.items), "pending": len(session.pending),
                 "config": "session" if session.config is not None else "snapshot" if snapshot.config else "default",
                 "vad": config.turn_detection is not None,
-                "replayed": [type(e).__name__ for e in list(session.pending)[:8]]})
+                "replayed": [type(e).__name__ for e in itertools.islice(session.pending, 8)]})
             session.clock, session.speech_ends = InputClock(), {}  # a new connection's audio starts at 0
             await self._apply(session, codec.connect(config, snapshot.items))
             while session.pending:
