@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
@@ -89,6 +89,19 @@ class TaskSet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def each_in_a_task(
+        self, handler: Callable[[Msg], Coroutine[Any, Any, None]]
+    ) -> Callable[[Msg], Awaitable[None]]:
+        """A subscription callback that runs ``handler`` for each message in a task of its own. nats-py runs
+        a subscription's callbacks one at a time: for assign requests (a dead instance's sessions all
+        arrive at once, each waiting for its own flush) the last of 40 waited seconds (edge reattach p99
+        1.8 s in the 50-session chaos run)."""
+
+        async def callback(msg: Msg) -> None:
+            self.spawn(handler(msg))
+
+        return callback
 
 
 class Service(Protocol):

@@ -79,7 +79,8 @@ class Transformer:
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
-        sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=self._take_assign)
+        on_assign = self._tasks.each_in_a_task(self._on_assign)
+        sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=on_assign)
         beat = asyncio.create_task(heartbeat_loop(nc, "transformer", self.instance, lambda: len(self.sessions)))
         try:
             yield
@@ -89,12 +90,6 @@ class Transformer:
                 await sub.unsubscribe()
             for sid in list(self.sessions):
                 await self._drop(sid)
-
-    async def _take_assign(self, msg: Msg) -> None:
-        # Each request in a task of its own: nats-py runs a subscription's callbacks one at a time, and a
-        # dead instance's sessions all arrive at once; handled in turn, each waiting for its own flush,
-        # the last of 40 waited seconds (edge reattach p99 1.8 s in the 50-session chaos run).
-        self._tasks.spawn(self._on_assign(msg))
 
     async def _on_assign(self, msg: Msg) -> None:
         assert self.nc is not None and self.store is not None

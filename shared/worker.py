@@ -159,8 +159,9 @@ class ProviderWorker:
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
+        on_assign = self._tasks.each_in_a_task(self._on_assign)
         subs = [
-            await nc.subscribe(Subjects.assign_worker(p), queue=Subjects.queue_worker(p), cb=self._take_assign)
+            await nc.subscribe(Subjects.assign_worker(p), queue=Subjects.queue_worker(p), cb=on_assign)
             for p in self.providers
         ]
         beat = asyncio.create_task(
@@ -176,12 +177,6 @@ class ProviderWorker:
             await asyncio.gather(*(self._drop(sid) for sid in list(self.sessions)), return_exceptions=True)
 
     # -- assignment ------------------------------------------------------------------------------
-
-    async def _take_assign(self, msg: Msg) -> None:
-        # Each request in a task of its own: nats-py runs a subscription's callbacks one at a time, and a
-        # dead instance's sessions all arrive at once; handled in turn, each waiting for its own flush,
-        # the last of 40 waited seconds (edge reattach p99 1.8 s in the 50-session chaos run).
-        self._tasks.spawn(self._on_assign(msg))
 
     async def _on_assign(self, msg: Msg) -> None:
         assert self.nc is not None
