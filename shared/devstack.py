@@ -234,6 +234,13 @@ class Stack:
             proc.wait_ready()
         return proc
 
+    def start_instance(
+        self, command: str, instance: str, *, env: Mapping[str, str] | None = None, wait: bool = True
+    ) -> Proc:
+        """A service under a fixed instance id (``RS_INSTANCE_ID``), its log named after it: a process that
+        can be killed and started again under the same name, like a restarted pod."""
+        return self.start_service(command, env={"RS_INSTANCE_ID": instance, **(env or {})}, name=instance, wait=wait)
+
     def start_fake(
         self, command: str, port: int | None = None, *args: str, name: str | None = None
     ) -> tuple[Proc, int]:

@@ -118,7 +118,7 @@ class BenchStack:
             raise
 
     def start(self, command: str, instance: str, *, wait: bool = True, **env: str) -> Proc:
-        proc = self.stack.start_service(command, env={"RS_INSTANCE_ID": instance, **env}, name=instance, wait=wait)
+        proc = self.stack.start_instance(command, instance, env=env, wait=wait)
         self.procs[instance] = proc
         return proc
 

@@ -312,11 +312,11 @@ class Cluster:
         for role, count in (("checkpoint", 1), ("transformer", opts.transformers), ("worker", opts.workers)):
             for i in range(count):
                 self.spawn(role, f"{ROLES[role][1]}-{i}")
-        stack.start_service("edge", env={"RS_INSTANCE_ID": "edge-0"}, name="edge-0")
+        stack.start_instance("edge", "edge-0")
 
     def spawn(self, role: str, instance: str) -> None:
         self.instances[instance] = (role, None)
-        proc = self.stack.start_service(ROLES[role][0], env={"RS_INSTANCE_ID": instance}, name=instance)
+        proc = self.stack.start_instance(ROLES[role][0], instance)
         self.instances[instance] = (role, proc)
 
     def ready(self, role: str) -> list[str]:

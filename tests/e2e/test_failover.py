@@ -39,7 +39,7 @@ class FailoverStack:
     procs: dict[str, Proc]  # by instance id
 
     def start(self, command: str, instance: str) -> Proc:
-        proc = self.stack.start_service(command, env={"RS_INSTANCE_ID": instance}, name=instance)
+        proc = self.stack.start_instance(command, instance)
         self.procs[instance] = proc
         return proc
 

@@ -81,7 +81,7 @@ def tls_stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for command in ("checkpoint", "transformer"):
             stack.start_service(command)
         workers = {
-            name: stack.start_service("provider-worker", env={"RS_INSTANCE_ID": name}, name=name)
+            name: stack.start_instance("provider-worker", name)
             for name in ("sdk-wk-a", "sdk-wk-b")
         }
         stack.start_service("edge", "--tls-cert", str(cert), "--tls-key", str(key))  # = RS_TLS_CERT/RS_TLS_KEY
@@ -559,8 +559,7 @@ async def test_worker_killed_mid_answer_interrupts_it_and_the_session_goes_on(
         finally:
             await reset_knobs(fake_port)
             if victim:  # capacity back, under the same name (a restarted pod)
-                tls_stack.workers[victim] = tls_stack.stack.start_service(
-                    "provider-worker", env={"RS_INSTANCE_ID": victim}, name=victim)
+                tls_stack.workers[victim] = tls_stack.stack.start_instance("provider-worker", victim)
 
         await session.send_client_content(
             turns=types.Content(role="user", parts=[types.Part(text=f"three {marker}")]), turn_complete=True)

@@ -64,7 +64,7 @@ class InfraStack:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def start(self, command: str, instance: str) -> Proc:
-        proc = self.stack.start_service(command, env={"RS_INSTANCE_ID": instance}, name=instance)
+        proc = self.stack.start_instance(command, instance)
         self.procs[instance] = proc
         return proc
 
