@@ -27,6 +27,7 @@ from shared.session import SessionMeta
 from shared.store import LOGGED_EVENTS
 
 __all__ = [
+    "CHECKPOINT_CONSUMER",
     "STREAM",
     "AssignReply",
     "AssignRequest",
@@ -34,6 +35,7 @@ __all__ = [
     "ClientOut",
     "Control",
     "Heartbeat",
+    "Signal",
     "Subjects",
     "age_of",
     "connect",
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STREAM = "RS_SESSIONS"
+# The checkpoint's durable consumer of the stream: its acknowledged position is what the log holds.
+CHECKPOINT_CONSUMER = "checkpoint"
 REPLAY_MAX_S = 15.0  # the longest a replacement's catch-up read may take (see replay_seq)
 DIRECT_BATCH = 256  # messages per direct-get request of a replay
 
@@ -94,6 +98,10 @@ class Subjects:
         return f"rs.s.{sid}.ctl"
 
     @staticmethod
+    def signal(sid: str) -> str:  # session members -> the edge holding it: switch requests, provider health
+        return f"rs.s.{sid}.sig"
+
+    @staticmethod
     def heartbeat(kind: str, instance: str) -> str:
         return f"rs.hb.{kind}.{instance}"
 
@@ -120,6 +128,11 @@ class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
     # Transformer resume: (worker epoch, down seq) of the newest provider output the client was sent;
     # a replacement sends the client what came after it (it was published while nobody translated).
     delivered_down: tuple[int, int] = (0, 0)
+    # A provider switch (worker only): the provider the session leaves, why, and when it was decided
+    # (wall clock, ms). The new worker publishes ``events.Switched`` first on ``down`` once it is ready.
+    switch_from: str = ""
+    switch_reason: str = ""
+    switch_started_ms: int = 0
 
 
 class AssignReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +167,22 @@ class Control(msgspec.Struct, frozen=True, kw_only=True):
     role: str = ""
     drop: str = ""
     code: int = 1000
+    reason: str = ""
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True):
+    """Session member -> the edge holding the session (``Subjects.signal``): what the switch policy reads.
+
+    ``switch``: the client asked (``provider``, ``when``). ``turn``: a response got its first audio
+    ``value_ms`` after the end of user speech or ``response.create``. ``failure``: the upstream failed
+    (``reason``: connect, http_429, http_5xx, error, close_1011). ``stall``: a response open and no upstream
+    bytes for ``value_ms``. ``idle``/``busy``: the worker has no response open / has one (turn boundaries)."""
+
+    kind: Literal["switch", "turn", "failure", "stall", "idle", "busy"]
+    epoch: int
+    provider: str = ""
+    when: Literal["now", "turn_end"] = "turn_end"
+    value_ms: float = 0.0
     reason: str = ""
 
 

@@ -256,6 +256,14 @@ class ResponseCancel(Event, tag="resp.cancel"):
     response_id: str | None = None
 
 
+class SwitchRequest(Event, tag="switch.req"):
+    """The client asks to move its conversation to another provider (OpenAI ``rs.switch``, Gemini
+    ``rsSwitch``). Never reaches a provider: the transformer hands it to the edge as a ``bus.Signal``."""
+
+    provider: str  # lower case, as in ``rs_core``: "openai", "gemini", "azure"
+    when: Literal["now", "turn_end"] = "turn_end"
+
+
 Up = (
     SessionConfig
     | InputAudio
@@ -269,6 +277,7 @@ Up = (
     | ItemDelete
     | ResponseCreate
     | ResponseCancel
+    | SwitchRequest
 )
 
 
@@ -410,6 +419,17 @@ class GoAway(Event, tag="goaway"):
     time_left_ms: int
 
 
+class Switched(Event, tag="switch.done"):
+    """The conversation now runs on ``to_provider``. Published by the worker that took it over, first on
+    its ``down``, so the client hears of it in order with the output; the client codec announces it in
+    the dialect (seed clients: ``{"type": "switch"}``; OpenAI dialects: ``rs.switched``)."""
+
+    from_provider: str
+    to_provider: str
+    reason: str  # "manual", "latency", "failure", "stall", "breaker", "recycle"
+    gap_ms: int = 0  # from the decision to the new upstream being ready
+
+
 Down = (
     SessionReady
     | SpeechStarted
@@ -429,6 +449,7 @@ Down = (
     | ProviderError
     | Notice
     | GoAway
+    | Switched
 )
 
 UP_TYPES: tuple[type[Event], ...] = Up.__args__  # type: ignore[attr-defined]

@@ -21,6 +21,8 @@ class SessionMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     provider: str  # entry point name: "openai", "gemini", ...
     model: str | None = None  # as the client named it (URL or setup); the worker maps it per provider
     output_rate: int | None = None  # client output audio rate when known at connect
+    seed: bool = False  # came in on the seed URL: announce switches with the seed's own {"type": "switch"}
+    notices: bool = False  # opted in to in-band notices (rs.notice, and switch announcements on Gemini)
 
 
 def session_key(account: str, client_session_id: str) -> str:

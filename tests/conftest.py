@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from shared.devstack import Proc, Stack
+from services.dev.stack import Proc, Stack
 
 
 @dataclass

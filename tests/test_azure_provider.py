@@ -8,15 +8,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from services.edge.routing import resolve
+from services.provider_worker.worker import ProviderWorker
 from shared import events as ev
 from shared.auth import Authenticator, seed_token
 from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.config import ConfigError, load_config
 from shared.providers import ProviderNotConfigured, installed_providers, load_provider
 from shared.providers.azure import DEFAULT_API_VERSION, AzureProvider
-from shared.routing import resolve
 from shared.session import SessionMeta
-from shared.worker import ProviderWorker
 
 META = SessionMeta(sid="s1", account="acct", client_session_id="c1", dialect="openai_ga", provider="azure")
 RESOURCE = "wss://contoso.openai.azure.com/openai/realtime"

@@ -1,4 +1,4 @@
-"""The fake Gemini Live server (services.fake_gemini), against protocols.md 2.x and 4.2.
+"""The fake Gemini Live server (services.fakes.gemini), against protocols.md 2.x and 4.2.
 
 The official ``google-genai`` SDK forces ``wss://``, so its tests run the fake with a ``trustme`` certificate; raw
 ``websockets`` clients use plain ``ws://`` with ``?key=`` for exact frames, snake_case keys and the close codes.
@@ -24,9 +24,9 @@ from google.genai import errors, types
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from services import fake_gemini
-from services.fake_gemini.server import CAP_REASON, GeminiFake, camelize
-from services.fakes_common import Knobs, debug_sessions, dominant_hz, http_request, set_knobs, tone
+from services.fakes import gemini as fake_gemini
+from services.fakes.common import Knobs, debug_sessions, dominant_hz, http_request, set_knobs, tone
+from services.fakes.gemini.server import CAP_REASON, GeminiFake, camelize
 
 TIMEOUT = 5.0
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -514,7 +514,7 @@ async def test_module_entry_point_serves_tls(tmp_path: Path, tls: Any) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.fake_gemini",
+        "services.fakes.gemini",
         "--port",
         "0",
         "--tls-cert",

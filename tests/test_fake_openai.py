@@ -1,4 +1,4 @@
-"""The fake OpenAI Realtime server (services.fake_openai) and the shared fake machinery (services.fakes_common).
+"""The fake OpenAI Realtime server (services.fakes.openai) and the shared fake machinery (services.fakes.common).
 
 Driven with raw ``websockets`` clients (exact frames, error cases) and with the official ``openai`` SDK (GA and beta
 dialects, Azure routing) against protocols.md 1.x. Every wait is for a specific event under ``TIMEOUT``.
@@ -22,9 +22,8 @@ from openai import AsyncAzureOpenAI, AsyncOpenAI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from services import fake_openai
-from services.fake_openai.server import OpenAIFake
-from services.fakes_common import (
+from services.fakes import openai as fake_openai
+from services.fakes.common import (
     PCMA,
     PCMU,
     EnergyVad,
@@ -45,6 +44,7 @@ from services.fakes_common import (
     split_text,
     tone,
 )
+from services.fakes.openai.server import OpenAIFake
 
 TIMEOUT = 5.0
 SECRET = "sk-test-secret-value"
@@ -829,7 +829,7 @@ async def test_http_side_door(server: OpenAIFake) -> None:
 
 async def test_module_entry_point_prints_the_port() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.fake_openai", "--port", "0", stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "services.fakes.openai", "--port", "0", stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None

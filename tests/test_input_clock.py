@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.worker import InputClock
+from services.provider_worker.worker import InputClock
 
 FRAME_20MS_24K = 960  # bytes of PCM16 at 24 kHz
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.edge.routing import RouteError, resolve
 from shared.auth import Authenticator, seed_token
-from shared.routing import RouteError, resolve
 
 ACC, SECRET = "996-sdassds-86-asd", "secretkey-996"
 AUTH = Authenticator({ACC: SECRET})

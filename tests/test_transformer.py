@@ -12,15 +12,15 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from services.dev.stack import Stack
+from services.transformer.transformer import Transformer
 from shared import bus
 from shared.bus import Subjects
 from shared.codecs.base import Out
 from shared.codecs.openai_client import OpenAIClientCodec
 from shared.config import load_config
-from shared.devstack import Stack
 from shared.session import SessionMeta
 from shared.store import Store
-from shared.transformer import Transformer
 
 from .conftest import Infra
 
@@ -38,7 +38,7 @@ class _BrokenOnPoison(OpenAIClientCodec):
 async def transformer(
     infra: Infra, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> AsyncIterator[NATS]:
-    monkeypatch.setattr("shared.transformer.client_codec", lambda meta: _BrokenOnPoison(meta, beta=False))
+    monkeypatch.setattr("services.transformer.transformer.client_codec", lambda meta: _BrokenOnPoison(meta, beta=False))
     # A bus of its own: transformers of other test stacks on a shared bus would answer the assignment.
     stack = Stack(tmp_path)
     nats_url = stack.start_nats()

@@ -19,7 +19,7 @@ Phases (``--phases``, all by default, in this order):
 
 Clients run in their own processes (``python -m ops.bench.client``, one asyncio loop each, two from
 100 sessions) so the measuring loops are not starved by the orchestrator; the stack is subprocesses
-(shared.devstack.Stack). Method and results: docs/bench.md.
+(services.dev.stack.Stack). Method and results: docs/bench.md.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ import psutil
 import websockets
 
 from ops.bench.client import AUDIO_DELTA, LoadSpec, commit_frames, frame_message, session_update
-from services.fakes_common import reset_knobs, set_knobs
+from services.dev.stack import Proc, Stack, free_port
+from services.fakes.common import reset_knobs, set_knobs
 from shared import bus
-from shared.devstack import Proc, Stack, free_port
 from shared.session import session_key
 from shared.store import Store
 

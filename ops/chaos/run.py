@@ -2,7 +2,7 @@
 
     python -m ops.chaos.run --sessions 10 --duration 60 --kill-every 5 [--json out.json]
 
-Starts the whole stack with ``shared.devstack.Stack`` (embedded nats-server and redis-server, or the
+Starts the whole stack with ``services.dev.stack.Stack`` (embedded nats-server and redis-server, or the
 servers in ``NATS_URL``/``REDIS_URL`` when both are set), K transformers and M provider-workers named by
 ``RS_INSTANCE_ID`` (so each victim's pid is known), one checkpoint, one edge and both fakes, paced so a
 response takes real time. Half the sessions run on OpenAI, half on Gemini (``rs_core``); each turn is a
@@ -46,10 +46,10 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from services.fakes_common import debug_sessions
+from services.dev.stack import Proc, Stack, free_port
+from services.fakes.common import debug_sessions
 from shared import events as ev
 from shared.audio import tone
-from shared.devstack import Proc, Stack, free_port
 from shared.session import session_key
 from shared.store import Store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from shared.checkpoint import Checkpoint
+from services.checkpoint.checkpoint import Checkpoint
 from shared.config import ConfigError, load_config
 from shared.runtime import run
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from services.edge.edge import Edge
 from shared.config import ConfigError, load_config
-from shared.edge import Edge
 from shared.runtime import run
 
 

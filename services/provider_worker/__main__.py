@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from services.provider_worker.worker import ProviderWorker
 from shared.config import ConfigError, load_config
 from shared.providers import UnknownProvider, installed_providers
 from shared.runtime import run
-from shared.worker import ProviderWorker
 
 
 def main(argv: list[str] | None = None) -> None:

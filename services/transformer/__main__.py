@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from services.transformer.transformer import Transformer
 from shared.config import ConfigError, load_config
 from shared.runtime import run
-from shared.transformer import Transformer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,8 +21,8 @@ import websockets
 from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed
 
-from services.fakes_common import debug_sessions
-from shared.devstack import Stack, free_port
+from services.dev.stack import Stack, free_port
+from services.fakes.common import debug_sessions
 
 from ..conftest import Infra, RunningStack
 from .helpers import API_KEY, GEMINI_WS_PATH, TIMEOUT_S, assert_not_error, b64, fake_session_with, seed_url, tone, unb64

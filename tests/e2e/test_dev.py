@@ -14,7 +14,7 @@ import psutil
 import pytest
 import websockets
 
-from shared.devstack import free_port
+from services.dev.stack import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ async def test_dev_starts_everything_and_ctrl_c_leaves_nothing_running(tmp_path:
     env = {k: v for k, v in os.environ.items() if k not in unset}
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "dev", "--port", str(port)],
+        [sys.executable, "-m", "services.cli", "dev", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
     )
     try:
@@ -44,7 +44,7 @@ async def test_dev_starts_everything_and_ctrl_c_leaves_nothing_running(tmp_path:
         names = " ".join(" ".join(c.cmdline()) for c in children)
         needed_processes = (
             "nats-server", "redis-server", "services.edge", "services.transformer",
-            "services.provider_worker", "services.checkpoint", "services.fake_openai", "services.fake_gemini",
+            "services.provider_worker", "services.checkpoint", "services.fakes.openai", "services.fakes.gemini",
         )
         for needed in needed_processes:
             assert needed in names, f"{needed} not started: {names}"

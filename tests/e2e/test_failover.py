@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI
 
-from services.fakes_common import debug_sessions, reset_knobs, set_knobs
+from services.dev.stack import Proc, Stack, free_port
+from services.fakes.common import debug_sessions, reset_knobs, set_knobs
 from shared import audio
 from shared import events as ev
-from shared.devstack import Proc, Stack, free_port
 from shared.session import session_key
 from shared.store import Store
 

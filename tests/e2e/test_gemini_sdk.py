@@ -24,8 +24,8 @@ import websockets
 from google import genai
 from google.genai import types
 
-from services.fakes_common import debug_sessions, reset_knobs, set_knobs
-from shared.devstack import Proc, Stack, free_port
+from services.dev.stack import Proc, Stack, free_port
+from services.fakes.common import debug_sessions, reset_knobs, set_knobs
 from shared.session import session_key
 from shared.store import Store
 

@@ -33,10 +33,9 @@ from nats.js.errors import NotFoundError
 from openai import AsyncOpenAI
 
 from ops.chaos.run import parse_metrics
+from services.dev.stack import Proc, Stack, free_port
 from shared import bus
 from shared import events as ev
-from shared.checkpoint import DURABLE
-from shared.devstack import Proc, Stack, free_port
 from shared.session import session_key
 from shared.store import Store
 
@@ -213,7 +212,7 @@ async def test_nats_restart(infra_stack: InfraStack, store: Store) -> None:
             async def bound_again() -> bool:
                 try:
                     await js.stream_info(bus.STREAM)
-                    await js.consumer_info(bus.STREAM, DURABLE)
+                    await js.consumer_info(bus.STREAM, bus.CHECKPOINT_CONSUMER)
                 except NotFoundError:
                     return False
                 return True

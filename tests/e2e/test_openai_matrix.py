@@ -13,7 +13,7 @@ Every server frame of every test is checked, from its raw JSON, against the SDK'
 union with no field unknown to the SDK (``tests.codecs.validate_openai``); ``test_raw_socket_frames`` also
 drives a plain WebSocket, without the SDK in between.
 
-What the fakes "hear" (services/fakes_common.py): user audio as its duration (``audio 1.0s``), and a server
+What the fakes "hear" (services/fakes/common.py): user audio as its duration (``audio 1.0s``), and a server
 VAD segment as the speech plus the prefix padding and the silence that ended it (so a 1 s tone with a
 300 ms silence timeout and 10 ms of padding is ``audio 1.3s``). Replies are ``turn <n>: <what was heard>``,
 ``n`` counting the user messages, so the turn number proves the history the provider holds.
@@ -36,7 +36,7 @@ from openai._models import construct_type_unchecked
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
 from openai.types.realtime import RealtimeServerEvent as GAServerEvent
 
-from services.fakes_common import debug_sessions, reset_knobs, set_knobs
+from services.fakes.common import debug_sessions, reset_knobs, set_knobs
 from shared import audio
 from shared.codecs import tables
 

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from shared.devstack import SERVICE_MODULES, Stack
+from services.dev.stack import SERVICE_MODULES, Stack
 
 __all__ = ["main"]
 

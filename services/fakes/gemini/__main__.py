@@ -1,8 +1,8 @@
-"""``python -m services.fake_gemini``: run the fake Gemini Live server until SIGINT/SIGTERM.
+"""``python -m services.fakes.gemini``: run the fake Gemini Live server until SIGINT/SIGTERM.
 
 Prints the chosen port alone on the first stdout line (so ``--port 0`` is usable from scripts). With
 ``--tls-cert``/``--tls-key`` it serves ``wss://`` (the google-genai SDK forces TLS, protocols.md 4.2).
-Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes_common.Knobs``).
+Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.common.Knobs``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import asyncio
 import logging
 import ssl
 
-from services.fake_gemini.server import start
-from services.fakes_common import serve_until_signal
+from services.fakes.common import serve_until_signal
+from services.fakes.gemini.server import start
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m services.fake_gemini", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.fakes.gemini", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     parser.add_argument("--tls-cert", help="PEM certificate (chain) for wss://")

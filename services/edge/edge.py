@@ -1,6 +1,6 @@
 """Edge: holds client sockets, authenticates, attaches sessions, forwards frames, serves HTTP.
 
-Per connection: resolve the route (shared.routing), record the session and bump its epoch in Redis,
+Per connection: resolve the route (services.edge.routing), record the session and bump its epoch in Redis,
 subscribe to the session's ``cout``, ask a transformer and then a worker to attach (queue-group
 requests), then forward client frames to ``cin`` and ``cout`` frames to the client. Nothing reaches
 the bus before authentication passes.
@@ -29,13 +29,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.edge.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
 from shared import bus
 from shared.auth import Authenticator
 from shared.bus import Subjects
 from shared.config import Config
 from shared.metrics import ASSIGN_SECONDS, FRAMES, PROBES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
 from shared.providers import installed_providers
-from shared.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
 from shared.runtime import TaskSet, instance_id
 from shared.session import SessionMeta, session_key
 from shared.store import Store
@@ -239,6 +239,8 @@ class Edge:
             dialect=route.dialect,
             provider=provider,
             model=model,
+            seed=route.seed,
+            notices=route.notices,
         )
         self.live += 1
         SESSIONS.labels("edge").set(self.live)

@@ -1,6 +1,6 @@
 """Fake Gemini Live server (``BidiGenerateContent``), written from ``/work/shared/protocols.md`` 2.x and 4.2-4.3.
 
-Independent of the gateway (see ``services.fakes_common``). One :class:`GeminiSession` per connection:
+Independent of the gateway (see ``services.fakes.common``). One :class:`GeminiSession` per connection:
 
 * the client speaks first: the first frame must be ``setup`` (else close 1007), answered by ``{"setupComplete":{}}``;
 * every incoming key is normalised snake -> camel at every level before dispatch, except inside free-form
@@ -10,7 +10,7 @@ Independent of the gateway (see ``services.fakes_common``). One :class:`GeminiSe
 * there is no in-band error: bad input closes the socket with 1007 and a short reason, a missing API key with 1008.
   The key check happens after the upgrade, when the first frame arrives, so the SDK reports ``APIError(1008)``
   from ``connect()`` (protocols.md 2.4: "1008 policy or auth") instead of a failed handshake;
-* responses are deterministic (``services.fakes_common.plan_reply``) and streamed by a task, so pacing and
+* responses are deterministic (``services.fakes.common.plan_reply``) and streamed by a task, so pacing and
   barge-in (``interrupted``) work; a tool call leaves the turn open until ``toolResponse`` continues it.
 """
 
@@ -29,7 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.fakes_common import (
+from services.fakes.common import (
     EnergyVad,
     FakeServer,
     IdGen,

@@ -1,7 +1,7 @@
-"""``python -m services.fake_openai``: run the fake OpenAI Realtime server until SIGINT/SIGTERM.
+"""``python -m services.fakes.openai``: run the fake OpenAI Realtime server until SIGINT/SIGTERM.
 
 Prints the chosen port alone on the first stdout line (so ``--port 0`` is usable from scripts).
-Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes_common.Knobs``).
+Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.common.Knobs``).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import argparse
 import asyncio
 import logging
 
-from services.fake_openai.server import start
-from services.fakes_common import serve_until_signal
+from services.fakes.common import serve_until_signal
+from services.fakes.openai.server import start
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m services.fake_openai", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.fakes.openai", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     parser.add_argument("--azure", action="store_true", help="serve Azure's /openai/realtime?api-version&deployment")

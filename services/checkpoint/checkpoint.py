@@ -32,7 +32,7 @@ __all__ = ["DURABLE", "Checkpoint"]
 
 log = logging.getLogger(__name__)
 
-DURABLE = "checkpoint"
+DURABLE = bus.CHECKPOINT_CONSUMER
 BATCH = 256
 FETCH_PAUSE_S = 0.02  # the log trails the stream by at most this much more (replacements wait for it)
 

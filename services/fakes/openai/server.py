@@ -1,14 +1,14 @@
 """Fake OpenAI Realtime server: GA and beta dialects over WebSocket, optional Azure routing.
 
 Written from ``/work/shared/protocols.md`` (1.1-1.6, 4.1, 4.3) and deliberately independent of the gateway
-(see ``services.fakes_common``). One :class:`OpenAISession` per upstream connection:
+(see ``services.fakes.common``). One :class:`OpenAISession` per upstream connection:
 
 * the dialect is picked at the upgrade: ``OpenAI-Beta: realtime=v1`` -> beta names and session shape, else GA
   (Azure: also beta when ``api-version`` ends in ``-preview``);
 * ``session.created`` is the first frame, every server event has a unique ``event_id``, ``append`` gets no reply;
 * bad input gets an in-band ``error`` (``invalid_request_error``, ``code``, ``param``, offending ``event_id``) and the
   session stays open;
-* responses are deterministic (``services.fakes_common.plan_reply``) and streamed by a task per response, so
+* responses are deterministic (``services.fakes.common.plan_reply``) and streamed by a task per response, so
   pacing, ``response.cancel`` and server-VAD barge-in behave like the real thing.
 
 Unverified details (error codes for unknown item ids, duplicate ids) follow the real API's style; they are marked.
@@ -28,7 +28,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.fakes_common import (
+from services.fakes.common import (
     PCM16,
     PCMA,
     PCMU,

@@ -35,8 +35,8 @@ SERVICE_MODULES: dict[str, str] = {
     "transformer": "services.transformer",
     "provider-worker": "services.provider_worker",
     "checkpoint": "services.checkpoint",
-    "fake-openai": "services.fake_openai",
-    "fake-gemini": "services.fake_gemini",
+    "fake-openai": "services.fakes.openai",
+    "fake-gemini": "services.fakes.gemini",
 }
 
 GEMINI_FAKE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -191,7 +191,7 @@ class Stack:
         self.procs: list[Proc] = []
         self.env: dict[str, str] = dict(os.environ if base_env is None else base_env)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH", "")) if p)
         self.nats_url = ""
         self.redis_url = ""

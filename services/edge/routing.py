@@ -66,6 +66,8 @@ class Route:
     provider: str | None  # None: decided by the first frame (Gemini setup.model) or the default
     model: str | None = None
     minted: bool = False  # the client named no session here (a Gemini resumption handle may name it)
+    seed: bool = False  # the seed URL (``/?rs_accid=...``)
+    notices: bool = False  # ``rs_notices=1`` in the query or ``X-RS-Notices: 1``: in-band notices wanted
 
 
 def provider_for_model(model: str | None) -> str | None:
@@ -136,7 +138,7 @@ def _seed(query: Mapping[str, list[str]], auth: Authenticator, installed: frozen
     account = auth.check_seed(
         values["rs_accid"], session_id, values["rs_auth"], expires=_first(query, "rs_exp"), now=now
     )
-    return Route(dialect, account, session_id, provider, _first(query, "rs_model"))
+    return Route(dialect, account, session_id, provider, _first(query, "rs_model"), seed=True)
 
 
 def _client_session(query: Mapping[str, list[str]], headers: Mapping[str, str]) -> str:

@@ -30,7 +30,6 @@ from websockets.exceptions import InvalidStatus
 from shared import bus
 from shared import events as ev
 from shared.bus import Subjects
-from shared.checkpoint import DURABLE
 from shared.codecs.base import Out, ProviderCodec
 from shared.config import Config
 from shared.metrics import (
@@ -336,7 +335,7 @@ class ProviderWorker:
                 return
             deadline = asyncio.get_running_loop().time() + timeout_s
             while asyncio.get_running_loop().time() < deadline:
-                info = await js.consumer_info(bus.STREAM, DURABLE)
+                info = await js.consumer_info(bus.STREAM, bus.CHECKPOINT_CONSUMER)
                 if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= target:
                     return
                 if info.num_pending == 0 and info.num_ack_pending == 0:

@@ -1,0 +1,1 @@
+"""Dev and test tooling: starts the whole stack (embedded NATS and Redis, every service, the fakes)."""

@@ -1,0 +1,1 @@
+"""Protocol-faithful fake providers (OpenAI Realtime, Gemini Live). They import nothing of ``shared``."""
