@@ -15,9 +15,42 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["DEFAULT_ACCOUNTS", "Config", "ConfigError", "load_config", "parse_accounts", "read_dotenv"]
+__all__ = [
+    "DEFAULT_ACCOUNTS",
+    "DEFAULT_FALLBACK",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "parse_accounts",
+    "parse_fallback",
+    "read_dotenv",
+]
 
 DEFAULT_ACCOUNTS = "996-sdassds-86-asd=secretkey-996"
+
+# Where a session goes when its provider must be left (RS_FALLBACK overrides per provider).
+DEFAULT_FALLBACK: dict[str, tuple[str, ...]] = {
+    "openai": ("gemini",),
+    "gemini": ("openai",),
+    "azure": ("openai", "gemini"),
+}
+
+
+def parse_fallback(text: str) -> dict[str, tuple[str, ...]]:
+    """``openai=gemini,azure;gemini=openai`` -> ``{"openai": ("gemini", "azure"), "gemini": ("openai",)}``.
+
+    Providers not named keep their default order. Raises ValueError on a malformed rule."""
+    order = dict(DEFAULT_FALLBACK)
+    for rule in filter(None, (part.strip() for part in text.split(";"))):
+        source, sep, targets = rule.partition("=")
+        source = source.strip().lower()
+        names = tuple(name.strip().lower() for name in targets.split(",") if name.strip())
+        if not sep or not source or not names:
+            raise ValueError(f"expected provider=target[,target...], got {rule!r}")
+        if source in names:
+            raise ValueError(f"{source} cannot fall back to itself")
+        order[source] = names
+    return order
 
 
 class ConfigError(ValueError):
@@ -47,6 +80,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     enable_db: bool = False
     switch_latency_threshold_ms: int = 500
     switch_failure_count: int = 3
+    fallback: dict[str, tuple[str, ...]] = msgspec.field(default_factory=lambda: dict(DEFAULT_FALLBACK))
+    auto_switch: bool = True
+    switch_cooldown_s: float = 60.0
+    switch_min_dwell_s: float = 20.0
+    breaker_sessions: int = 3
+    breaker_window_s: float = 10.0
+    breaker_open_s: float = 30.0
     default_provider: str = "openai"
     client_compression: str = "none"  # permessage-deflate on client sockets: "none" or "deflate" (docs/bench.md)
     tls_cert: str = ""
@@ -103,6 +143,16 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
         value = int(raw)
         if not low <= value <= high:
             raise ValueError(f"expected an integer in [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(f"expected a number in [{low}, {high}]")
         return value
 
     return parse
@@ -165,6 +215,13 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("ENABLE_DB", "enable_db", _bool),
     ("SWITCH_LATENCY_THRESHOLD_MS", "switch_latency_threshold_ms", _int_range(1, 600_000)),
     ("SWITCH_FAILURE_COUNT", "switch_failure_count", _int_range(1, 1_000)),
+    ("RS_FALLBACK", "fallback", parse_fallback),
+    ("RS_AUTO_SWITCH", "auto_switch", _bool),
+    ("RS_SWITCH_COOLDOWN_S", "switch_cooldown_s", _float_range(0, 86_400)),
+    ("RS_SWITCH_MIN_DWELL_S", "switch_min_dwell_s", _float_range(0, 86_400)),
+    ("RS_BREAKER_SESSIONS", "breaker_sessions", _int_range(1, 100_000)),
+    ("RS_BREAKER_WINDOW_S", "breaker_window_s", _float_range(0.1, 3_600)),
+    ("RS_BREAKER_OPEN_S", "breaker_open_s", _float_range(0.1, 86_400)),
     ("RS_DEFAULT_PROVIDER", "default_provider", _provider),
     ("RS_CLIENT_COMPRESSION", "client_compression", _one_of("none", "deflate")),
     ("RS_TLS_CERT", "tls_cert", str),

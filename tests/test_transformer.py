@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from services.dev.stack import Stack
 from services.transformer.transformer import Transformer
 from shared import bus
+from shared import events as ev
 from shared.bus import Subjects
 from shared.codecs.base import Out
 from shared.codecs.openai_client import OpenAIClientCodec
@@ -29,8 +30,11 @@ class _BrokenOnPoison(OpenAIClientCodec):
     """A codec with a bug: it raises on one particular frame."""
 
     def feed(self, frame: str | bytes) -> Out:
-        if b"poison" in (frame if isinstance(frame, bytes) else frame.encode()):
+        data = frame if isinstance(frame, bytes) else frame.encode()
+        if b"poison" in data:
             raise RuntimeError("codec bug")
+        if b"switch-me" in data:  # stands for the dialect's switch control (the codec's own tests parse it)
+            return Out(events=[ev.SwitchRequest(provider="gemini", when="now"), ev.InputAudioClear()])
         return super().feed(frame)
 
 
@@ -76,3 +80,27 @@ async def test_a_codec_bug_becomes_an_error_in_the_dialect_and_the_session_lives
     await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(1, 2, b'{"type":"input_audio_buffer.clear"}')))
     after = json.loads((await asyncio.wait_for(frames.get(), 5)).frames[0])
     assert after["type"] == "input_audio_buffer.cleared"
+
+
+async def test_a_switch_request_goes_to_the_edge_as_a_signal_and_never_upstream(transformer: NATS) -> None:
+    nc = transformer
+    sid = uuid.uuid4().hex[:30]
+    meta = SessionMeta(sid=sid, account="a", client_session_id="c", dialect="openai_ga", provider="openai")
+    signals: asyncio.Queue[bus.Signal] = asyncio.Queue()
+    ups: asyncio.Queue[ev.Envelope] = asyncio.Queue()
+
+    async def on_signal(msg: nats.aio.msg.Msg) -> None:
+        await signals.put(bus.decode(msg.data, bus.Signal))
+
+    async def on_up(msg: nats.aio.msg.Msg) -> None:
+        await ups.put(ev.decode_envelope(msg.data))
+
+    await nc.subscribe(Subjects.signal(sid), cb=on_signal)
+    await nc.subscribe(Subjects.up(sid), cb=on_up)
+    reply = await nc.request(Subjects.ASSIGN_TRANSFORMER, bus.encode(bus.AssignRequest(meta=meta, epoch=3)), timeout=5)
+    assert bus.decode(reply.data, bus.AssignReply).ok
+    await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(3, 1, b'{"type":"switch-me"}')))
+    signal = await asyncio.wait_for(signals.get(), 5)
+    assert (signal.kind, signal.provider, signal.when, signal.epoch) == ("switch", "gemini", "now", 3)
+    envelope = await asyncio.wait_for(ups.get(), 5)
+    assert [type(event) for event in envelope.events] == [ev.InputAudioClear]

@@ -246,11 +246,19 @@ class Transformer:
             # ``down`` tells the edge how far the client got, should this transformer die (see _resume).
             payload = bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason, down)
             await self.nc.publish(Subjects.cout(sid), bus.encode(payload))
-        if out.events:
+        events = out.events
+        if any(isinstance(event, ev.SwitchRequest) for event in events):
+            # A switch request is for the edge that owns the route, never for a provider.
+            for event in events:
+                if isinstance(event, ev.SwitchRequest):
+                    signal = bus.Signal(kind="switch", epoch=session.epoch, provider=event.provider, when=event.when)
+                    await self.nc.publish(Subjects.signal(sid), bus.encode(signal))
+            events = [event for event in events if not isinstance(event, ev.SwitchRequest)]
+        if events:
             # Up envelopes carry the cin seq of the client frame they came from (see Edge._run_session).
             session.seq_up = up_seq if up_seq is not None else session.seq_up
-            envelope = bus.envelope(session.epoch, session.seq_up, out.events)
-            await self.nc.publish(Subjects.up(sid, bus.part(out.events)), envelope)
+            envelope = bus.envelope(session.epoch, session.seq_up, events)
+            await self.nc.publish(Subjects.up(sid, bus.part(events)), envelope)
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)
