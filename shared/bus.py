@@ -34,6 +34,7 @@ __all__ = [
     "ClientIn",
     "ClientOut",
     "Control",
+    "Health",
     "Heartbeat",
     "Signal",
     "Subjects",
@@ -100,6 +101,12 @@ class Subjects:
     @staticmethod
     def signal(sid: str) -> str:  # session members -> the edge holding it: switch requests, provider health
         return f"rs.s.{sid}.sig"
+
+    @staticmethod
+    def health(provider: str) -> str:  # edge -> every edge: a session's success or failure on a provider
+        return f"rs.health.{provider}"
+
+    HEALTH = "rs.health.*"
 
     @staticmethod
     def heartbeat(kind: str, instance: str) -> str:
@@ -176,14 +183,25 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     ``switch``: the client asked (``provider``, ``when``). ``turn``: a response got its first audio
     ``value_ms`` after the end of user speech or ``response.create``. ``failure``: the upstream failed
     (``reason``: connect, http_429, http_5xx, error, close_1011). ``stall``: a response open and no upstream
-    bytes for ``value_ms``. ``idle``/``busy``: the worker has no response open / has one (turn boundaries)."""
+    bytes for ``value_ms``. ``idle``/``busy``: the worker has no response open / has one (turn boundaries).
+    ``ready``: a worker that took the session over in a switch has its upstream ready (``value_ms``: the
+    gap since the decision)."""
 
-    kind: Literal["switch", "turn", "failure", "stall", "idle", "busy"]
+    kind: Literal["switch", "turn", "failure", "stall", "idle", "busy", "ready"]
     epoch: int
     provider: str = ""
     when: Literal["now", "turn_end"] = "turn_end"
     value_ms: float = 0.0
     reason: str = ""
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """One session's experience of a provider, published by the edge that holds it on
+    ``Subjects.health(provider)``; every edge folds them into its fleet breaker (services/edge)."""
+
+    provider: str
+    session: str  # session key (never the client's id)
+    ok: bool
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ASSIGN_SECONDS",
+    "BREAKER_OPEN",
     "FRAMES",
     "NOTICES",
     "PROBES",
@@ -16,6 +17,8 @@ __all__ = [
     "REFUSALS",
     "REPLAYED",
     "SESSIONS",
+    "SWITCHES",
+    "SWITCH_GAP_SECONDS",
     "UPSTREAM_RECONNECTS",
     "UPSTREAM_ROTATIONS",
 ]
@@ -45,3 +48,9 @@ PROBES = Counter(
     "rs_liveness_probes_total", "Probes of instances whose beats were late, by outcome (alive: a failover spared)",
     ["result"],
 )
+SWITCHES = Counter("rs_switches_total", "Sessions moved to another provider", ["reason", "from", "to"])
+SWITCH_GAP_SECONDS = Histogram(
+    "rs_switch_gap_seconds", "Switch decided (or the turn end it waited for) -> new upstream ready",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BREAKER_OPEN = Gauge("rs_breaker_open", "1 while the fleet breaker keeps sessions away from a provider", ["provider"])

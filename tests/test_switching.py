@@ -1,0 +1,159 @@
+"""The edge's switch shell against a real nats-server: signals in, decisions carried out, breaker state
+shared by two edges over the bus. The reattach is the edge's; here a recorder stands in for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from services.dev.stack import Stack
+from services.edge.switching import SwitchCoordinator, SwitchTarget
+from shared import bus
+from shared.bus import Subjects
+from shared.config import load_config
+
+CONFIG = load_config(
+    {"SWITCH_FAILURE_COUNT": "2", "RS_BREAKER_SESSIONS": "3", "RS_BREAKER_OPEN_S": "60"}, dotenv=None
+)
+
+
+@pytest.fixture
+async def bus_url(tmp_path: Path) -> AsyncIterator[str]:
+    stack = Stack(tmp_path)
+    try:
+        yield stack.start_nats()
+    finally:
+        stack.stop()
+
+
+class Recorder:
+    """The edge's reattach: records each switch, answers with the next worker epoch."""
+
+    def __init__(self, nc: NATS, *, fail: bool = False) -> None:
+        self.nc = nc
+        self.calls: asyncio.Queue[tuple[str, SwitchTarget]] = asyncio.Queue()
+        self.epoch = 1
+        self.fail = fail
+
+    async def __call__(self, sid: str, target: SwitchTarget) -> int | None:
+        await self.calls.put((sid, target))
+        if self.fail:
+            return None
+        self.epoch += 1
+        return self.epoch
+
+
+async def signal(nc: NATS, sid: str, kind: str, **fields: object) -> None:
+    await nc.publish(Subjects.signal(sid), bus.encode(bus.Signal(kind=kind, **fields)))  # type: ignore[arg-type]
+    await nc.flush()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def coordinator(url: str, recorder_fail: bool = False) -> tuple[NATS, SwitchCoordinator, Recorder]:
+    nc = await nats.connect(url)
+    recorder = Recorder(nc, fail=recorder_fail)
+    coord = SwitchCoordinator(nc, CONFIG, ["openai", "gemini"], recorder)
+    await coord.start()
+    return nc, coord, recorder
+
+
+async def test_failures_from_the_worker_switch_the_session_now(bus_url: str) -> None:
+    nc, coord, recorder = await coordinator(bus_url)
+    await coord.attach("s1", "openai", worker_epoch=1)
+    await signal(nc, "s1", "failure", epoch=1, provider="openai", reason="connect")
+    await signal(nc, "s1", "failure", epoch=1, provider="openai", reason="http_5xx")
+    sid, target = await asyncio.wait_for(recorder.calls.get(), 5)
+    assert (sid, target.provider, target.previous, target.reason) == ("s1", "gemini", "openai", "failure")
+    await coord.stop()
+    await nc.close()
+
+
+async def test_signals_of_a_replaced_worker_are_ignored(bus_url: str) -> None:
+    nc, coord, recorder = await coordinator(bus_url)
+    await coord.attach("s2", "openai", worker_epoch=1)
+    coord.worker_replaced("s2", 5)
+    for _ in range(3):
+        await signal(nc, "s2", "failure", epoch=4, provider="openai")
+    await signal(nc, "s2", "stall", epoch=5, provider="openai", value_ms=2000)  # the current worker's
+    _, target = await asyncio.wait_for(recorder.calls.get(), 5)
+    assert target.reason == "stall"
+    assert recorder.calls.empty()
+    await coord.stop()
+    await nc.close()
+
+
+async def test_a_manual_switch_at_turn_end_waits_for_idle_and_reports_the_ready_gap(bus_url: str) -> None:
+    nc, coord, recorder = await coordinator(bus_url)
+    await coord.attach("s3", "openai", worker_epoch=1)
+    healths: asyncio.Queue[bus.Health] = asyncio.Queue()
+
+    async def on_health(msg: nats.aio.msg.Msg) -> None:
+        await healths.put(bus.decode(msg.data, bus.Health))
+
+    await nc.subscribe(Subjects.HEALTH, cb=on_health)
+    await signal(nc, "s3", "busy", epoch=1)
+    await until(lambda: coord.sessions["s3"].busy)
+    request = asyncio.create_task(coord.request("s3", "gemini", "turn_end"))
+    await signal(nc, "s3", "turn", epoch=1, provider="openai", value_ms=120)
+    assert (await asyncio.wait_for(healths.get(), 5)).ok  # the turn signal was handled...
+    assert recorder.calls.empty()  # ...and the switch still waits for the turn end
+    await signal(nc, "s3", "idle", epoch=1)
+    _, target = await asyncio.wait_for(recorder.calls.get(), 5)
+    assert (target.provider, target.reason) == ("gemini", "manual")
+    await signal(nc, "s3", "ready", epoch=recorder.epoch, value_ms=42.0)
+    outcome = await asyncio.wait_for(request, 5)
+    assert outcome.ok and outcome.provider == "gemini" and outcome.gap_ms == 42.0
+    # and the session is on gemini now: a second request for gemini has nothing to do
+    again = await coord.request("s3", "gemini", "now")
+    assert again.ok and recorder.calls.empty()
+    await coord.stop()
+    await nc.close()
+
+
+async def test_the_clients_own_switch_signal_is_carried_out(bus_url: str) -> None:
+    nc, coord, recorder = await coordinator(bus_url)
+    await coord.attach("s4", "gemini", worker_epoch=1)
+    await signal(nc, "s4", "switch", epoch=1, provider="openai", when="now")
+    _, target = await asyncio.wait_for(recorder.calls.get(), 5)
+    assert (target.provider, target.previous, target.reason) == ("openai", "gemini", "manual")
+    await coord.stop()
+    await nc.close()
+
+
+async def test_unknown_provider_and_no_worker_are_refused_and_the_session_stays(bus_url: str) -> None:
+    nc, coord, recorder = await coordinator(bus_url, recorder_fail=True)
+    await coord.attach("s5", "openai", worker_epoch=1)
+    unknown = await coord.request("s5", "bogus", "now")
+    assert not unknown.ok and "unknown provider" in unknown.error
+    nobody = await coord.request("s5", "gemini", "now")
+    assert not nobody.ok and nobody.provider == "openai"
+    assert (await recorder.calls.get())[1].provider == "gemini"  # it was tried
+    assert coord.sessions["s5"].policy.provider == "openai"
+    await coord.stop()
+    await nc.close()
+
+
+async def test_the_breaker_travels_on_the_bus_between_edges(bus_url: str) -> None:
+    nc_a, edge_a, _ = await coordinator(bus_url)
+    nc_b, edge_b, _ = await coordinator(bus_url)
+    for sid in ("x1", "x2", "x3"):
+        await edge_a.attach(sid, "openai", worker_epoch=1)
+        await signal(nc_a, sid, "stall", epoch=1, provider="openai", value_ms=2000)
+
+    await until(lambda: edge_b.provider_for_new_session("openai") == "gemini")  # B never saw those sessions
+    assert edge_b.provider_for_new_session("gemini") == "gemini"
+    for coord, nc in ((edge_a, nc_a), (edge_b, nc_b)):
+        await coord.stop()
+        await nc.close()
