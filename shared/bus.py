@@ -167,14 +167,23 @@ class ClientOut(msgspec.Struct, frozen=True, array_like=True):
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
     """``close``: the client left. ``replace``: ``role`` ("worker"/"transformer") now runs at ``epoch`` on
-    another instance; ``drop`` names the replaced instance, which must let go if it is still alive."""
+    another instance; ``drop`` names the replaced instance, which must let go if it is still alive.
+    ``switch``: the session's worker moves the conversation to ``provider`` itself, make-before-break: it
+    opens and restores the new upstream while the old one answers, cuts over at the turn end (``when``
+    "turn_end") or at once ("now": the old upstream is failing; its open response is ended cleanly), then
+    publishes ``events.Switched`` on ``down`` and ``Signal(kind="ready")``, or ``Signal(kind="failure",
+    reason="switch_failed")`` when the new upstream cannot be had. ``provider`` equal to the current one is
+    a recycle (goAway, session cap): a fresh connection of the same provider, the same way."""
 
-    kind: Literal["close", "replace"]
+    kind: Literal["close", "replace", "switch"]
     epoch: int
     role: str = ""
     drop: str = ""
     code: int = 1000
-    reason: str = ""
+    reason: str = ""  # close: the close reason; switch: why ("manual", "latency", "failure", "stall", ...)
+    provider: str = ""  # switch: the target provider
+    when: Literal["now", "turn_end"] = "now"  # switch
+    started_ms: int = 0  # switch: wall clock of the decision, for the client-heard gap
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,15 +37,11 @@ class Recorder:
     def __init__(self, nc: NATS, *, fail: bool = False) -> None:
         self.nc = nc
         self.calls: asyncio.Queue[tuple[str, SwitchTarget]] = asyncio.Queue()
-        self.epoch = 1
         self.fail = fail
 
-    async def __call__(self, sid: str, target: SwitchTarget) -> int | None:
+    async def __call__(self, sid: str, target: SwitchTarget) -> bool:
         await self.calls.put((sid, target))
-        if self.fail:
-            return None
-        self.epoch += 1
-        return self.epoch
+        return not self.fail
 
 
 async def signal(nc: NATS, sid: str, kind: str, **fields: object) -> None:
@@ -94,30 +90,53 @@ async def test_signals_of_a_replaced_worker_are_ignored(bus_url: str) -> None:
     await nc.close()
 
 
-async def test_a_manual_switch_at_turn_end_waits_for_idle_and_reports_the_ready_gap(bus_url: str) -> None:
+async def test_a_manual_switch_is_done_when_the_worker_says_ready(bus_url: str) -> None:
     nc, coord, recorder = await coordinator(bus_url)
     await coord.attach("s3", "openai", worker_epoch=1)
+    request = asyncio.create_task(coord.request("s3", "gemini", "turn_end"))
+    _, target = await asyncio.wait_for(recorder.calls.get(), 5)
+    assert (target.provider, target.reason, target.when) == ("gemini", "manual", "turn_end")
+    assert not request.done()
+    await signal(nc, "s3", "ready", epoch=1, value_ms=42.0)
+    outcome = await asyncio.wait_for(request, 5)
+    assert outcome.ok and outcome.provider == "gemini" and outcome.gap_ms == 42.0
+    # the session is on gemini now: a second request for gemini has nothing to do
+    again = await coord.request("s3", "gemini", "now")
+    assert again.ok and recorder.calls.empty()
+    await coord.stop()
+    await nc.close()
+
+
+async def test_a_switch_the_worker_could_not_make_leaves_the_session_where_it_was(bus_url: str) -> None:
+    nc, coord, recorder = await coordinator(bus_url)
+    await coord.attach("s6", "openai", worker_epoch=1)
+    request = asyncio.create_task(coord.request("s6", "gemini", "now"))
+    await asyncio.wait_for(recorder.calls.get(), 5)
+    await signal(nc, "s6", "failure", epoch=1, provider="gemini", reason="switch_failed")
+    outcome = await asyncio.wait_for(request, 5)
+    assert not outcome.ok and outcome.provider == "openai"
+    assert coord.sessions["s6"].policy.provider == "openai"
+    await coord.stop()
+    await nc.close()
+
+
+async def test_wait_idle_holds_until_the_worker_is_idle(bus_url: str) -> None:
+    nc, coord, _ = await coordinator(bus_url)
+    await coord.attach("s7", "openai", worker_epoch=1)
+    await signal(nc, "s7", "busy", epoch=1)
+    await until(lambda: coord.sessions["s7"].busy)
+    waiting = asyncio.create_task(coord.wait_idle("s7"))
     healths: asyncio.Queue[bus.Health] = asyncio.Queue()
 
     async def on_health(msg: nats.aio.msg.Msg) -> None:
         await healths.put(bus.decode(msg.data, bus.Health))
 
     await nc.subscribe(Subjects.HEALTH, cb=on_health)
-    await signal(nc, "s3", "busy", epoch=1)
-    await until(lambda: coord.sessions["s3"].busy)
-    request = asyncio.create_task(coord.request("s3", "gemini", "turn_end"))
-    await signal(nc, "s3", "turn", epoch=1, provider="openai", value_ms=120)
+    await signal(nc, "s7", "turn", epoch=1, provider="openai", value_ms=120)
     assert (await asyncio.wait_for(healths.get(), 5)).ok  # the turn signal was handled...
-    assert recorder.calls.empty()  # ...and the switch still waits for the turn end
-    await signal(nc, "s3", "idle", epoch=1)
-    _, target = await asyncio.wait_for(recorder.calls.get(), 5)
-    assert (target.provider, target.reason) == ("gemini", "manual")
-    await signal(nc, "s3", "ready", epoch=recorder.epoch, value_ms=42.0)
-    outcome = await asyncio.wait_for(request, 5)
-    assert outcome.ok and outcome.provider == "gemini" and outcome.gap_ms == 42.0
-    # and the session is on gemini now: a second request for gemini has nothing to do
-    again = await coord.request("s3", "gemini", "now")
-    assert again.ok and recorder.calls.empty()
+    assert not waiting.done()  # ...and the turn end is still awaited
+    await signal(nc, "s7", "idle", epoch=1)
+    await asyncio.wait_for(waiting, 5)
     await coord.stop()
     await nc.close()
 

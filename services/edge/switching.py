@@ -45,7 +45,8 @@ class SwitchTarget:
     provider: str
     previous: str
     reason: str
-    started_ms: int  # wall clock of the decision (or of the turn end it waited for)
+    when: str  # "now" or "turn_end"
+    started_ms: int  # wall clock of the decision
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,8 +58,13 @@ class SwitchOutcome:
     error: str = ""
 
 
-# The edge's side: reattach the session's worker onto a provider; returns the new worker epoch or None.
-Reattach = Callable[[str, SwitchTarget], Awaitable[int | None]]
+# The edge's side: start the switch (in the session's worker, or by reattaching it onto a worker of the
+# target); False when it could not even start. Completion arrives as the worker's ready/failure signal.
+Reattach = Callable[[str, SwitchTarget], Awaitable[bool]]
+
+
+class SwitchFailed(Exception):
+    pass
 
 
 class _Session:
@@ -69,7 +75,7 @@ class _Session:
         self.idle = asyncio.Event()
         self.idle.set()
         self.worker_epoch = 0
-        self.ready: dict[int, asyncio.Future[float]] = {}  # worker epoch -> gap reported by its ready signal
+        self.done: asyncio.Future[float] | None = None  # the switch under way: its gap (ready) or failure
         self.running: asyncio.Task[SwitchOutcome] | None = None
         self.sub: object | None = None
 
@@ -172,9 +178,12 @@ class SwitchCoordinator:
             self._tasks.spawn(self._client_request(session, signal))
             return
         if signal.kind == "ready":
-            future = session.ready.get(signal.epoch)
-            if future is not None and not future.done():
-                future.set_result(signal.value_ms)
+            if session.done is not None and not session.done.done():
+                session.done.set_result(signal.value_ms)
+            return
+        if signal.kind == "failure" and signal.reason == "switch_failed":
+            if session.done is not None and not session.done.done():
+                session.done.set_exception(SwitchFailed(signal.provider))
             return
         if signal.epoch < session.worker_epoch:
             return  # from a worker the session has left
@@ -223,28 +232,30 @@ class SwitchCoordinator:
         finally:
             session.running = None
 
-    async def _carry_out(self, session: _Session, decision: Decision) -> SwitchOutcome:
-        previous = session.policy.provider
-        if decision.when == "turn_end" and session.busy:
+    async def wait_idle(self, sid: str) -> None:
+        """Until the session's worker has no response open (at most TURN_END_WAIT_S)."""
+        session = self.sessions.get(sid)
+        if session is not None and session.busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.idle.wait(), TURN_END_WAIT_S)
+
+    async def _carry_out(self, session: _Session, decision: Decision) -> SwitchOutcome:
+        previous = session.policy.provider
         started = time.perf_counter()
-        target = SwitchTarget(decision.target, previous, decision.reason, int(time.time() * 1000))
-        epoch = await self.reattach(session.sid, target)
-        if epoch is None:
-            session.policy.abandoned()
-            log.warning("switch abandoned", extra={"sid": session.sid, "to": decision.target})
-            return SwitchOutcome(False, previous, decision.reason, error=f"no {decision.target} worker available")
-        session.policy.switched(decision.target, now=self.clock())
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        session.ready[epoch] = future
+        target = SwitchTarget(decision.target, previous, decision.reason, decision.when, int(time.time() * 1000))
+        session.done = asyncio.get_running_loop().create_future()
         try:
-            gap_ms = await asyncio.wait_for(future, READY_WAIT_S)
-        except TimeoutError:
-            gap_ms = (time.perf_counter() - started) * 1000
-            log.warning("switched worker never said ready", extra={"sid": session.sid, "to": decision.target})
+            if not await self.reattach(session.sid, target):
+                raise SwitchFailed(f"no {decision.target} worker available")
+            gap_ms = await asyncio.wait_for(session.done, TURN_END_WAIT_S + READY_WAIT_S)
+        except (SwitchFailed, TimeoutError) as exc:
+            session.policy.abandoned()
+            error = str(exc) or f"{decision.target} not ready in time"
+            log.warning("switch abandoned", extra={"sid": session.sid, "to": decision.target, "error": error})
+            return SwitchOutcome(False, previous, decision.reason, error=error)
         finally:
-            session.ready.pop(epoch, None)
+            session.done = None
+        session.policy.switched(decision.target, now=self.clock())
         SWITCHES.labels(decision.reason, previous, decision.target).inc()
         SWITCH_GAP_SECONDS.observe(gap_ms / 1000)
         log.info("switched", extra={
