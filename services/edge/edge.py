@@ -29,6 +29,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
 from services.edge.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
 from shared import bus
 from shared.auth import Authenticator
@@ -53,19 +54,7 @@ class AssignError(Exception):
     pass
 
 
-# Liveness: an instance whose beat is late is asked directly on its probe subject (one probe per process
-# at a time, whatever the number of its sessions). "No responders" means its connection is gone (a kill -9
-# closes the socket at once): dead. An answer means slow, not dead: a CPU-starved process keeps its
-# sessions instead of being failed over, which would add load where it is already short. No answer within
-# PROBE_TIMEOUT_S means stopped (SIGSTOP, a hung loop): dead.
-SUSPECT_AFTER_S = 0.15  # 1.5 beat intervals
-PROBE_TIMEOUT_S = 1.0
-HEARTBEAT_DEADLINE_S = 0.3  # 3 missed 100 ms beats: dead unless a probe answers
-WATCHDOG_INTERVAL_S = 0.05
-DEAD_MEMORY_S = 60.0  # how long a process found dead is remembered (sessions still being moved off it)
-# After the edge's own NATS connection was down: nobody's beats could arrive, and the others reconnect a
-# little later than we do (reconnect wait + jitter). Silence within this window proves nothing.
-BUS_OUTAGE_GRACE_S = 1.0
+WATCHDOG_INTERVAL_S = 0.05  # how often the liveness machine is asked what is due
 
 
 class _Live:
@@ -80,9 +69,6 @@ class _Live:
         self.delivered_down = (0, 0)  # newest provider output (worker epoch, down seq) sent to the client
         self.transformer = ""
         self.worker = ""
-        self.boots: dict[str, str] = {}  # role -> boot of the process that holds it
-        self.attached_at = time.monotonic()
-        self.reattaching = False
         self.closed = False
         self.send_lock = asyncio.Lock()
 
@@ -124,11 +110,8 @@ class Edge:
         self.server: Server | None = None
         self.live = 0
         self.sessions: dict[str, _Live] = {}
-        self.beats: dict[tuple[str, str], float] = {}  # (instance, boot) -> monotonic time of its last beat
-        self.probes: dict[tuple[str, str], asyncio.Task[None]] = {}  # probes in flight, by process
-        self.dead: dict[tuple[str, str], float] = {}  # processes found dead -> when
+        self.liveness = Liveness()  # who holds our sessions and whether they live (monotonic time)
         self._tasks = TaskSet()
-        self._bus_back_at = 0.0  # monotonic time the NATS connection was last seen down or came back
         self._reconnects = 0
 
     @property
@@ -267,10 +250,11 @@ class Edge:
                 await self._refuse_in_dialect(ws, meta, str(exc))
                 return
             live.transformer, live.worker = transformer.instance, worker.instance
-            live.boots = {"transformer": transformer.boot, "worker": worker.boot}
             ASSIGN_SECONDS.observe(time.perf_counter() - started)
-            live.attached_at = time.monotonic()
             self.sessions[sid] = live
+            self.liveness.attach(sid, {
+                "transformer": (transformer.instance, transformer.boot), "worker": (worker.instance, worker.boot),
+            }, time.monotonic())
             await self.store.set_route(sid, transformer=live.transformer, worker=live.worker, epoch=str(epoch))
             # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
             # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
@@ -291,6 +275,7 @@ class Edge:
             live.closed = True
             if self.sessions.get(sid) is live:
                 del self.sessions[sid]
+                self.liveness.detach(sid)
             with contextlib.suppress(Exception):
                 await cout.unsubscribe()
             with contextlib.suppress(Exception):
@@ -315,78 +300,57 @@ class Edge:
     # -- liveness and reattach -------------------------------------------------------------------
 
     async def _on_heartbeat(self, msg: Msg) -> None:
-        # Keyed by (instance, boot): a restarted process under the same name does not hold the sessions
-        # of the one that died, so its beats must not keep them waiting.
         beat = bus.decode(msg.data, bus.Heartbeat)
-        key = (beat.instance, beat.boot)
-        self.beats[key] = time.monotonic()
-        # Found dead, yet beating: it was stopped and woke up. What it held is moved already or still
-        # with it; new sessions it takes are no business of that finding.
-        self.dead.pop(key, None)
+        self.liveness.beat(beat.instance, beat.boot, time.monotonic())
 
     async def _watchdog(self) -> None:
-        """Notice a dead transformer or worker and reattach its sessions: a late beat starts a probe, a
-        process found dead (probe) or silent past HEARTBEAT_DEADLINE_S without answering one loses them."""
+        """Feed the liveness machine the bus state and carry out what it finds due: probes, reattaches."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             now = time.monotonic()
-            if self._bus_outage(now):
-                continue
-            for key, since in list(self.dead.items()):
-                if now - since > DEAD_MEMORY_S:
-                    del self.dead[key]
-            for live in list(self.sessions.values()):
-                if live.reattaching or live.closed:
-                    continue
-                for role, instance in (("transformer", live.transformer), ("worker", live.worker)):
-                    key = (instance, live.boots.get(role, ""))
-                    silent = now - max(self.beats.get(key, 0.0), live.attached_at)
-                    if silent <= SUSPECT_AFTER_S:
+            self._watch_bus(now)
+            for action in self.liveness.due(now):
+                if isinstance(action, Probe):
+                    self._tasks.spawn(self._probe(action.instance, action.boot))
+                else:
+                    live = self.sessions.get(action.sid)
+                    if live is None or live.closed:
+                        self.liveness.reattach_over(action.sid)
                         continue
-                    if key in self.dead:
-                        live.reattaching = True
-                        self._tasks.spawn(self._reattach(live, role, instance))
-                        break
-                    if key not in self.probes:
-                        self.probes[key] = self._tasks.spawn(self._probe(key))
+                    self._tasks.spawn(self._reattach(live, action.role, action.instance))
 
-    async def _probe(self, key: tuple[str, str]) -> None:
-        """Ask one process whether it is alive; an answer counts as a beat, "no responders" or a timeout
-        past the heartbeat deadline marks it dead."""
+    async def _probe(self, instance: str, boot: str) -> None:
+        """Ask one process incarnation whether it is alive; the machine judges the outcome."""
         assert self.nc is not None
-        instance, boot = key
+        outcome: Outcome
         try:
             await self.nc.request(Subjects.probe(instance, boot), b"", timeout=PROBE_TIMEOUT_S)
-            self.beats[key] = max(self.beats.get(key, 0.0), time.monotonic())
-            PROBES.labels("alive").inc()
+            outcome = "answered"
         except nats.errors.NoRespondersError:
-            self._found_dead(key, "gone")
+            outcome = "no_responders"
         except nats.errors.TimeoutError:
-            if time.monotonic() - self.beats.get(key, 0.0) > HEARTBEAT_DEADLINE_S:
-                self._found_dead(key, "unresponsive")
+            outcome = "timeout"
         except Exception as exc:  # the bus itself failed us: that says nothing about the instance
             log.warning("probe failed", extra={"instance": instance, "error": type(exc).__name__})
-        finally:
-            self.probes.pop(key, None)
+            outcome = "failed"
+        now = time.monotonic()
+        self._watch_bus(now)
+        finding = self.liveness.probe_result(instance, boot, outcome, now)
+        if finding is not None:
+            PROBES.labels(finding).inc()
+        if finding in ("gone", "unresponsive"):
+            log.warning("instance dead", extra={"instance": instance, "how": finding})
 
-    def _found_dead(self, key: tuple[str, str], how: str) -> None:
-        if self._bus_outage(time.monotonic()):
-            return
-        self.dead[key] = time.monotonic()
-        PROBES.labels(how).inc()
-        log.warning("instance dead", extra={"instance": key[0], "how": how})
-
-    def _bus_outage(self, now: float) -> bool:
-        """Whether the bus itself was down lately (then missed beats are no sign of death). On coming back,
-        the stream is created again: memory storage, so a restarted nats-server has lost it."""
+    def _watch_bus(self, now: float) -> None:
+        """Tell the machine when the bus itself was down (then missed beats are no sign of death). On coming
+        back, the stream is created again: memory storage, so a restarted nats-server has lost it."""
         assert self.nc is not None
         if not self.nc.is_connected:
-            self._bus_back_at = now
+            self.liveness.bus_outage(now)
         elif self.nc.stats["reconnects"] != self._reconnects:
             self._reconnects = self.nc.stats["reconnects"]
-            self._bus_back_at = now
+            self.liveness.bus_outage(now)
             self._tasks.spawn(self._ensure_stream())
-        return now - self._bus_back_at < BUS_OUTAGE_GRACE_S
 
     async def _ensure_stream(self) -> None:
         assert self.nc is not None and self.store is not None
@@ -433,8 +397,8 @@ class Edge:
                 live.worker, live.worker_epoch = instance, epoch
             else:
                 live.transformer, live.transformer_epoch = instance, epoch
-            live.boots[role] = reply.boot
-            live.attached_at = time.monotonic()
+            if self.sessions.get(sid) is live:
+                self.liveness.moved(sid, role, instance, reply.boot, time.monotonic())
             await self.store.set_route(sid, **{role: instance, "epoch": str(epoch)})
             REATTACHES.labels(role).inc()
             REATTACH_SECONDS.observe(time.perf_counter() - started)
@@ -442,7 +406,8 @@ class Edge:
         except Exception:
             log.exception("reattach failed", extra={"sid": sid, "role": role})
         finally:
-            live.reattaching = False
+            if self.sessions.get(sid) is live:
+                self.liveness.reattach_over(sid)
 
     async def _assign(self, subject: str, request: bytes) -> bus.AssignReply:
         """Queue-group request with retries: a service that is starting or restarting gets a moment."""
