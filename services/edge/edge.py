@@ -16,10 +16,10 @@ import json
 import logging
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -34,11 +34,12 @@ from services.edge.routing import Route, RouteError, provider_for_model, resolve
 from shared import bus
 from shared.auth import Authenticator
 from shared.bus import Subjects
+from shared.codecs.refusals import Refusal, read_gemini_setup, refusal
 from shared.config import Config
 from shared.metrics import ASSIGN_SECONDS, FRAMES, PROBES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
 from shared.providers import installed_providers
 from shared.runtime import TaskSet, instance_id
-from shared.session import SessionMeta, session_key
+from shared.session import Dialect, SessionMeta, session_key
 from shared.store import Store
 
 __all__ = ["Edge"]
@@ -71,30 +72,6 @@ class _Live:
         self.worker = ""
         self.closed = False
         self.send_lock = asyncio.Lock()
-
-
-class _Resumption(msgspec.Struct):
-    handle: str | None = None
-
-
-class _Setup(msgspec.Struct, rename="camel"):
-    model: str | None = None
-    session_resumption: _Resumption | None = None
-
-
-class _FirstFrame(msgspec.Struct):
-    setup: _Setup | None = None
-
-
-_first_frame = msgspec.json.Decoder(_FirstFrame)
-
-
-def _error_frame(code: str, message: str) -> str:
-    return json.dumps({
-        "type": "error",
-        "event_id": f"event_{int(time.time() * 1000)}",
-        "error": {"type": "server_error", "code": code, "message": message, "param": None, "event_id": None},
-    })
 
 
 class Edge:
@@ -204,15 +181,13 @@ class Edge:
                 await ws.close(1008, "setup expected")
                 return
             first = raw.encode() if isinstance(raw, str) else raw
-            with contextlib.suppress(msgspec.DecodeError):
-                setup = _first_frame.decode(first).setup
-                if setup is not None and setup.model:
-                    model = setup.model.removeprefix("models/")
-                # Gemini-native resumption: our handles are session ids (see GeminiClientCodec). Only
-                # when the client named no session otherwise; the key still decides the account.
-                handle = setup.session_resumption.handle if setup and setup.session_resumption else None
-                if route.minted and session_id_or_none(handle):
-                    client_session_id = handle  # type: ignore[assignment]
+            setup = read_gemini_setup(first)
+            model = setup.model or model
+            # Gemini-native resumption: our handles are session ids (see GeminiClientCodec). Only when the
+            # client named no session otherwise; the key still decides the account.
+            handle = session_id_or_none(setup.resumption_handle)
+            if route.minted and handle:
+                client_session_id = handle
             provider = provider or provider_for_model(model)
         provider = provider or self.config.default_provider
         meta = SessionMeta(
@@ -247,7 +222,7 @@ class Edge:
                 transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
                 worker = await self._assign(Subjects.assign_worker(meta.provider), request)
             except AssignError as exc:
-                await self._refuse_in_dialect(ws, meta, str(exc))
+                await self._refuse_in_dialect(None, ws, meta.dialect, "service_unavailable", str(exc))
                 return
             live.transformer, live.worker = transformer.instance, worker.instance
             ASSIGN_SECONDS.observe(time.perf_counter() - started)
@@ -423,14 +398,25 @@ class Edge:
                 pass
             await asyncio.sleep(delay)
             delay *= 3
-        kind = subject.split(".")[2]
-        raise AssignError(f"no {kind} available")
+        raise AssignError(f"no {Subjects.assign_role(subject)} available")
 
-    async def _refuse_in_dialect(self, ws: ServerConnection, meta: SessionMeta, reason: str) -> None:
+    async def _refuse_in_dialect(
+        self, live: _Live | None, ws: ServerConnection, dialect: Dialect, code: str, reason: str
+    ) -> None:
+        """End a session we cannot serve the way the dialect's own server would (shared/codecs/refusals)."""
+        end = refusal(dialect, code, reason, event_id=f"event_rs_{uuid.uuid4().hex[:20]}")
         with contextlib.suppress(ConnectionClosed):
-            if meta.dialect != "gemini":
-                await ws.send(_error_frame("service_unavailable", reason))
-            await ws.close(1011, reason[:120])
+            if live is None:
+                await _send_refusal(ws, end)
+            else:
+                async with live.send_lock:  # not in the middle of a cout batch
+                    await _send_refusal(ws, end)
+
+
+async def _send_refusal(ws: ServerConnection, end: Refusal) -> None:
+    for frame in end.frames:
+        await ws.send(frame)
+    await ws.close(end.close_code, end.close_reason)
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Response:
