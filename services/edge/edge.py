@@ -14,6 +14,7 @@ import functools
 import http
 import json
 import logging
+import random
 import ssl
 import time
 import uuid
@@ -29,6 +30,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.edge.backoff import next_delay
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
 from services.edge.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
 from shared import bus
@@ -36,7 +38,16 @@ from shared.auth import Authenticator
 from shared.bus import Subjects
 from shared.codecs.refusals import Refusal, read_gemini_setup, refusal
 from shared.config import Config
-from shared.metrics import ASSIGN_SECONDS, FRAMES, PROBES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
+from shared.metrics import (
+    ASSIGN_SECONDS,
+    FRAMES,
+    PROBES,
+    REATTACH_GAVE_UP,
+    REATTACH_SECONDS,
+    REATTACHES,
+    REFUSALS,
+    SESSIONS,
+)
 from shared.providers import installed_providers
 from shared.runtime import TaskSet, instance_id
 from shared.session import Dialect, SessionMeta, session_key
@@ -359,15 +370,10 @@ class Edge:
             request = bus.encode(bus.AssignRequest(
                 meta=live.meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance,
                 delivered_down=live.delivered_down))
-            while not live.closed:
-                try:
-                    reply = await self._assign(subject, request)
-                    instance = reply.instance
-                    break
-                except AssignError:
-                    log.warning("no replacement yet", extra={"sid": sid, "role": role})
-            else:
+            reply = await self._assign_within_budget(live, role, subject, request)
+            if reply is None:
                 return
+            instance = reply.instance
             if role == "worker":
                 live.worker, live.worker_epoch = instance, epoch
             else:
@@ -384,18 +390,53 @@ class Edge:
             if self.sessions.get(sid) is live:
                 self.liveness.reattach_over(sid)
 
+    async def _assign_within_budget(
+        self, live: _Live, role: str, subject: str, request: bytes
+    ) -> bus.AssignReply | None:
+        """A replacement for ``role``, retried on the backoff schedule within the reattach budget; None when
+        the client left meanwhile or the budget ran out (then the client is told in its dialect)."""
+        budget = self.config.reattach_budget_ms / 1000
+        rng = random.Random()
+        begun = time.monotonic()
+        attempt = 0
+        while not live.closed:
+            remaining = budget - (time.monotonic() - begun)
+            reply = await self._assign_once(subject, request, timeout=min(ASSIGN_TIMEOUT_S, max(remaining, 0.05)))
+            if reply is not None:
+                return reply
+            delay = next_delay(attempt, time.monotonic() - begun, budget, rng)
+            if delay is None:
+                break
+            if attempt == 0:
+                log.warning("no replacement yet", extra={"sid": live.meta.sid, "role": role})
+            attempt += 1
+            await asyncio.sleep(delay)  # backoff between requests, not a wait for a condition
+        if live.closed:
+            return None
+        REATTACH_GAVE_UP.labels(role).inc()
+        log.error("reattach gave up", extra={"sid": live.meta.sid, "role": role, "attempts": attempt + 1})
+        await self._refuse_in_dialect(
+            live, live.ws, live.meta.dialect, "session_unavailable",
+            f"session unavailable: no {role} could resume it within {budget:g} s")
+        return None
+
+    async def _assign_once(self, subject: str, request: bytes, *, timeout: float) -> bus.AssignReply | None:
+        """One queue-group request: the reply of a member that took the session, or None."""
+        assert self.nc is not None
+        try:
+            msg = await self.nc.request(subject, request, timeout=timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return None
+        reply = bus.decode(msg.data, bus.AssignReply)
+        return reply if reply.ok else None
+
     async def _assign(self, subject: str, request: bytes) -> bus.AssignReply:
         """Queue-group request with retries: a service that is starting or restarting gets a moment."""
-        assert self.nc is not None
         delay = 0.05
         for _ in range(ASSIGN_ATTEMPTS):
-            try:
-                msg = await self.nc.request(subject, request, timeout=ASSIGN_TIMEOUT_S)
-                reply = bus.decode(msg.data, bus.AssignReply)
-                if reply.ok:
-                    return reply
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                pass
+            reply = await self._assign_once(subject, request, timeout=ASSIGN_TIMEOUT_S)
+            if reply is not None:
+                return reply
             await asyncio.sleep(delay)
             delay *= 3
         raise AssignError(f"no {Subjects.assign_role(subject)} available")
