@@ -32,7 +32,7 @@ from websockets.http11 import Request, Response
 
 from services.edge.backoff import next_delay
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
-from services.edge.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
+from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
 from shared import bus
 from shared.auth import Authenticator
 from shared.bus import Subjects
@@ -193,13 +193,15 @@ class Edge:
                 return
             first = raw.encode() if isinstance(raw, str) else raw
             setup = read_gemini_setup(first)
-            model = setup.model or model
+            by_model: str | None = None
+            if setup.model:
+                by_model, model = model_choice(setup.model, self.installed)
             # Gemini-native resumption: our handles are session ids (see GeminiClientCodec). Only when the
             # client named no session otherwise; the key still decides the account.
             handle = session_id_or_none(setup.resumption_handle)
             if route.minted and handle:
                 client_session_id = handle
-            provider = provider or provider_for_model(model)
+            provider = provider or by_model  # rs_core / X-RS-Core and the path prefix come first
         provider = provider or self.config.default_provider
         meta = SessionMeta(
             sid=session_key(route.account, client_session_id),
