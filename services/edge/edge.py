@@ -118,7 +118,7 @@ class Edge:
             tls.load_cert_chain(self.config.tls_cert, self.config.tls_key or None)
         beats = await nc.subscribe(Subjects.HEARTBEATS, cb=self._on_heartbeat)
         watchdog = asyncio.create_task(self._watchdog())
-        async with serve(
+        async with contextlib.AsyncExitStack() as admin, serve(
             self._handle,
             self.config.host,
             self.config.port,
@@ -134,6 +134,13 @@ class Edge:
             self.server = server
             scheme = "wss" if tls else "ws"
             print(f"edge listening on {scheme}://{self.config.host}:{self.port}", flush=True)
+            if self.config.admin_port is not None:
+                # Operators keep /metrics and /healthz off the client-facing port (no session counts or
+                # internals to the internet); plain HTTP, no upgrades.
+                await admin.enter_async_context(serve(
+                    self._no_session, self.config.host, self.config.admin_port, process_request=self._admin_request
+                ))
+                print(f"edge admin on http://{self.config.host}:{self.config.admin_port}", flush=True)
             try:
                 yield
             finally:
@@ -144,12 +151,10 @@ class Edge:
     # -- HTTP and upgrade checks -----------------------------------------------------------------
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
         if "upgrade" not in request.headers.get("Connection", "").lower():
-            handler = _HTTP.get(path)
-            if handler is None:
+            if self.config.admin_port is not None:  # served on the admin port only
                 return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
-            return await handler(self, connection)
+            return await self._admin_request(connection, request)
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         try:
             route = resolve(request.path, headers, self.auth, self.installed, now=time.time())
@@ -159,6 +164,16 @@ class Edge:
             return connection.respond(exc.status, exc.reason + "\n")
         connection.rs_route = route  # type: ignore[attr-defined]
         return None
+
+    async def _admin_request(self, connection: ServerConnection, request: Request) -> Response:
+        handler = _HTTP.get(request.path.split("?", 1)[0])
+        if handler is None or "upgrade" in request.headers.get("Connection", "").lower():
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+        return await handler(self, connection)
+
+    async def _no_session(self, ws: ServerConnection) -> None:
+        """Never reached: the admin port answers every request in ``_admin_request``."""
+        await ws.close(1008, "not a session port")
 
     async def _healthz(self, connection: ServerConnection) -> Response:
         assert self.nc is not None and self.store is not None

@@ -1,4 +1,5 @@
-"""A reattach that cannot succeed ends within its budget, and the client is told in its dialect.
+"""A reattach that cannot succeed ends within its budget, and the client is told in its dialect; the
+edge's admin port (RS_ADMIN_PORT) serves /metrics and /healthz instead of the client port.
 
 This module runs its own stack with no spare worker: each test starts one worker, attaches a session to
 it and kill -9s it, so the edge's reattach finds no worker of the provider and must give up.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.dev.stack import Stack, free_port
 from shared.session import session_key
@@ -36,6 +39,7 @@ GIVE_UP_WITHIN_S = BUDGET_MS / 1000 + 2.5
 class ReattachStack:
     stack: Stack
     edge_port: int
+    admin_port: int
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +49,32 @@ def lone(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rea
     try:
         stack.start_nats()  # a bus of its own: no other stack's workers may take the session
         stack.start_fakes()
-        port = free_port()
-        stack.env.update({"PORT": str(port), "HOST": "127.0.0.1", "RS_REATTACH_BUDGET_MS": str(BUDGET_MS)})
+        port, admin_port = free_port(), free_port()
+        stack.env.update({
+            "PORT": str(port), "HOST": "127.0.0.1", "RS_REATTACH_BUDGET_MS": str(BUDGET_MS),
+            "RS_ADMIN_PORT": str(admin_port),  # /metrics and /healthz there, not on the client port
+        })
         stack.start_instance("checkpoint", "ckpt-r")
         stack.start_instance("transformer", "tr-r")
         stack.start_instance("edge", "edge-r")
-        yield ReattachStack(stack, port)
+        yield ReattachStack(stack, port, admin_port)
     finally:
         stack.stop()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _gave_up(lone: ReattachStack) -> float:
+    status, text = _get(lone.admin_port, "/metrics")
+    assert status == 200
+    prefix = 'rs_reattach_gave_up_total{role="worker"} '
+    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
 
 
 async def _recv_json(ws: ClientConnection) -> dict:
@@ -83,6 +105,7 @@ async def test_openai_client_gets_an_error_event_then_1011_when_no_worker_can_re
     async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"}) as ws:
         assert (await _recv_json(ws))["type"] == "session.created"
         await _attached_to(infra, client_sid, worker)
+        gave_up_before = await asyncio.to_thread(_gave_up, lone)
         killed_at = await _kill_the_only_worker(lone, worker)
         errors = []
         async with asyncio.timeout(GIVE_UP_WITHIN_S):
@@ -96,6 +119,7 @@ async def test_openai_client_gets_an_error_event_then_1011_when_no_worker_can_re
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
     assert "session unavailable" in closed.value.rcvd.reason
     assert elapsed >= BUDGET_MS / 1000, "it gave up only once the budget was spent"
+    assert await asyncio.to_thread(_gave_up, lone) == gave_up_before + 1
 
 
 async def test_gemini_client_gets_1011_with_a_reason_when_no_worker_can_resume(
@@ -119,3 +143,18 @@ async def test_gemini_client_gets_1011_with_a_reason_when_no_worker_can_resume(
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
     assert "no worker could resume it" in closed.value.rcvd.reason
     assert elapsed >= BUDGET_MS / 1000
+
+
+async def test_metrics_and_healthz_move_to_the_admin_port(lone: ReattachStack) -> None:
+    status, body = await asyncio.to_thread(_get, lone.admin_port, "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, body = await asyncio.to_thread(_get, lone.admin_port, "/metrics")
+    assert status == 200 and "rs_liveness_probes_total" in body
+    for path in ("/metrics", "/healthz"):
+        assert (await asyncio.to_thread(_get, lone.edge_port, path))[0] == 404
+    assert (await asyncio.to_thread(_get, lone.admin_port, "/v1/realtime"))[0] == 404
+    with pytest.raises(InvalidStatus) as info:  # no sessions on the admin port
+        async with websockets.connect(f"ws://127.0.0.1:{lone.admin_port}/v1/realtime",
+                                      additional_headers={"Authorization": f"Bearer {API_KEY}"}):
+            pass
+    assert info.value.response.status_code == 404
