@@ -117,6 +117,33 @@ class Subjects:
         return f"rs.probe.{instance}.{boot}"
 
     HEARTBEATS = "rs.hb.>"
+
+    # Parsers: the inverse of the builders above, so no caller reads subjects by position.
+    _SESSION_PREFIX = "rs.s."
+    _ASSIGN_PREFIX = "rs.assign."
+
+    @staticmethod
+    def session_of(subject: str) -> str | None:
+        """``rs.s.<sid>.<...>`` -> sid; None for a subject of no session."""
+        if not subject.startswith(Subjects._SESSION_PREFIX):
+            return None
+        sid, dot, _ = subject[len(Subjects._SESSION_PREFIX):].partition(".")
+        return sid if sid and dot else None
+
+    @staticmethod
+    def assign_role(subject: str) -> str | None:
+        """``rs.assign.transformer`` -> transformer, ``rs.assign.worker.<provider>`` -> worker; else None."""
+        if not subject.startswith(Subjects._ASSIGN_PREFIX):
+            return None
+        return subject[len(Subjects._ASSIGN_PREFIX):].partition(".")[0] or None
+
+    @staticmethod
+    def heartbeat_of(subject: str) -> tuple[str, str] | None:
+        """``rs.hb.<kind>.<instance>`` -> (kind, instance); None for anything else."""
+        parts = subject.split(".", 3)
+        if len(parts) != 4 or parts[:2] != ["rs", "hb"] or not parts[2] or not parts[3]:
+            return None
+        return parts[2], parts[3]
     STREAM_SUBJECTS = ["rs.s.*.cin", "rs.s.*.up.*", "rs.s.*.down.*"]
     CHECKPOINT_SUBJECTS = ["rs.s.*.up.log", "rs.s.*.down.log"]
 

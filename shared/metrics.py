@@ -13,6 +13,7 @@ __all__ = [
     "PROVIDER_CONNECTS",
     "PROVIDER_ERRORS",
     "REATTACHES",
+    "REATTACH_GAVE_UP",
     "REATTACH_SECONDS",
     "REFUSALS",
     "REPLAYED",
@@ -34,6 +35,9 @@ ASSIGN_SECONDS = Histogram(
 PROVIDER_CONNECTS = Counter("rs_provider_connects_total", "Upstream connections opened", ["provider"])
 PROVIDER_ERRORS = Counter("rs_provider_errors_total", "Upstream failures", ["provider", "code"])
 REATTACHES = Counter("rs_reattaches_total", "Sessions moved to a replacement instance", ["role"])
+REATTACH_GAVE_UP = Counter(
+    "rs_reattach_gave_up_total", "Sessions closed because no replacement came within the budget", ["role"]
+)
 REATTACH_SECONDS = Histogram(
     "rs_reattach_seconds", "Dead instance noticed -> replacement attached",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),

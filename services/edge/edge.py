@@ -14,12 +14,13 @@ import functools
 import http
 import json
 import logging
+import random
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,15 +30,27 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.edge.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
+from services.edge.backoff import next_delay
+from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
+from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
 from shared import bus
 from shared.auth import Authenticator
 from shared.bus import Subjects
+from shared.codecs.refusals import Refusal, read_gemini_setup, refusal
 from shared.config import Config
-from shared.metrics import ASSIGN_SECONDS, FRAMES, PROBES, REATTACH_SECONDS, REATTACHES, REFUSALS, SESSIONS
+from shared.metrics import (
+    ASSIGN_SECONDS,
+    FRAMES,
+    PROBES,
+    REATTACH_GAVE_UP,
+    REATTACH_SECONDS,
+    REATTACHES,
+    REFUSALS,
+    SESSIONS,
+)
 from shared.providers import installed_providers
 from shared.runtime import TaskSet, instance_id
-from shared.session import SessionMeta, session_key
+from shared.session import Dialect, SessionMeta, session_key
 from shared.store import Store
 
 __all__ = ["Edge"]
@@ -53,19 +66,7 @@ class AssignError(Exception):
     pass
 
 
-# Liveness: an instance whose beat is late is asked directly on its probe subject (one probe per process
-# at a time, whatever the number of its sessions). "No responders" means its connection is gone (a kill -9
-# closes the socket at once): dead. An answer means slow, not dead: a CPU-starved process keeps its
-# sessions instead of being failed over, which would add load where it is already short. No answer within
-# PROBE_TIMEOUT_S means stopped (SIGSTOP, a hung loop): dead.
-SUSPECT_AFTER_S = 0.15  # 1.5 beat intervals
-PROBE_TIMEOUT_S = 1.0
-HEARTBEAT_DEADLINE_S = 0.3  # 3 missed 100 ms beats: dead unless a probe answers
-WATCHDOG_INTERVAL_S = 0.05
-DEAD_MEMORY_S = 60.0  # how long a process found dead is remembered (sessions still being moved off it)
-# After the edge's own NATS connection was down: nobody's beats could arrive, and the others reconnect a
-# little later than we do (reconnect wait + jitter). Silence within this window proves nothing.
-BUS_OUTAGE_GRACE_S = 1.0
+WATCHDOG_INTERVAL_S = 0.05  # how often the liveness machine is asked what is due
 
 
 class _Live:
@@ -80,35 +81,8 @@ class _Live:
         self.delivered_down = (0, 0)  # newest provider output (worker epoch, down seq) sent to the client
         self.transformer = ""
         self.worker = ""
-        self.boots: dict[str, str] = {}  # role -> boot of the process that holds it
-        self.attached_at = time.monotonic()
-        self.reattaching = False
         self.closed = False
         self.send_lock = asyncio.Lock()
-
-
-class _Resumption(msgspec.Struct):
-    handle: str | None = None
-
-
-class _Setup(msgspec.Struct, rename="camel"):
-    model: str | None = None
-    session_resumption: _Resumption | None = None
-
-
-class _FirstFrame(msgspec.Struct):
-    setup: _Setup | None = None
-
-
-_first_frame = msgspec.json.Decoder(_FirstFrame)
-
-
-def _error_frame(code: str, message: str) -> str:
-    return json.dumps({
-        "type": "error",
-        "event_id": f"event_{int(time.time() * 1000)}",
-        "error": {"type": "server_error", "code": code, "message": message, "param": None, "event_id": None},
-    })
 
 
 class Edge:
@@ -124,11 +98,8 @@ class Edge:
         self.server: Server | None = None
         self.live = 0
         self.sessions: dict[str, _Live] = {}
-        self.beats: dict[tuple[str, str], float] = {}  # (instance, boot) -> monotonic time of its last beat
-        self.probes: dict[tuple[str, str], asyncio.Task[None]] = {}  # probes in flight, by process
-        self.dead: dict[tuple[str, str], float] = {}  # processes found dead -> when
+        self.liveness = Liveness()  # who holds our sessions and whether they live (monotonic time)
         self._tasks = TaskSet()
-        self._bus_back_at = 0.0  # monotonic time the NATS connection was last seen down or came back
         self._reconnects = 0
 
     @property
@@ -147,7 +118,7 @@ class Edge:
             tls.load_cert_chain(self.config.tls_cert, self.config.tls_key or None)
         beats = await nc.subscribe(Subjects.HEARTBEATS, cb=self._on_heartbeat)
         watchdog = asyncio.create_task(self._watchdog())
-        async with serve(
+        async with contextlib.AsyncExitStack() as admin, serve(
             self._handle,
             self.config.host,
             self.config.port,
@@ -163,6 +134,13 @@ class Edge:
             self.server = server
             scheme = "wss" if tls else "ws"
             print(f"edge listening on {scheme}://{self.config.host}:{self.port}", flush=True)
+            if self.config.admin_port is not None:
+                # Operators keep /metrics and /healthz off the client-facing port (no session counts or
+                # internals to the internet); plain HTTP, no upgrades.
+                await admin.enter_async_context(serve(
+                    self._no_session, self.config.host, self.config.admin_port, process_request=self._admin_request
+                ))
+                print(f"edge admin on http://{self.config.host}:{self.config.admin_port}", flush=True)
             try:
                 yield
             finally:
@@ -173,12 +151,10 @@ class Edge:
     # -- HTTP and upgrade checks -----------------------------------------------------------------
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
         if "upgrade" not in request.headers.get("Connection", "").lower():
-            handler = _HTTP.get(path)
-            if handler is None:
+            if self.config.admin_port is not None:  # served on the admin port only
                 return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
-            return await handler(self, connection)
+            return await self._admin_request(connection, request)
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         try:
             route = resolve(request.path, headers, self.auth, self.installed, now=time.time())
@@ -188,6 +164,16 @@ class Edge:
             return connection.respond(exc.status, exc.reason + "\n")
         connection.rs_route = route  # type: ignore[attr-defined]
         return None
+
+    async def _admin_request(self, connection: ServerConnection, request: Request) -> Response:
+        handler = _HTTP.get(request.path.split("?", 1)[0])
+        if handler is None or "upgrade" in request.headers.get("Connection", "").lower():
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+        return await handler(self, connection)
+
+    async def _no_session(self, ws: ServerConnection) -> None:
+        """Never reached: the admin port answers every request in ``_admin_request``."""
+        await ws.close(1008, "not a session port")
 
     async def _healthz(self, connection: ServerConnection) -> Response:
         assert self.nc is not None and self.store is not None
@@ -221,16 +207,16 @@ class Edge:
                 await ws.close(1008, "setup expected")
                 return
             first = raw.encode() if isinstance(raw, str) else raw
-            with contextlib.suppress(msgspec.DecodeError):
-                setup = _first_frame.decode(first).setup
-                if setup is not None and setup.model:
-                    model = setup.model.removeprefix("models/")
-                # Gemini-native resumption: our handles are session ids (see GeminiClientCodec). Only
-                # when the client named no session otherwise; the key still decides the account.
-                handle = setup.session_resumption.handle if setup and setup.session_resumption else None
-                if route.minted and session_id_or_none(handle):
-                    client_session_id = handle  # type: ignore[assignment]
-            provider = provider or provider_for_model(model)
+            setup = read_gemini_setup(first)
+            by_model: str | None = None
+            if setup.model:
+                by_model, model = model_choice(setup.model, self.installed)
+            # Gemini-native resumption: our handles are session ids (see GeminiClientCodec). Only when the
+            # client named no session otherwise; the key still decides the account.
+            handle = session_id_or_none(setup.resumption_handle)
+            if route.minted and handle:
+                client_session_id = handle
+            provider = provider or by_model  # rs_core / X-RS-Core and the path prefix come first
         provider = provider or self.config.default_provider
         meta = SessionMeta(
             sid=session_key(route.account, client_session_id),
@@ -264,13 +250,14 @@ class Edge:
                 transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
                 worker = await self._assign(Subjects.assign_worker(meta.provider), request)
             except AssignError as exc:
-                await self._refuse_in_dialect(ws, meta, str(exc))
+                await self._refuse_in_dialect(None, ws, meta.dialect, "service_unavailable", str(exc))
                 return
             live.transformer, live.worker = transformer.instance, worker.instance
-            live.boots = {"transformer": transformer.boot, "worker": worker.boot}
             ASSIGN_SECONDS.observe(time.perf_counter() - started)
-            live.attached_at = time.monotonic()
             self.sessions[sid] = live
+            self.liveness.attach(sid, {
+                "transformer": (transformer.instance, transformer.boot), "worker": (worker.instance, worker.boot),
+            }, time.monotonic())
             await self.store.set_route(sid, transformer=live.transformer, worker=live.worker, epoch=str(epoch))
             # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
             # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
@@ -291,6 +278,7 @@ class Edge:
             live.closed = True
             if self.sessions.get(sid) is live:
                 del self.sessions[sid]
+                self.liveness.detach(sid)
             with contextlib.suppress(Exception):
                 await cout.unsubscribe()
             with contextlib.suppress(Exception):
@@ -315,78 +303,57 @@ class Edge:
     # -- liveness and reattach -------------------------------------------------------------------
 
     async def _on_heartbeat(self, msg: Msg) -> None:
-        # Keyed by (instance, boot): a restarted process under the same name does not hold the sessions
-        # of the one that died, so its beats must not keep them waiting.
         beat = bus.decode(msg.data, bus.Heartbeat)
-        key = (beat.instance, beat.boot)
-        self.beats[key] = time.monotonic()
-        # Found dead, yet beating: it was stopped and woke up. What it held is moved already or still
-        # with it; new sessions it takes are no business of that finding.
-        self.dead.pop(key, None)
+        self.liveness.beat(beat.instance, beat.boot, time.monotonic())
 
     async def _watchdog(self) -> None:
-        """Notice a dead transformer or worker and reattach its sessions: a late beat starts a probe, a
-        process found dead (probe) or silent past HEARTBEAT_DEADLINE_S without answering one loses them."""
+        """Feed the liveness machine the bus state and carry out what it finds due: probes, reattaches."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             now = time.monotonic()
-            if self._bus_outage(now):
-                continue
-            for key, since in list(self.dead.items()):
-                if now - since > DEAD_MEMORY_S:
-                    del self.dead[key]
-            for live in list(self.sessions.values()):
-                if live.reattaching or live.closed:
-                    continue
-                for role, instance in (("transformer", live.transformer), ("worker", live.worker)):
-                    key = (instance, live.boots.get(role, ""))
-                    silent = now - max(self.beats.get(key, 0.0), live.attached_at)
-                    if silent <= SUSPECT_AFTER_S:
+            self._watch_bus(now)
+            for action in self.liveness.due(now):
+                if isinstance(action, Probe):
+                    self._tasks.spawn(self._probe(action.instance, action.boot))
+                else:
+                    live = self.sessions.get(action.sid)
+                    if live is None or live.closed:
+                        self.liveness.reattach_over(action.sid)
                         continue
-                    if key in self.dead:
-                        live.reattaching = True
-                        self._tasks.spawn(self._reattach(live, role, instance))
-                        break
-                    if key not in self.probes:
-                        self.probes[key] = self._tasks.spawn(self._probe(key))
+                    self._tasks.spawn(self._reattach(live, action.role, action.instance))
 
-    async def _probe(self, key: tuple[str, str]) -> None:
-        """Ask one process whether it is alive; an answer counts as a beat, "no responders" or a timeout
-        past the heartbeat deadline marks it dead."""
+    async def _probe(self, instance: str, boot: str) -> None:
+        """Ask one process incarnation whether it is alive; the machine judges the outcome."""
         assert self.nc is not None
-        instance, boot = key
+        outcome: Outcome
         try:
             await self.nc.request(Subjects.probe(instance, boot), b"", timeout=PROBE_TIMEOUT_S)
-            self.beats[key] = max(self.beats.get(key, 0.0), time.monotonic())
-            PROBES.labels("alive").inc()
+            outcome = "answered"
         except nats.errors.NoRespondersError:
-            self._found_dead(key, "gone")
+            outcome = "no_responders"
         except nats.errors.TimeoutError:
-            if time.monotonic() - self.beats.get(key, 0.0) > HEARTBEAT_DEADLINE_S:
-                self._found_dead(key, "unresponsive")
+            outcome = "timeout"
         except Exception as exc:  # the bus itself failed us: that says nothing about the instance
             log.warning("probe failed", extra={"instance": instance, "error": type(exc).__name__})
-        finally:
-            self.probes.pop(key, None)
+            outcome = "failed"
+        now = time.monotonic()
+        self._watch_bus(now)
+        finding = self.liveness.probe_result(instance, boot, outcome, now)
+        if finding is not None:
+            PROBES.labels(finding).inc()
+        if finding in ("gone", "unresponsive"):
+            log.warning("instance dead", extra={"instance": instance, "how": finding})
 
-    def _found_dead(self, key: tuple[str, str], how: str) -> None:
-        if self._bus_outage(time.monotonic()):
-            return
-        self.dead[key] = time.monotonic()
-        PROBES.labels(how).inc()
-        log.warning("instance dead", extra={"instance": key[0], "how": how})
-
-    def _bus_outage(self, now: float) -> bool:
-        """Whether the bus itself was down lately (then missed beats are no sign of death). On coming back,
-        the stream is created again: memory storage, so a restarted nats-server has lost it."""
+    def _watch_bus(self, now: float) -> None:
+        """Tell the machine when the bus itself was down (then missed beats are no sign of death). On coming
+        back, the stream is created again: memory storage, so a restarted nats-server has lost it."""
         assert self.nc is not None
         if not self.nc.is_connected:
-            self._bus_back_at = now
+            self.liveness.bus_outage(now)
         elif self.nc.stats["reconnects"] != self._reconnects:
             self._reconnects = self.nc.stats["reconnects"]
-            self._bus_back_at = now
+            self.liveness.bus_outage(now)
             self._tasks.spawn(self._ensure_stream())
-        return now - self._bus_back_at < BUS_OUTAGE_GRACE_S
 
     async def _ensure_stream(self) -> None:
         assert self.nc is not None and self.store is not None
@@ -420,21 +387,16 @@ class Edge:
             request = bus.encode(bus.AssignRequest(
                 meta=live.meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance,
                 delivered_down=live.delivered_down))
-            while not live.closed:
-                try:
-                    reply = await self._assign(subject, request)
-                    instance = reply.instance
-                    break
-                except AssignError:
-                    log.warning("no replacement yet", extra={"sid": sid, "role": role})
-            else:
+            reply = await self._assign_within_budget(live, role, subject, request)
+            if reply is None:
                 return
+            instance = reply.instance
             if role == "worker":
                 live.worker, live.worker_epoch = instance, epoch
             else:
                 live.transformer, live.transformer_epoch = instance, epoch
-            live.boots[role] = reply.boot
-            live.attached_at = time.monotonic()
+            if self.sessions.get(sid) is live:
+                self.liveness.moved(sid, role, instance, reply.boot, time.monotonic())
             await self.store.set_route(sid, **{role: instance, "epoch": str(epoch)})
             REATTACHES.labels(role).inc()
             REATTACH_SECONDS.observe(time.perf_counter() - started)
@@ -442,30 +404,77 @@ class Edge:
         except Exception:
             log.exception("reattach failed", extra={"sid": sid, "role": role})
         finally:
-            live.reattaching = False
+            if self.sessions.get(sid) is live:
+                self.liveness.reattach_over(sid)
+
+    async def _assign_within_budget(
+        self, live: _Live, role: str, subject: str, request: bytes
+    ) -> bus.AssignReply | None:
+        """A replacement for ``role``, retried on the backoff schedule within the reattach budget; None when
+        the client left meanwhile or the budget ran out (then the client is told in its dialect)."""
+        budget = self.config.reattach_budget_ms / 1000
+        rng = random.Random()
+        begun = time.monotonic()
+        attempt = 0
+        while not live.closed:
+            remaining = budget - (time.monotonic() - begun)
+            reply = await self._assign_once(subject, request, timeout=min(ASSIGN_TIMEOUT_S, max(remaining, 0.05)))
+            if reply is not None:
+                return reply
+            delay = next_delay(attempt, time.monotonic() - begun, budget, rng)
+            if delay is None:
+                break
+            if attempt == 0:
+                log.warning("no replacement yet", extra={"sid": live.meta.sid, "role": role})
+            attempt += 1
+            await asyncio.sleep(delay)  # backoff between requests, not a wait for a condition
+        if live.closed:
+            return None
+        REATTACH_GAVE_UP.labels(role).inc()
+        log.error("reattach gave up", extra={"sid": live.meta.sid, "role": role, "attempts": attempt + 1})
+        await self._refuse_in_dialect(
+            live, live.ws, live.meta.dialect, "session_unavailable",
+            f"session unavailable: no {role} could resume it within {budget:g} s")
+        return None
+
+    async def _assign_once(self, subject: str, request: bytes, *, timeout: float) -> bus.AssignReply | None:
+        """One queue-group request: the reply of a member that took the session, or None."""
+        assert self.nc is not None
+        try:
+            msg = await self.nc.request(subject, request, timeout=timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return None
+        reply = bus.decode(msg.data, bus.AssignReply)
+        return reply if reply.ok else None
 
     async def _assign(self, subject: str, request: bytes) -> bus.AssignReply:
         """Queue-group request with retries: a service that is starting or restarting gets a moment."""
-        assert self.nc is not None
         delay = 0.05
         for _ in range(ASSIGN_ATTEMPTS):
-            try:
-                msg = await self.nc.request(subject, request, timeout=ASSIGN_TIMEOUT_S)
-                reply = bus.decode(msg.data, bus.AssignReply)
-                if reply.ok:
-                    return reply
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                pass
+            reply = await self._assign_once(subject, request, timeout=ASSIGN_TIMEOUT_S)
+            if reply is not None:
+                return reply
             await asyncio.sleep(delay)
             delay *= 3
-        kind = subject.split(".")[2]
-        raise AssignError(f"no {kind} available")
+        raise AssignError(f"no {Subjects.assign_role(subject)} available")
 
-    async def _refuse_in_dialect(self, ws: ServerConnection, meta: SessionMeta, reason: str) -> None:
+    async def _refuse_in_dialect(
+        self, live: _Live | None, ws: ServerConnection, dialect: Dialect, code: str, reason: str
+    ) -> None:
+        """End a session we cannot serve the way the dialect's own server would (shared/codecs/refusals)."""
+        end = refusal(dialect, code, reason, event_id=f"event_rs_{uuid.uuid4().hex[:20]}")
         with contextlib.suppress(ConnectionClosed):
-            if meta.dialect != "gemini":
-                await ws.send(_error_frame("service_unavailable", reason))
-            await ws.close(1011, reason[:120])
+            if live is None:
+                await _send_refusal(ws, end)
+            else:
+                async with live.send_lock:  # not in the middle of a cout batch
+                    await _send_refusal(ws, end)
+
+
+async def _send_refusal(ws: ServerConnection, end: Refusal) -> None:
+    for frame in end.frames:
+        await ws.send(frame)
+    await ws.close(end.close_code, end.close_reason)
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Response:

@@ -14,10 +14,24 @@ docs/entry-points.md:
 
 On both SDK paths the session id is ``rs_u_sessid`` in the query or, for SDKs that cannot add a query
 (google-genai), the ``X-RS-Session`` header; without either, a fresh session.
+
+The provider, first rule that answers (``provider_choice``):
+  1. ``rs_core`` in the query or the ``X-RS-Core`` header;
+  2. a provider prefix on the SDK path: ``/openai/v1/realtime``, ``/gemini/ws/google.ai...`` (for clients
+     that build their own URL and cannot add headers, e.g. Pipecat appends ``?model=`` to a base URL);
+  3. a provider prefix on the model name: ``gemini:<model>``, ``openai:<model>`` (stripped: the rest is
+     the model);
+  4. the model family (``gpt...`` -> openai, ``gemini...`` -> gemini);
+  5. the configured default.
+On the Gemini path the model is ``setup.model`` (the first frame), so rules 3-4 are applied by the edge
+after the upgrade (``model_choice``).
+
+In-band notices (``Route.notices``): ``rs_notices=1`` in the query or ``X-RS-Notices: 1``, any entry point.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Mapping
@@ -27,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 from shared.auth import Authenticator, AuthError
 from shared.session import Dialect
 
-__all__ = ["Route", "RouteError", "provider_for_model", "resolve", "session_id_or_none"]
+__all__ = ["Route", "RouteError", "model_choice", "provider_for_model", "resolve", "session_id_or_none"]
 
 # rs_api values -> dialect. OPENAI speaks the beta names: the seed's examples and browser client do.
 SEED_DIALECTS: dict[str, Dialect] = {
@@ -48,6 +62,8 @@ OPENAI_PATHS = frozenset({"/v1/realtime", "/realtime", "/v1/realtime/", "/realti
 GEMINI_PATH = re.compile(
     r"^/ws/google\.ai\.generativelanguage\.(v1|v1beta|v1alpha)\.GenerativeService\.BidiGenerateContent$"
 )
+_PROVIDER_SEGMENT = re.compile(r"^/([A-Za-z][A-Za-z0-9_-]{0,31})(/.*)$")  # /<provider>/<SDK path>
+_TRUE = frozenset({"1", "true", "yes", "on"})
 _SESSION_ID = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces: it appears in logs and keys
 
 
@@ -78,6 +94,17 @@ def provider_for_model(model: str | None) -> str | None:
         if name.startswith(prefix):
             return provider
     return None
+
+
+def model_choice(model: str | None, installed: frozenset[str]) -> tuple[str | None, str | None]:
+    """(provider the model name chooses, the model without a provider prefix): ``gemini:x`` -> (gemini, x)
+    when ``gemini`` is installed; else the model family decides and the name is kept (``ft:gpt-...``
+    style names whose head is no provider keep their colon)."""
+    if model:
+        head, colon, rest = model.partition(":")
+        if colon and head.lower() in installed:
+            return head.lower(), rest or None
+    return provider_for_model(model), model or None
 
 
 def _provider_name(raw: str, installed: frozenset[str]) -> str:
@@ -111,16 +138,27 @@ def resolve(
     """Route of one upgrade request, or RouteError(status, reason). ``headers`` keys are lowercase."""
     parts = urlsplit(path)
     query = parse_qs(parts.query, keep_blank_values=True)
+    notices = (_first(query, "rs_notices") or headers.get("x-rs-notices", "")).strip().lower() in _TRUE
+    sdk_path, by_path = parts.path, None
+    prefixed = None if _is_sdk_path(parts.path) else _PROVIDER_SEGMENT.match(parts.path)
+    if prefixed and _is_sdk_path(prefixed.group(2)):
+        sdk_path, by_path = prefixed.group(2), prefixed.group(1)
     try:
         if parts.path in ("", "/"):
-            return _seed(query, auth, installed, now)
-        if parts.path in OPENAI_PATHS:
-            return _openai(query, headers, auth, installed)
-        if GEMINI_PATH.match(parts.path):
-            return _gemini(query, headers, auth, installed)
+            route = _seed(query, auth, installed, now)
+        elif sdk_path in OPENAI_PATHS:
+            route = _openai(query, headers, auth, installed, by_path)
+        elif GEMINI_PATH.match(sdk_path):
+            route = _gemini(query, headers, auth, installed, by_path)
+        else:
+            raise RouteError(404, "not found")
     except AuthError as exc:
         raise RouteError(exc.status, exc.reason) from None
-    raise RouteError(404, "not found")
+    return dataclasses.replace(route, notices=notices) if notices else route
+
+
+def _is_sdk_path(path: str) -> bool:
+    return path in OPENAI_PATHS or GEMINI_PATH.match(path) is not None
 
 
 def _seed(query: Mapping[str, list[str]], auth: Authenticator, installed: frozenset[str], now: float) -> Route:
@@ -138,20 +176,28 @@ def _seed(query: Mapping[str, list[str]], auth: Authenticator, installed: frozen
     account = auth.check_seed(
         values["rs_accid"], session_id, values["rs_auth"], expires=_first(query, "rs_exp"), now=now
     )
-    return Route(dialect, account, session_id, provider, _first(query, "rs_model"), seed=True)
+    _, model = model_choice(_first(query, "rs_model"), installed)
+    return Route(dialect, account, session_id, provider, model, seed=True)
 
 
 def _client_session(query: Mapping[str, list[str]], headers: Mapping[str, str]) -> str:
     return _session_id(_first(query, "rs_u_sessid") or headers.get("x-rs-session"))
 
 
-def _override(query: Mapping[str, list[str]], headers: Mapping[str, str], installed: frozenset[str]) -> str | None:
-    raw = _first(query, "rs_core") or headers.get("x-rs-core")
+def _override(
+    query: Mapping[str, list[str]], headers: Mapping[str, str], installed: frozenset[str], by_path: str | None
+) -> str | None:
+    """The provider the client chose outright: ``rs_core`` / ``X-RS-Core``, else the path prefix."""
+    raw = _first(query, "rs_core") or headers.get("x-rs-core") or by_path
     return _provider_name(raw, installed) if raw else None
 
 
 def _openai(
-    query: Mapping[str, list[str]], headers: Mapping[str, str], auth: Authenticator, installed: frozenset[str]
+    query: Mapping[str, list[str]],
+    headers: Mapping[str, str],
+    auth: Authenticator,
+    installed: frozenset[str],
+    by_path: str | None,
 ) -> Route:
     authorization = headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
@@ -159,21 +205,24 @@ def _openai(
         raise RouteError(401, "missing bearer token")
     account = auth.check_api_key(token)
     beta = "realtime=v1" in headers.get("openai-beta", "").replace(" ", "")
-    model = _first(query, "model")
-    provider = _override(query, headers, installed) or provider_for_model(model)
+    by_model, model = model_choice(_first(query, "model"), installed)
+    provider = _override(query, headers, installed, by_path) or by_model
     return Route(
         "openai_beta" if beta else "openai_ga", account, _client_session(query, headers), provider, model
     )
 
 
 def _gemini(
-    query: Mapping[str, list[str]], headers: Mapping[str, str], auth: Authenticator, installed: frozenset[str]
+    query: Mapping[str, list[str]],
+    headers: Mapping[str, str],
+    auth: Authenticator,
+    installed: frozenset[str],
+    by_path: str | None,
 ) -> Route:
     key = headers.get("x-goog-api-key") or _first(query, "key") or ""
     if not key:
         raise RouteError(401, "missing API key")
     account = auth.check_api_key(key)
     named = _first(query, "rs_u_sessid") or headers.get("x-rs-session")
-    return Route(
-        "gemini", account, _client_session(query, headers), _override(query, headers, installed), minted=not named
-    )
+    provider = _override(query, headers, installed, by_path)
+    return Route("gemini", account, _client_session(query, headers), provider, minted=not named)

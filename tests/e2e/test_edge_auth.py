@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+import uuid
 
 import nats
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
+
+from shared.session import session_key
+from shared.store import Store
 
 from ..conftest import Infra, RunningStack
 from .helpers import ACCOUNT, API_KEY, GEMINI_WS_PATH, seed_url
@@ -78,3 +82,32 @@ async def test_openai_sdk_key_is_account_and_secret(running: RunningStack) -> No
     url = f"{running.ws_base}/v1/realtime?model=gpt-realtime"
     async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"}) as ws:
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.created"
+
+
+async def _record(infra: Infra, client_sid: str) -> dict[str, str]:
+    async with Store.connect(infra.redis_url) as store:
+        return (await store.snapshot(session_key(ACCOUNT, client_sid))).record
+
+
+async def test_a_path_prefix_chooses_the_provider_and_a_model_prefix_is_stripped(
+    running: RunningStack, infra: Infra
+) -> None:
+    """Clients that build their own URL (Pipecat appends ?model=) choose the provider by path."""
+    client_sid = f"route-{uuid.uuid4().hex[:8]}"
+    url = f"{running.ws_base}/gemini/v1/realtime?model=openai:gpt-realtime&rs_u_sessid={client_sid}"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"}) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.created"
+        record = await _record(infra, client_sid)
+    assert (record["provider"], record["model"]) == ("gemini", "gpt-realtime")
+
+
+async def test_a_gemini_setup_model_with_a_provider_prefix_chooses_the_provider(
+    running: RunningStack, infra: Infra
+) -> None:
+    client_sid = f"route-{uuid.uuid4().hex[:8]}"
+    url = f"{running.ws_base}{GEMINI_WS_PATH}?rs_u_sessid={client_sid}"
+    async with websockets.connect(url, additional_headers={"x-goog-api-key": API_KEY}) as ws:
+        await ws.send(json.dumps({"setup": {"model": "models/openai:gpt-realtime"}}))
+        assert "setupComplete" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+        record = await _record(infra, client_sid)
+    assert (record["provider"], record["model"]) == ("openai", "gpt-realtime")
