@@ -38,6 +38,8 @@ __all__ = [
     "Heartbeat",
     "Signal",
     "Subjects",
+    "SwitchCommand",
+    "SwitchResult",
     "age_of",
     "connect",
     "decode",
@@ -107,6 +109,10 @@ class Subjects:
         return f"rs.health.{provider}"
 
     HEALTH = "rs.health.*"
+
+    @staticmethod
+    def edge_switch(instance: str) -> str:  # any edge -> the edge holding a session: an operator's switch
+        return f"rs.edge.{instance}.switch"
 
     @staticmethod
     def heartbeat(kind: str, instance: str) -> str:
@@ -238,6 +244,22 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     provider: str
     session: str  # session key (never the client's id)
     ok: bool
+
+
+class SwitchCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator's switch of a session held by another edge (request on ``Subjects.edge_switch``)."""
+
+    sid: str
+    provider: str
+    when: Literal["now", "turn_end"] = "turn_end"
+
+
+class SwitchResult(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    provider: str = ""
+    reason: str = ""
+    gap_ms: float = 0.0
+    error: str = ""
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):

@@ -151,6 +151,15 @@ class Store:
         raw = await self.redis.get(_keys(sid)["epoch"])
         return int(raw) if raw else 0
 
+    async def set_provider(self, sid: str, provider: str) -> None:
+        """The provider serving the session now (after a switch)."""
+        await self.redis.hset(_keys(sid)["sess"], mapping={"provider": provider, "updated_ms": str(int(time.time() * 1000))})
+
+    async def session_edge(self, sid: str) -> str | None:
+        """The edge instance that opened the session last (None: no such session)."""
+        raw = await self.redis.hget(_keys(sid)["sess"], "edge")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     async def set_route(self, sid: str, **route: str) -> None:
         await self.redis.hset(_keys(sid)["sess"], mapping={f"route_{k}": v for k, v in route.items()})
 

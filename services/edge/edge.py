@@ -19,8 +19,9 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -31,10 +32,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from services.edge.backoff import next_delay
+from services.edge.http_admin import HttpRequest, HttpResponse, serve_http
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
 from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
+from services.edge.switching import SwitchCoordinator, SwitchTarget
 from shared import bus
-from shared.auth import Authenticator
+from shared.auth import Authenticator, AuthError
 from shared.bus import Subjects
 from shared.codecs.refusals import Refusal, read_gemini_setup, refusal
 from shared.config import Config
@@ -99,6 +102,8 @@ class Edge:
         self.live = 0
         self.sessions: dict[str, _Live] = {}
         self.liveness = Liveness()  # who holds our sessions and whether they live (monotonic time)
+        self.switching: SwitchCoordinator | None = None
+        self.worker_providers: dict[str, tuple[str, ...]] = {}  # worker instance -> providers it serves
         self._tasks = TaskSet()
         self._reconnects = 0
 
@@ -117,6 +122,11 @@ class Edge:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(self.config.tls_cert, self.config.tls_key or None)
         beats = await nc.subscribe(Subjects.HEARTBEATS, cb=self._on_heartbeat)
+        self.switching = SwitchCoordinator(
+            nc, self.config, self.installed, self._carry_switch, on_switched=self._switched)
+        await self.switching.start()
+        switch_requests = await nc.subscribe(
+            Subjects.edge_switch(self.instance), cb=self._tasks.each_in_a_task(self._on_switch_command))
         watchdog = asyncio.create_task(self._watchdog())
         async with contextlib.AsyncExitStack() as admin, serve(
             self._handle,
@@ -136,17 +146,18 @@ class Edge:
             print(f"edge listening on {scheme}://{self.config.host}:{self.port}", flush=True)
             if self.config.admin_port is not None:
                 # Operators keep /metrics and /healthz off the client-facing port (no session counts or
-                # internals to the internet); plain HTTP, no upgrades.
-                await admin.enter_async_context(serve(
-                    self._no_session, self.config.host, self.config.admin_port, process_request=self._admin_request
-                ))
+                # internals to the internet), and the switch API (a POST with a body) lives here.
+                listener = await serve_http(self.config.host, self.config.admin_port, self._admin_http)
+                admin.push_async_callback(_close_server, listener)
                 print(f"edge admin on http://{self.config.host}:{self.config.admin_port}", flush=True)
             try:
                 yield
             finally:
                 watchdog.cancel()
-                with contextlib.suppress(Exception):
-                    await beats.unsubscribe()
+                await self.switching.stop()
+                for sub in (beats, switch_requests):
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
 
     # -- HTTP and upgrade checks -----------------------------------------------------------------
 
@@ -171,11 +182,7 @@ class Edge:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         return await handler(self, connection)
 
-    async def _no_session(self, ws: ServerConnection) -> None:
-        """Never reached: the admin port answers every request in ``_admin_request``."""
-        await ws.close(1008, "not a session port")
-
-    async def _healthz(self, connection: ServerConnection) -> Response:
+    async def _health(self) -> tuple[int, dict[str, Any]]:
         assert self.nc is not None and self.store is not None
         redis_ok = await self.store.ping()
         body = {
@@ -185,11 +192,79 @@ class Edge:
             "nats": "connected" if self.nc.is_connected else "disconnected",
             "redis": "ok" if redis_ok else "unavailable",
         }
-        status = http.HTTPStatus.OK if body["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE
-        return _json_response(status, body)
+        return (http.HTTPStatus.OK if body["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE), body
+
+    async def _healthz(self, connection: ServerConnection) -> Response:
+        return _json_response(*await self._health())
 
     async def _metrics(self, connection: ServerConnection) -> Response:
         return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE_LATEST)]), generate_latest())
+
+    # -- the operator port ------------------------------------------------------------------------
+
+    async def _admin_http(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "GET" and request.path == "/metrics":
+            return HttpResponse(200, generate_latest(), CONTENT_TYPE_LATEST)
+        if request.method == "GET" and request.path == "/healthz":
+            status, body = await self._health()
+            return _json_http(status, body)
+        session, _, action = request.path.removeprefix("/admin/sessions/").rpartition("/")
+        if request.path.startswith("/admin/sessions/") and action == "switch" and session:
+            if request.method != "POST":
+                return _json_http(405, {"error": "POST only"})
+            return await self._admin_switch(request, session)
+        return HttpResponse(404, b"not found\n")
+
+    async def _admin_switch(self, request: HttpRequest, client_session_id: str) -> HttpResponse:
+        """``POST /admin/sessions/<client session id>/switch`` {"provider", "when"}: answered once done."""
+        assert self.nc is not None and self.store is not None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise AuthError(401, "missing bearer token")
+            account = self.auth.check_api_key(token)
+        except AuthError as exc:
+            return _json_http(exc.status, {"error": exc.reason})
+        try:
+            order = msgspec.json.decode(request.body or b"{}", type=_SwitchBody)
+        except msgspec.ValidationError as exc:
+            return _json_http(400, {"error": str(exc)})
+        except msgspec.DecodeError:
+            return _json_http(400, {"error": "body must be JSON: {\"provider\": ..., \"when\": ...}"})
+        provider = order.provider.lower()
+        if provider not in self.installed:
+            return _json_http(400, {"error": f"unknown provider {order.provider!r}"})
+        sid = session_key(account, client_session_id)
+        command = bus.SwitchCommand(sid=sid, provider=provider, when=order.when)
+        if sid in self.sessions:
+            result = await self._switch_here(command)
+        else:
+            edge = await self.store.session_edge(sid)
+            if not edge:
+                return _json_http(404, {"error": "no such session"})
+            try:
+                reply = await self.nc.request(Subjects.edge_switch(edge), bus.encode(command), timeout=SWITCH_REQUEST_S)
+                result = bus.decode(reply.data, bus.SwitchResult)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                return _json_http(404, {"error": "session not live on any edge"})
+        if not result.ok:
+            return _json_http(409 if result.error != "session not held by this edge" else 404, {
+                "error": result.error, "provider": result.provider})
+        return _json_http(200, {
+            "provider": result.provider, "reason": result.reason, "gap_ms": round(result.gap_ms, 1)})
+
+    async def _switch_here(self, command: bus.SwitchCommand) -> bus.SwitchResult:
+        assert self.switching is not None
+        outcome = await self.switching.request(command.sid, command.provider, command.when)
+        return bus.SwitchResult(
+            ok=outcome.ok, provider=outcome.provider, reason=outcome.reason, gap_ms=outcome.gap_ms, error=outcome.error)
+
+    async def _on_switch_command(self, msg: Msg) -> None:
+        """Another edge took an operator's switch call for a session this edge holds."""
+        command = bus.decode(msg.data, bus.SwitchCommand)
+        result = await self._switch_here(command)
+        with contextlib.suppress(Exception):
+            await msg.respond(bus.encode(result))
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -218,6 +293,8 @@ class Edge:
                 client_session_id = handle
             provider = provider or by_model  # rs_core / X-RS-Core and the path prefix come first
         provider = provider or self.config.default_provider
+        if self.switching is not None:
+            provider = self.switching.provider_for_new_session(provider)  # the fleet breaker may say no
         meta = SessionMeta(
             sid=session_key(route.account, client_session_id),
             account=route.account,
@@ -259,6 +336,8 @@ class Edge:
                 "transformer": (transformer.instance, transformer.boot), "worker": (worker.instance, worker.boot),
             }, time.monotonic())
             await self.store.set_route(sid, transformer=live.transformer, worker=live.worker, epoch=str(epoch))
+            if self.switching is not None:
+                await self.switching.attach(sid, meta.provider, epoch)
             # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
             # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
             # a replacement exactly which client frames were already turned into canonical events.
@@ -279,6 +358,8 @@ class Edge:
             if self.sessions.get(sid) is live:
                 del self.sessions[sid]
                 self.liveness.detach(sid)
+                if self.switching is not None:
+                    await self.switching.detach(sid)
             with contextlib.suppress(Exception):
                 await cout.unsubscribe()
             with contextlib.suppress(Exception):
@@ -305,6 +386,8 @@ class Edge:
     async def _on_heartbeat(self, msg: Msg) -> None:
         beat = bus.decode(msg.data, bus.Heartbeat)
         self.liveness.beat(beat.instance, beat.boot, time.monotonic())
+        if beat.kind == "worker":
+            self.worker_providers[beat.instance] = tuple(beat.providers)
 
     async def _watchdog(self) -> None:
         """Feed the liveness machine the bus state and carry out what it finds due: probes, reattaches."""
@@ -363,11 +446,45 @@ class Edge:
         except Exception:
             log.exception("stream not re-created after a bus reconnect")
 
-    async def _reattach(self, live: _Live, role: str, dead: str) -> None:
-        """Bump the epoch (fencing), tell the survivors, and attach a replacement that resumes."""
+    # -- switching -------------------------------------------------------------------------------
+
+    async def _carry_switch(self, sid: str, target: SwitchTarget) -> bool:
+        """Start a decided switch: in the session's worker when it serves the target (make-before-break),
+        else by reattaching the session onto a worker of the target (break-before-make, at the turn end)."""
+        assert self.nc is not None and self.switching is not None
+        live = self.sessions.get(sid)
+        if live is None or live.closed:
+            return False
+        if target.provider in self.worker_providers.get(live.worker, ()):
+            order = bus.Control(
+                kind="switch", epoch=live.worker_epoch, provider=target.provider, reason=target.reason,
+                when="now" if target.when == "now" else "turn_end", started_ms=target.started_ms)
+            await self.nc.publish(Subjects.ctl(sid), bus.encode(order))
+            return True
+        if not any(target.provider in served for served in self.worker_providers.values()):
+            return False  # no live worker serves it: stay where we are
+        if target.when == "turn_end":
+            await self.switching.wait_idle(sid)
+        if live.closed:
+            return False
+        return await self._reattach(live, "worker", live.worker, switch=target)
+
+    async def _switched(self, sid: str, provider: str) -> None:
+        """The session runs on ``provider`` now: later reattaches and the session record follow it."""
+        assert self.store is not None
+        live = self.sessions.get(sid)
+        if live is not None and live.meta.provider != provider:
+            live.meta = msgspec.structs.replace(live.meta, provider=provider)
+        with contextlib.suppress(Exception):
+            await self.store.set_provider(sid, provider)
+
+    async def _reattach(self, live: _Live, role: str, dead: str, *, switch: SwitchTarget | None = None) -> bool:
+        """Bump the epoch (fencing), tell the survivors, and attach a replacement that resumes. With
+        ``switch``, the replacement is a worker of the target provider that announces the switch."""
         assert self.nc is not None and self.store is not None
         sid = live.meta.sid
         started = time.perf_counter()
+        meta = live.meta if switch is None else msgspec.structs.replace(live.meta, provider=switch.provider)
         try:
             epoch = await self.store.bump_epoch(sid, above=live.epoch)
             live.epoch = epoch
@@ -379,18 +496,21 @@ class Edge:
                 Subjects.ctl(sid), bus.encode(bus.Control(kind="replace", epoch=epoch, role=role, drop=dead))
             )
             if role == "worker":
-                subject = Subjects.assign_worker(live.meta.provider)
+                subject = Subjects.assign_worker(meta.provider)
                 peer_epoch = live.transformer_epoch
             else:
                 subject = Subjects.ASSIGN_TRANSFORMER
                 peer_epoch = live.worker_epoch
             request = bus.encode(bus.AssignRequest(
-                meta=live.meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance,
-                delivered_down=live.delivered_down))
+                meta=meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance,
+                delivered_down=live.delivered_down,
+                switch_from=switch.previous if switch else "", switch_reason=switch.reason if switch else "",
+                switch_started_ms=switch.started_ms if switch else 0))
             reply = await self._assign_within_budget(live, role, subject, request)
             if reply is None:
-                return
+                return False
             instance = reply.instance
+            live.meta = meta
             if role == "worker":
                 live.worker, live.worker_epoch = instance, epoch
             else:
@@ -398,11 +518,15 @@ class Edge:
             if self.sessions.get(sid) is live:
                 self.liveness.moved(sid, role, instance, reply.boot, time.monotonic())
             await self.store.set_route(sid, **{role: instance, "epoch": str(epoch)})
+            if role == "worker" and self.switching is not None:
+                self.switching.worker_replaced(sid, epoch)
             REATTACHES.labels(role).inc()
             REATTACH_SECONDS.observe(time.perf_counter() - started)
             log.info("reattached", extra={"sid": sid, "epoch": epoch, "role": role, "instance": instance})
+            return True
         except Exception:
             log.exception("reattach failed", extra={"sid": sid, "role": role})
+            return False
         finally:
             if self.sessions.get(sid) is live:
                 self.liveness.reattach_over(sid)
@@ -475,6 +599,24 @@ async def _send_refusal(ws: ServerConnection, end: Refusal) -> None:
     for frame in end.frames:
         await ws.send(frame)
     await ws.close(end.close_code, end.close_reason)
+
+
+class _SwitchBody(msgspec.Struct, forbid_unknown_fields=True):
+    provider: str
+    when: Literal["now", "turn_end"] = "turn_end"
+
+
+SWITCH_REQUEST_S = 45.0  # an operator's switch waits at most for a turn end plus the new upstream
+
+
+def _json_http(status: int, body: dict[str, Any]) -> HttpResponse:
+    return HttpResponse(int(status), json.dumps(body).encode(), "application/json")
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await server.wait_closed()
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Response:

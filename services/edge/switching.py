@@ -84,10 +84,12 @@ class SwitchCoordinator:
     def __init__(
         self, nc: NATS, config: Config, installed: Iterable[str], reattach: Reattach,
         clock: Callable[[], float] = time.monotonic,
+        on_switched: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.nc = nc
         self.installed = frozenset(installed)
         self.reattach = reattach
+        self.on_switched = on_switched  # (sid, provider): the session runs on provider now
         self.clock = clock
         self.settings = PolicySettings(
             latency_threshold_ms=config.switch_latency_threshold_ms,
@@ -256,6 +258,8 @@ class SwitchCoordinator:
         finally:
             session.done = None
         session.policy.switched(decision.target, now=self.clock())
+        if self.on_switched is not None:
+            await self.on_switched(session.sid, decision.target)
         SWITCHES.labels(decision.reason, previous, decision.target).inc()
         SWITCH_GAP_SECONDS.observe(gap_ms / 1000)
         log.info("switched", extra={
