@@ -25,8 +25,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.fakes import gemini as fake_gemini
-from services.fakes.common import Knobs, debug_sessions, dominant_hz, http_request, set_knobs, tone
+from services.fakes.audio import dominant_hz, tone
+from services.fakes.control import debug_sessions, http_request, set_knobs
 from services.fakes.gemini.server import CAP_REASON, GeminiFake, camelize
+from services.fakes.knobs import Knobs
 
 TIMEOUT = 5.0
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"

@@ -23,28 +23,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.fakes import openai as fake_openai
-from services.fakes.common import (
-    PCMA,
-    PCMU,
-    EnergyVad,
-    Item,
-    Knobs,
-    SpeechStarted,
-    SpeechStopped,
-    b64decode_any,
-    b64decode_std,
-    debug_sessions,
-    decode_to_pcm16,
-    dominant_hz,
-    encode_from_pcm16,
-    http_request,
-    plan_reply,
-    reset_knobs,
-    set_knobs,
-    split_text,
-    tone,
-)
+from services.fakes.audio import PCMA, PCMU, decode_to_pcm16, dominant_hz, encode_from_pcm16, tone
+from services.fakes.control import debug_sessions, http_request, reset_knobs, set_knobs
+from services.fakes.conversation import Item, plan_reply, split_text
+from services.fakes.knobs import Knobs
 from services.fakes.openai.server import OpenAIFake
+from services.fakes.vad import EnergyVad, SpeechStarted, SpeechStopped
+from services.fakes.wire import b64decode_any, b64decode_std
 
 TIMEOUT = 5.0
 SECRET = "sk-test-secret-value"

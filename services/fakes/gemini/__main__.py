@@ -12,8 +12,8 @@ import asyncio
 import logging
 import ssl
 
-from services.fakes.common import serve_until_signal
 from services.fakes.gemini.server import start
+from services.fakes.server import serve_until_signal
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

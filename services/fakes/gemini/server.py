@@ -29,31 +29,22 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.fakes.common import (
-    EnergyVad,
-    FakeServer,
+from services.fakes.audio import stand_in_transcript, tone
+from services.fakes.conversation import (
     IdGen,
     Item,
-    Knobs,
-    SessionBase,
-    Spec,
-    SpeechStarted,
-    Streamer,
     audio_tokens,
-    b64decode_any,
-    b64encode,
     context_tokens,
-    find_unknown_key,
-    json_decode,
-    json_encode,
-    json_response,
     plan_reply,
     split_text,
-    stand_in_transcript,
     text_tokens,
-    tone,
     tool_output_text,
 )
+from services.fakes.knobs import Knobs
+from services.fakes.server import FakeServer, json_response
+from services.fakes.session import SessionBase, Streamer
+from services.fakes.vad import EnergyVad, SpeechStarted
+from services.fakes.wire import Spec, b64decode_any, b64encode, find_unknown_key, json_decode, json_encode
 
 __all__ = ["GeminiFake", "GeminiSession", "camelize", "start"]
 

@@ -10,8 +10,8 @@ import argparse
 import asyncio
 import logging
 
-from services.fakes.common import serve_until_signal
 from services.fakes.openai.server import start
+from services.fakes.server import serve_until_signal
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -28,37 +28,22 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.fakes.common import (
-    PCM16,
-    PCMA,
-    PCMU,
-    ClientError,
-    EnergyVad,
-    FakeServer,
+from services.fakes.audio import PCM16, PCMA, PCMU, decode_to_pcm16, encode_from_pcm16, stand_in_transcript, tone
+from services.fakes.conversation import (
     IdGen,
     Item,
-    Knobs,
     Reply,
-    SessionBase,
-    Spec,
-    SpeechStarted,
-    Streamer,
     audio_tokens,
-    b64decode_std,
-    b64encode,
     context_tokens,
-    decode_to_pcm16,
-    encode_from_pcm16,
-    find_unknown_key,
-    json_decode,
-    json_encode,
-    json_response,
     plan_reply,
     split_text,
-    stand_in_transcript,
     text_tokens,
-    tone,
 )
+from services.fakes.knobs import Knobs
+from services.fakes.server import FakeServer, json_response
+from services.fakes.session import SessionBase, Streamer
+from services.fakes.vad import EnergyVad, SpeechStarted
+from services.fakes.wire import ClientError, Spec, b64decode_std, b64encode, find_unknown_key, json_decode, json_encode
 
 __all__ = ["BETA", "GA", "Dialect", "OpenAIFake", "OpenAISession", "start"]
 
