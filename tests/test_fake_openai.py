@@ -1,7 +1,8 @@
-"""The fake OpenAI Realtime server (services.fakes.openai) and the shared fake machinery (services.fakes.common).
+"""The fake OpenAI Realtime server (services.fakes.openai) and the shared fake machinery (services.fakes.*).
 
 Driven with raw ``websockets`` clients (exact frames, error cases) and with the official ``openai`` SDK (GA and beta
-dialects, Azure routing) against protocols.md 1.x. Every wait is for a specific event under ``TIMEOUT``.
+dialects, Azure routing) against the real server's documented behaviour. Every wait is for a specific event
+under ``TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def collapse(types: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# fakes_common: pure helpers
+# shared fake machinery: pure helpers
 
 
 def test_vad_reports_padded_start_silence_stop_and_the_segment() -> None:
@@ -291,7 +292,10 @@ async def test_ga_sdk_manual_audio_turn_follows_protocol_order(server: OpenAIFak
     user_item = events[types.index("conversation.item.added")].item
     assert user_item.role == "user" and user_item.content[0].type == "input_audio"
     assert by_type["conversation.item.input_audio_transcription.completed"].transcript == "audio 1.0s"
-    assert by_type["response.content_part.added"].part.type == "output_audio"
+    # GA content_part events say `audio`; the item itself says `output_audio` (real GA servers do both).
+    assert by_type["response.content_part.added"].part.type == "audio"
+    assert by_type["response.content_part.done"].part.type == "audio"
+    assert by_type["response.output_item.done"].item.content[0].type == "output_audio"
     transcript = "turn 1: audio 1.0s"
     assert "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta") == transcript
     assert by_type["response.output_audio_transcript.done"].transcript == transcript
@@ -810,6 +814,128 @@ async def test_http_side_door(server: OpenAIFake) -> None:
     (closed,) = await debug_sessions(server.port, include_closed=True)
     assert closed["id"] == sid and closed["live"] is False and closed["close_code"] == 1000
     assert (await http_request(server.port, "/nowhere"))[0] == 404
+
+
+async def wait_dropped(port: int, sid: str, at_least: int = 1) -> None:
+    """Until the fake has dropped ``at_least`` events of session ``sid`` (a stall is in force)."""
+    deadline = time.monotonic() + TIMEOUT
+    while next(s for s in await debug_sessions(port) if s["id"] == sid)["events_dropped"] < at_least:
+        assert time.monotonic() < deadline, "the fake never stalled"
+        await asyncio.sleep(0.01)
+
+
+async def assert_silent_until_cleared(port: int, client: Raw, sid: str) -> None:
+    """A stalled session answers pings; once the knob is cleared, the next event is the answer to a new request
+    (nothing the stall swallowed arrives late, because the outbox keeps order)."""
+    await wait_dropped(port, sid)
+    await asyncio.wait_for(await client.ws.ping(), TIMEOUT)
+    seen = len(client.events)
+    await reset_knobs(port, session=sid)
+    await client.send(type="session.update", session={"type": "realtime"})
+    assert (await client.next())["type"] == "session.updated"
+    assert len(client.events) == seen + 1
+
+
+async def test_stall_on_request_sends_nothing_of_the_response_and_answers_pings(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        sid = session_id(client)
+        await set_knobs(server.port, session=sid, stall_on="request")
+        await client.send(type="response.create")
+        await assert_silent_until_cleared(server.port, client, sid)
+        assert [e["type"] for e in client.events] == ["session.created", "session.updated"]
+
+
+async def test_stall_on_response_goes_silent_after_the_first_delta(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        sid = session_id(client)
+        await set_knobs(server.port, session=sid, stall_on="response")
+        await client.send(type="response.create")
+        await client.until("response.output_audio.delta")
+        await assert_silent_until_cleared(server.port, client, sid)
+        types = [e["type"] for e in client.events]
+        assert types.count("response.output_audio.delta") == 1 and "response.done" not in types
+
+
+@pytest.mark.parametrize("moment", ["request", "response"])
+async def test_close_on_a_response_moment_closes_with_1011(server: OpenAIFake, moment: str) -> None:
+    async with raw_session(server.port) as client:
+        await set_knobs(server.port, session=session_id(client), close_on=moment)
+        await client.send(type="response.create")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await client.next()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        types = [e["type"] for e in client.events]
+        assert ("response.created" in types) is (moment == "response")
+        assert types.count("response.output_audio.delta") == (1 if moment == "response" else 0)
+
+
+async def test_first_audio_delay_holds_the_first_delta_and_a_cancel_cuts_it_short(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        sid = session_id(client)
+        await set_knobs(server.port, session=sid, first_audio_delay_ms=300)
+        await client.send(type="response.create")
+        await client.until("response.created")
+        t0 = time.monotonic()
+        await client.until("response.output_audio.delta")
+        assert time.monotonic() - t0 >= 0.3
+        await client.until("response.done")
+        await set_knobs(server.port, session=sid, first_audio_delay_ms=60_000)
+        await client.send(type="response.create")
+        await client.until("response.created")
+        await client.send(type="response.cancel")
+        tail = await client.collect_until("response.done")  # well within TIMEOUT, not after 60 s
+        assert not any(e["type"] == "response.output_audio.delta" for e in tail)
+        assert tail[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+async def test_refusal_429_reads_like_openai(server: OpenAIFake) -> None:
+    await set_knobs(server.port, refuse=429, refuse_count=1)
+    with pytest.raises(InvalidStatus) as info:
+        async with raw_session(server.port):
+            pass
+    assert info.value.response.status_code == 429
+    assert json.loads(info.value.response.body)["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_truncate_reaches_an_item_that_is_still_streaming(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        await set_knobs(server.port, session=session_id(client), pace=1.0, response_ms=5000, chunk_ms=20)
+        await client.send(type="response.create")
+        first = await client.until("response.output_audio.delta")
+        item_id = first["item_id"]
+        for _ in range(2):
+            await client.until("response.output_audio.delta")
+        await client.send(type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=4000)
+        assert (await client.until("error"))["error"]["param"] == "audio_end_ms"  # not sent yet: refused
+        await client.send(type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=40)
+        tail = await client.collect_until("conversation.item.truncated")
+        types = collapse([e["type"] for e in tail])
+        assert types[types.index("response.output_audio.done") :] == [
+            "response.output_audio.done",
+            "response.output_audio_transcript.done",
+            "response.content_part.done",
+            "conversation.item.done",
+            "response.output_item.done",
+            "response.done",
+            "rate_limits.updated",
+            "conversation.item.truncated",
+        ]
+        done = next(e for e in tail if e["type"] == "response.done")["response"]
+        assert done["status"] == "cancelled" and done["output"][0]["content"][0]["transcript"] is None
+        assert tail[-1] == {**tail[-1], "item_id": item_id, "content_index": 0, "audio_end_ms": 40}
+        item = next(i for i in (await only_session(server.port))["items"] if i["id"] == item_id)
+        assert (item["audio_ms"], item["text"], item["status"]) == (40, None, "incomplete")
+
+
+async def test_ga_text_parts_say_text_in_events_and_output_text_in_items(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        await client.send(type="session.update", session={"type": "realtime", "output_modalities": ["text"]})
+        await client.send(type="response.create")
+        events = await client.collect_until("response.done")
+        parts = [e["part"]["type"] for e in events if e["type"].startswith("response.content_part.")]
+        assert parts == ["text", "text"]
+        assert events[-1]["response"]["output"][0]["content"][0]["type"] == "output_text"
 
 
 async def test_module_entry_point_prints_the_port() -> None:

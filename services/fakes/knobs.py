@@ -17,18 +17,30 @@ from websockets.frames import EXTERNAL_CLOSE_CODES
 # Knobs
 
 
+# Moments of a response where ``stall_on`` / ``close_on`` strike (see :class:`Knobs`).
+FAULT_MOMENTS = ("request", "response")
+
+
 @dataclass(frozen=True)
 class Knobs:
     """Fault and behaviour knobs. Set at start from ``FAKE_<NAME>`` env vars, changed live through ``/control``.
 
     latency_ms: delay added before each server event (a pipeline delay: order kept, not cumulative).
     stall_after / close_after: after N server events in a session, send nothing more / close with ``close_code``.
+    stall_on / close_on: the same faults at a moment of a response (:data:`FAULT_MOMENTS`): ``request`` = as soon
+      as a response is asked for (nothing of it is sent), ``response`` = right after its first output (audio or text
+      delta, function call). A stalled session keeps its socket open and answers pings; it stays silent until the
+      knob is cleared (events dropped meanwhile are gone, as on a frozen upstream).
+    first_audio_delay_ms: delay before the first output of each response (audio or text delta, function call);
+      OpenAI's ``response.created`` still goes out at once. A cancel or barge-in cuts the wait short.
     refuse (+ refuse_count): answer the WebSocket upgrade with this HTTP status (for the next N upgrades only).
     go_away_after_s (Gemini): send ``goAway{timeLeft}`` (``go_away_time_left_s``), close when it runs out.
     session_cap_s: end the session like the provider's duration cap (``session_cap_code`` overrides the code).
     response_ms / chunk_ms / tone_hz: response audio length, chunk size and pitch.
     pace: 0 = chunks as fast as possible, 1.0 = real time, 0.25 = 4x faster than real time.
     vad_rms: energy threshold (int16 RMS) of the server VAD; the provider's own 0..1 ``threshold`` is ignored.
+    thoughts_tokens (Gemini): ``usageMetadata.thoughtsTokenCount`` of each turn, as thinking models report it
+      (0 = the field is absent, as with non-thinking models).
     """
 
     latency_ms: float = 0.0
@@ -36,6 +48,9 @@ class Knobs:
     close_after: int | None = None
     close_code: int = 1011
     close_reason: str = "fault injected by fake"
+    stall_on: str | None = None
+    close_on: str | None = None
+    first_audio_delay_ms: float = 0.0
     refuse: int | None = None
     refuse_count: int | None = None
     go_away_after_s: float | None = None
@@ -47,10 +62,16 @@ class Knobs:
     pace: float = 0.0
     tone_hz: float = 440.0
     vad_rms: float = 500.0
+    thoughts_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if self.chunk_ms <= 0 or self.response_ms < 0 or self.pace < 0 or self.latency_ms < 0:
-            raise ValueError("chunk_ms must be > 0; response_ms, pace and latency_ms must be >= 0")
+        if self.chunk_ms <= 0 or min(self.response_ms, self.pace, self.latency_ms, self.first_audio_delay_ms) < 0:
+            raise ValueError("chunk_ms must be > 0; response_ms, pace, latency_ms, first_audio_delay_ms must be >= 0")
+        if self.thoughts_tokens < 0:
+            raise ValueError("thoughts_tokens must be >= 0")
+        for name in ("stall_on", "close_on"):
+            if getattr(self, name) not in (None, *FAULT_MOMENTS):
+                raise ValueError(f"{name} must be one of {', '.join(FAULT_MOMENTS)} (or none)")
         if self.refuse is not None and not 400 <= self.refuse <= 599:
             raise ValueError("refuse must be an HTTP error status (400..599)")
         for code in (self.close_code, self.session_cap_code):

@@ -54,6 +54,7 @@ class Outbox:
         self._loop = asyncio.get_running_loop()
         self.sent = 0
         self.dropped = 0
+        self.stalled = False  # set by the ``stall_on`` knob; silent while that knob stays set
         self.closing = False  # a close is queued behind the pending events
         self.finished = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="fake-outbox")
@@ -65,6 +66,11 @@ class Outbox:
     async def send(self, payload: bytes) -> None:
         if self.finished.is_set():
             return
+        if self.stalled:
+            if self._knobs().stall_on is not None:
+                self.dropped += 1  # decided at enqueue time, so everything queued before the stall still goes out
+                return
+            self.stalled = False  # the knob was cleared: the session speaks again
         await self._queue.put((self._loop.time(), payload))
 
     async def close(self, code: int, reason: str) -> None:
@@ -131,6 +137,13 @@ class Streamer:
     @property
     def done(self) -> bool:
         return self.task is None or self.task.done()
+
+    async def hold(self, seconds: float) -> bool:
+        """Wait ``seconds`` (the ``first_audio_delay_ms`` knob); False once cancelled, which ends the wait early."""
+        if seconds > 0 and self.cancel_reason is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+        return self.cancel_reason is None
 
     async def pace(self, index: int, knobs: Knobs) -> bool:
         """Wait until chunk ``index`` is due; False once cancelled. Pace 0 still yields so cancels can land."""
@@ -247,6 +260,14 @@ class SessionBase:
 
     async def on_session_cap(self) -> None:
         raise NotImplementedError
+
+    async def fault_point(self, moment: str) -> None:
+        """A response reached ``moment`` (``request`` / ``response``): apply ``stall_on`` / ``close_on`` there."""
+        knobs = self.knobs()
+        if knobs.stall_on == moment:
+            self.outbox.stalled = True
+        if knobs.close_on == moment:
+            await self.outbox.close(knobs.close_code, knobs.close_reason)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
 

@@ -34,12 +34,12 @@ def json_decode(data: str | bytes) -> Any:
 
 
 def b64encode(data: bytes) -> str:
-    """Standard alphabet with padding: what both providers send (protocols.md 0)."""
+    """Standard alphabet with padding: what both providers send."""
     return base64.b64encode(data).decode("ascii")
 
 
 def b64decode_std(text: object) -> bytes:
-    """Strict standard-alphabet base64 (OpenAI, protocols.md 0). Raises ValueError on anything else."""
+    """Strict standard-alphabet base64 (OpenAI). Raises ValueError on anything else."""
     if not isinstance(text, str):
         raise ValueError("base64 data must be a string")
     try:
@@ -52,7 +52,7 @@ _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64decode_any(text: object) -> bytes:
-    """Standard or URL-safe base64, padded or not (the Gemini SDK sends URL-safe with padding, protocols.md 2.3).
+    """Standard or URL-safe base64, padded or not (the Gemini SDK sends URL-safe with padding).
 
     Raises ValueError for anything that is not base64 in one of those spellings.
     """

@@ -1,7 +1,7 @@
 """``python -m services.fakes.openai``: run the fake OpenAI Realtime server until SIGINT/SIGTERM.
 
 Prints the chosen port alone on the first stdout line (so ``--port 0`` is usable from scripts).
-Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.common.Knobs``).
+Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.knobs.Knobs``).
 """
 
 from __future__ import annotations
