@@ -2,7 +2,7 @@
 
 The official ``google-genai`` SDK forces ``wss://``, so its tests run the fake with a ``trustme`` certificate; raw
 ``websockets`` clients use plain ``ws://`` with ``?key=`` for exact frames, snake_case keys and the close codes.
-Every wait is for a specific message under ``TIMEOUT``.
+Every wait is for a specific message under ``TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from services.fakes.control import debug_sessions, http_request, set_knobs
 from services.fakes.gemini.server import CAP_REASON, GeminiFake, camelize
 from services.fakes.knobs import Knobs
 
-TIMEOUT = 5.0
+TIMEOUT_S = 5.0
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 MODEL = "models/gemini-live-2.5-flash-preview"
 
@@ -91,7 +91,7 @@ class Raw:
         await self.ws.send(json.dumps(message))
 
     async def next(self) -> dict[str, Any]:
-        message = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
+        message = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT_S))
         self.messages.append(message)
         return message
 
@@ -177,7 +177,7 @@ async def test_sdk_audio_turn_with_transcriptions_usage_and_resumption(tls_serve
         )
         await session.send_realtime_input(audio_stream_end=True)
         messages = [m async for m in session.receive()]  # receive() stops after turnComplete
-        resumption = await asyncio.wait_for(anext(aiter(session.receive())), TIMEOUT)
+        resumption = await asyncio.wait_for(anext(aiter(session.receive())), TIMEOUT_S)
 
     first = messages[0].server_content
     assert first is not None and first.input_transcription is not None
@@ -396,7 +396,7 @@ async def test_missing_key_closes_1008_after_the_first_frame_and_bad_path_is_404
     assert info.value.response.status_code == 404
     async with connect(f"ws://127.0.0.1:{server.port}{PATH}", additional_headers={"x-goog-api-key": "k"}) as ws:
         await ws.send(json.dumps({"setup": {"model": MODEL}}))
-        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {"setupComplete": {}}
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S)) == {"setupComplete": {}}
 
 
 async def test_manual_activity_turns_and_barge_in(server: GeminiFake) -> None:
@@ -559,11 +559,11 @@ async def test_stall_on_request_and_on_response_keep_the_socket_open(server: Gem
             await user_text(client, "hello there you")
             if delivered:
                 await client.next()
-            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            deadline = asyncio.get_running_loop().time() + TIMEOUT_S
             while (await only_session(server.port))["events_dropped"] <= dropped:
                 assert asyncio.get_running_loop().time() < deadline, "the fake never stalled"
                 await asyncio.sleep(0.01)
-            await asyncio.wait_for(await client.ws.ping(), TIMEOUT)  # pings still answered
+            await asyncio.wait_for(await client.ws.ping(), TIMEOUT_S)  # pings still answered
             await http_request(server.port, f"/control?session={sid}", method="DELETE")
             await user_text(client, "again")
             turn = await client.turn()
@@ -623,4 +623,4 @@ async def test_module_entry_point_serves_tls(tmp_path: Path, tls: Any) -> None:
         assert await http_request(port, "/healthz", ssl_context=tls[1]) == (200, b"ok")
     finally:
         proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT_S) == 0

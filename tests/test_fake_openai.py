@@ -2,7 +2,7 @@
 
 Driven with raw ``websockets`` clients (exact frames, error cases) and with the official ``openai`` SDK (GA and beta
 dialects, Azure routing) against the real server's documented behaviour. Every wait is for a specific event
-under ``TIMEOUT``.
+under ``TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from services.fakes.openai.server import OpenAIFake
 from services.fakes.vad import EnergyVad, SpeechStarted, SpeechStopped
 from services.fakes.wire import b64decode_any, b64decode_std
 
-TIMEOUT = 5.0
+TIMEOUT_S = 5.0
 SECRET = "sk-test-secret-value"
 RATE = 24_000
 
@@ -187,7 +187,7 @@ class Raw:
         await self.ws.send(json.dumps(event))
 
     async def next(self) -> dict[str, Any]:
-        event = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
+        event = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT_S))
         self.events.append(event)
         return event
 
@@ -270,7 +270,7 @@ async def test_ga_sdk_manual_audio_turn_follows_protocol_order(server: OpenAIFak
     client = AsyncOpenAI(api_key=SECRET, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
     events: list[Any] = []
     async with client.realtime.connect(model="gpt-realtime", extra_query={"foo": "bar"}) as conn:
-        created = await asyncio.wait_for(conn.recv(), TIMEOUT)
+        created = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
         assert created.type == "session.created" and created.session.type == "realtime"
         await conn.session.update(
             session={
@@ -283,7 +283,7 @@ async def test_ga_sdk_manual_audio_turn_follows_protocol_order(server: OpenAIFak
         await conn.input_audio_buffer.commit()
         await conn.response.create()
         while not events or events[-1].type != "rate_limits.updated":
-            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT))
+            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
     types = [e.type for e in events]
     assert collapse(types) == AUDIO_TURN_ORDER
     ids = [created.event_id, *(e.event_id for e in events)]
@@ -334,7 +334,7 @@ async def test_beta_sdk_text_response_uses_beta_names_and_shapes(server: OpenAIF
     client = AsyncOpenAI(api_key=SECRET, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
     events: list[Any] = []
     async with client.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
-        created = await asyncio.wait_for(conn.recv(), TIMEOUT)
+        created = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
         assert created.session.modalities == ["text", "audio"] and created.session.input_audio_format == "pcm16"
         await conn.session.update(session={"modalities": ["text"], "turn_detection": None})
         await conn.conversation.item.create(
@@ -342,7 +342,7 @@ async def test_beta_sdk_text_response_uses_beta_names_and_shapes(server: OpenAIF
         )
         await conn.response.create()
         while not events or events[-1].type != "rate_limits.updated":
-            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT))
+            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
     assert collapse([e.type for e in events]) == [
         "session.updated",
         "conversation.item.created",
@@ -370,7 +370,7 @@ async def test_ga_sdk_function_call_round_trip(server: OpenAIFake) -> None:
     client = AsyncOpenAI(api_key=SECRET, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
     tool = {"type": "function", "name": "get_weather", "description": "w", "parameters": {"type": "object"}}
     async with client.realtime.connect(model="gpt-realtime") as conn:
-        await asyncio.wait_for(conn.recv(), TIMEOUT)
+        await asyncio.wait_for(conn.recv(), TIMEOUT_S)
         await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "tools": [tool]})
         text = "what does get_weather say for Paris?"
         await conn.conversation.item.create(
@@ -379,7 +379,7 @@ async def test_ga_sdk_function_call_round_trip(server: OpenAIFake) -> None:
         await conn.response.create()
         first: list[Any] = []
         while not first or first[-1].type != "response.done":
-            first.append(await asyncio.wait_for(conn.recv(), TIMEOUT))
+            first.append(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
         assert collapse([e.type for e in first]) == [
             "session.updated",
             "conversation.item.added",
@@ -409,7 +409,7 @@ async def test_ga_sdk_function_call_round_trip(server: OpenAIFake) -> None:
             item={"type": "function_call_output", "call_id": "call_1", "output": '{"temp": 20}'}
         )
         await conn.response.create()
-        while (event := await asyncio.wait_for(conn.recv(), TIMEOUT)).type != "response.output_text.done":
+        while (event := await asyncio.wait_for(conn.recv(), TIMEOUT_S)).type != "response.output_text.done":
             pass
         assert event.text == 'turn 1: tool get_weather returned {"temp": 20}'
     (session,) = await debug_sessions(server.port, include_closed=True)
@@ -431,7 +431,7 @@ async def test_azure_routing_with_the_sdk_and_raw_rejections() -> None:
             )
             realtime = client.beta.realtime if beta else client.realtime
             async with realtime.connect(model="my-deployment") as conn:
-                created = await asyncio.wait_for(conn.recv(), TIMEOUT)
+                created = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
                 assert created.type == "session.created" and created.session.model == "my-deployment"
                 assert ("modalities" in created.session.model_dump()) is beta
         base = f"ws://127.0.0.1:{server.port}/openai/realtime"
@@ -753,7 +753,7 @@ async def test_refuse_close_after_and_stall_knobs(server: OpenAIFake) -> None:
         sid = session_id(client)
         await set_knobs(server.port, session=sid, stall_after=1)
         await client.send(type="session.update", session={"type": "realtime"})
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + TIMEOUT_S
         while (await debug_sessions(server.port))[0]["events_dropped"] < 1:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
@@ -807,7 +807,7 @@ async def test_http_side_door(server: OpenAIFake) -> None:
         assert [s["id"] for s in await debug_sessions(server.port)] == [sid]
     status, body = await http_request(server.port, "/control", method="DELETE")
     assert status == 200 and json.loads(body)["global"] == Knobs().as_dict()
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + TIMEOUT_S
     while await debug_sessions(server.port):  # the session goes from live to closed on its own
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
@@ -818,7 +818,7 @@ async def test_http_side_door(server: OpenAIFake) -> None:
 
 async def wait_dropped(port: int, sid: str, at_least: int = 1) -> None:
     """Until the fake has dropped ``at_least`` events of session ``sid`` (a stall is in force)."""
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + TIMEOUT_S
     while next(s for s in await debug_sessions(port) if s["id"] == sid)["events_dropped"] < at_least:
         assert time.monotonic() < deadline, "the fake never stalled"
         await asyncio.sleep(0.01)
@@ -828,7 +828,7 @@ async def assert_silent_until_cleared(port: int, client: Raw, sid: str) -> None:
     """A stalled session answers pings; once the knob is cleared, the next event is the answer to a new request
     (nothing the stall swallowed arrives late, because the outbox keeps order)."""
     await wait_dropped(port, sid)
-    await asyncio.wait_for(await client.ws.ping(), TIMEOUT)
+    await asyncio.wait_for(await client.ws.ping(), TIMEOUT_S)
     seen = len(client.events)
     await reset_knobs(port, session=sid)
     await client.send(type="session.update", session={"type": "realtime"})
@@ -884,7 +884,7 @@ async def test_first_audio_delay_holds_the_first_delta_and_a_cancel_cuts_it_shor
         await client.send(type="response.create")
         await client.until("response.created")
         await client.send(type="response.cancel")
-        tail = await client.collect_until("response.done")  # well within TIMEOUT, not after 60 s
+        tail = await client.collect_until("response.done")  # well within TIMEOUT_S, not after 60 s
         assert not any(e["type"] == "response.output_audio.delta" for e in tail)
         assert tail[-1]["response"]["status_details"]["reason"] == "client_cancelled"
 
@@ -948,4 +948,4 @@ async def test_module_entry_point_prints_the_port() -> None:
         assert await http_request(port, "/healthz") == (200, b"ok")
     finally:
         proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT_S) == 0
