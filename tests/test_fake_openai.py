@@ -163,6 +163,12 @@ def test_knobs_from_env_and_validation() -> None:
         Knobs.from_env({"FAKE_CHUNK_MS": "0"})
     with pytest.raises(ValueError):
         Knobs.from_env({"FAKE_PACE": "fast"})
+    faults = Knobs.from_env({"FAKE_STALL_ON": "request", "FAKE_CLOSE_ON": "none", "FAKE_FIRST_AUDIO_DELAY_MS": "80"})
+    assert (faults.stall_on, faults.close_on, faults.first_audio_delay_ms) == ("request", None, 80.0)
+    with pytest.raises(ValueError, match="stall_on"):
+        Knobs.from_env({"FAKE_STALL_ON": "sometimes"})
+    with pytest.raises(ValueError):
+        Knobs.from_env({"FAKE_THOUGHTS_TOKENS": "-1"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
