@@ -49,7 +49,6 @@ def _nearest_code_table(decode: np.ndarray) -> np.ndarray:
 
 _DECODE_TABLES: dict[str, np.ndarray] = {PCMU: _ulaw_table(), PCMA: _alaw_table()}
 _ENCODE_TABLES: dict[str, np.ndarray] = {k: _nearest_code_table(v) for k, v in _DECODE_TABLES.items()}
-BYTES_PER_SAMPLE: dict[str, int] = {PCM16: 2, PCMU: 1, PCMA: 1}
 
 
 def decode_to_pcm16(raw: bytes, encoding: str) -> bytes:

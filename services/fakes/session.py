@@ -45,6 +45,8 @@ class Outbox:
 
     ``send`` only enqueues; a writer task applies ``latency_ms`` (as a delay from enqueue time, order kept),
     ``stall_after`` (drop silently) and ``close_after`` (close with ``close_code``), then writes a text frame.
+    ``stalled`` (set by :meth:`SessionBase.fault_point` for ``stall_on``) drops at enqueue time instead, so what
+    was queued before the stall still goes out.
     """
 
     def __init__(self, ws: ServerConnection, knobs: Callable[[], Knobs], *, maxsize: int = 4096) -> None:
