@@ -1,8 +1,8 @@
-"""The fake Gemini Live server (services.fakes.gemini), against protocols.md 2.x and 4.2.
+"""The fake Gemini Live server (services.fakes.gemini), against the real server's documented behaviour.
 
 The official ``google-genai`` SDK forces ``wss://``, so its tests run the fake with a ``trustme`` certificate; raw
 ``websockets`` clients use plain ``ws://`` with ``?key=`` for exact frames, snake_case keys and the close codes.
-Every wait is for a specific message under ``TIMEOUT``.
+Every wait is for a specific message under ``TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.fakes import gemini as fake_gemini
-from services.fakes.common import Knobs, debug_sessions, dominant_hz, http_request, set_knobs, tone
+from services.fakes.audio import dominant_hz, tone
+from services.fakes.control import debug_sessions, http_request, set_knobs
 from services.fakes.gemini.server import CAP_REASON, GeminiFake, camelize
+from services.fakes.knobs import Knobs
 
-TIMEOUT = 5.0
+TIMEOUT_S = 5.0
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 MODEL = "models/gemini-live-2.5-flash-preview"
 
@@ -89,7 +91,7 @@ class Raw:
         await self.ws.send(json.dumps(message))
 
     async def next(self) -> dict[str, Any]:
-        message = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
+        message = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT_S))
         self.messages.append(message)
         return message
 
@@ -175,7 +177,7 @@ async def test_sdk_audio_turn_with_transcriptions_usage_and_resumption(tls_serve
         )
         await session.send_realtime_input(audio_stream_end=True)
         messages = [m async for m in session.receive()]  # receive() stops after turnComplete
-        resumption = await asyncio.wait_for(anext(aiter(session.receive())), TIMEOUT)
+        resumption = await asyncio.wait_for(anext(aiter(session.receive())), TIMEOUT_S)
 
     first = messages[0].server_content
     assert first is not None and first.input_transcription is not None
@@ -394,7 +396,7 @@ async def test_missing_key_closes_1008_after_the_first_frame_and_bad_path_is_404
     assert info.value.response.status_code == 404
     async with connect(f"ws://127.0.0.1:{server.port}{PATH}", additional_headers={"x-goog-api-key": "k"}) as ws:
         await ws.send(json.dumps({"setup": {"model": MODEL}}))
-        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {"setupComplete": {}}
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S)) == {"setupComplete": {}}
 
 
 async def test_manual_activity_turns_and_barge_in(server: GeminiFake) -> None:
@@ -505,6 +507,98 @@ async def test_go_away_then_close_and_refuse(server: GeminiFake) -> None:
     assert status == 200 and json.loads(body)["sessions"][0]["close_code"] == 1011
 
 
+def keys_of(messages: list[dict[str, Any]]) -> list[str]:
+    """``serverContent`` members (or the top-level key) of each message, in order."""
+    return [next(iter(m["serverContent"])) if "serverContent" in m else next(iter(m)) for m in messages]
+
+
+async def test_tool_call_never_gets_turn_complete_and_thoughts_are_reported(server: GeminiFake) -> None:
+    tools = [{"functionDeclarations": [{"name": "get_time", "description": "t"}]}]
+    setup = {
+        "tools": tools,
+        "generationConfig": {"responseModalities": ["TEXT"], "thinkingConfig": {"includeThoughts": True}},
+    }
+    async with raw(server.port, setup) as client:
+        await set_knobs(server.port, session=(await only_session(server.port))["id"], thoughts_tokens=7)
+        await user_text(client, "what does get_time say")
+        first = await client.until(lambda m: "toolCall" in m)
+        assert first[0]["serverContent"]["modelTurn"]["parts"][0]["thought"] is True
+        await client.send(
+            {"toolResponse": {"functionResponses": [{"id": "fc_1", "name": "get_time", "response": {"t": 1}}]}}
+        )
+        after = await client.turn()
+        # The first turnComplete after the toolCall is the one ending the continuation, never a bare one.
+        assert keys_of(after)[-3:] == ["modelTurn", "generationComplete", "turnComplete"]
+        assert text_of([m for m in after if not _is_thought(m)]) == 'turn 1: tool get_time returned {"t": 1}'
+        usage = after[-1]["usageMetadata"]
+        assert usage["thoughtsTokenCount"] == 7
+        assert usage["totalTokenCount"] == usage["promptTokenCount"] + usage["responseTokenCount"] + 7
+
+
+def _is_thought(message: dict[str, Any]) -> bool:
+    parts = message.get("serverContent", {}).get("modelTurn", {}).get("parts", [])
+    return any(p.get("thought") for p in parts)
+
+
+async def test_usage_has_no_thoughts_field_by_default(server: GeminiFake) -> None:
+    async with raw(server.port, {"generationConfig": {"responseModalities": ["TEXT"]}}) as client:
+        await user_text(client, "hi")
+        turn = await client.turn()
+        assert keys_of(turn)[-2:] == ["generationComplete", "turnComplete"]
+        assert "thoughtsTokenCount" not in turn[-1]["usageMetadata"]
+        assert not any(_is_thought(m) for m in turn)
+
+
+async def test_stall_on_request_and_on_response_keep_the_socket_open(server: GeminiFake) -> None:
+    async with raw(server.port, {"generationConfig": {"responseModalities": ["TEXT"]}}) as client:
+        sid = (await only_session(server.port))["id"]
+        for moment, delivered in (("request", 0), ("response", 1)):
+            await set_knobs(server.port, session=sid, stall_on=moment)
+            seen = len(client.messages)
+            dropped = (await only_session(server.port))["events_dropped"]
+            await user_text(client, "hello there you")
+            if delivered:
+                await client.next()
+            deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+            while (await only_session(server.port))["events_dropped"] <= dropped:
+                assert asyncio.get_running_loop().time() < deadline, "the fake never stalled"
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(await client.ws.ping(), TIMEOUT_S)  # pings still answered
+            await http_request(server.port, f"/control?session={sid}", method="DELETE")
+            await user_text(client, "again")
+            turn = await client.turn()
+            # Nothing of the stalled turn arrives late: the next frames are the new turn's.
+            assert len(client.messages) - seen == delivered + len(turn)
+            assert text_of(turn).endswith("again")
+
+
+@pytest.mark.parametrize("moment", ["request", "response"])
+async def test_close_on_a_response_moment_closes_with_1011(server: GeminiFake, moment: str) -> None:
+    async with raw(server.port, {}) as client:
+        await set_knobs(server.port, session=(await only_session(server.port))["id"], close_on=moment)
+        await client.send({"realtimeInput": {"text": "hi"}})
+        assert (await client.closed())[0] == 1011
+        audio = [m for m in client.messages if "modelTurn" in m.get("serverContent", {})]
+        assert len(audio) == (1 if moment == "response" else 0)
+
+
+async def test_first_audio_delay_and_503_refusal(server: GeminiFake) -> None:
+    async with raw(server.port, {}) as client:
+        await set_knobs(server.port, session=(await only_session(server.port))["id"], first_audio_delay_ms=300)
+        t0 = asyncio.get_running_loop().time()
+        await client.send({"realtimeInput": {"text": "hi"}})
+        await client.until(lambda m: "modelTurn" in m.get("serverContent", {}))
+        assert asyncio.get_running_loop().time() - t0 >= 0.3
+    await set_knobs(server.port, refuse=503, refuse_count=1)
+    with pytest.raises(InvalidStatus) as info:
+        async with raw(server.port):
+            pass
+    assert info.value.response.status_code == 503
+    assert json.loads(info.value.response.body)["error"]["status"] == "UNAVAILABLE"
+    async with raw(server.port, {}):  # refuse_count used up
+        pass
+
+
 async def test_module_entry_point_serves_tls(tmp_path: Path, tls: Any) -> None:
     ca: trustme.CA = tls[2]
     cert = ca.issue_cert("127.0.0.1")
@@ -529,4 +623,4 @@ async def test_module_entry_point_serves_tls(tmp_path: Path, tls: Any) -> None:
         assert await http_request(port, "/healthz", ssl_context=tls[1]) == (200, b"ok")
     finally:
         proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT_S) == 0

@@ -1,7 +1,8 @@
-"""The fake OpenAI Realtime server (services.fakes.openai) and the shared fake machinery (services.fakes.common).
+"""The fake OpenAI Realtime server (services.fakes.openai) and the shared fake machinery (services.fakes.*).
 
 Driven with raw ``websockets`` clients (exact frames, error cases) and with the official ``openai`` SDK (GA and beta
-dialects, Azure routing) against protocols.md 1.x. Every wait is for a specific event under ``TIMEOUT``.
+dialects, Azure routing) against the real server's documented behaviour. Every wait is for a specific event
+under ``TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -23,30 +24,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.fakes import openai as fake_openai
-from services.fakes.common import (
-    PCMA,
-    PCMU,
-    EnergyVad,
-    Item,
-    Knobs,
-    SpeechStarted,
-    SpeechStopped,
-    b64decode_any,
-    b64decode_std,
-    debug_sessions,
-    decode_to_pcm16,
-    dominant_hz,
-    encode_from_pcm16,
-    http_request,
-    plan_reply,
-    reset_knobs,
-    set_knobs,
-    split_text,
-    tone,
-)
+from services.fakes.audio import PCMA, PCMU, decode_to_pcm16, dominant_hz, encode_from_pcm16, tone
+from services.fakes.control import debug_sessions, http_request, reset_knobs, set_knobs
+from services.fakes.conversation import Item, plan_reply, split_text
+from services.fakes.knobs import Knobs
 from services.fakes.openai.server import OpenAIFake
+from services.fakes.vad import EnergyVad, SpeechStarted, SpeechStopped
+from services.fakes.wire import b64decode_any, b64decode_std
 
-TIMEOUT = 5.0
+TIMEOUT_S = 5.0
 SECRET = "sk-test-secret-value"
 RATE = 24_000
 
@@ -74,7 +60,7 @@ def collapse(types: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# fakes_common: pure helpers
+# shared fake machinery: pure helpers
 
 
 def test_vad_reports_padded_start_silence_stop_and_the_segment() -> None:
@@ -177,6 +163,12 @@ def test_knobs_from_env_and_validation() -> None:
         Knobs.from_env({"FAKE_CHUNK_MS": "0"})
     with pytest.raises(ValueError):
         Knobs.from_env({"FAKE_PACE": "fast"})
+    faults = Knobs.from_env({"FAKE_STALL_ON": "request", "FAKE_CLOSE_ON": "none", "FAKE_FIRST_AUDIO_DELAY_MS": "80"})
+    assert (faults.stall_on, faults.close_on, faults.first_audio_delay_ms) == ("request", None, 80.0)
+    with pytest.raises(ValueError, match="stall_on"):
+        Knobs.from_env({"FAKE_STALL_ON": "sometimes"})
+    with pytest.raises(ValueError):
+        Knobs.from_env({"FAKE_THOUGHTS_TOKENS": "-1"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,7 +193,7 @@ class Raw:
         await self.ws.send(json.dumps(event))
 
     async def next(self) -> dict[str, Any]:
-        event = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
+        event = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT_S))
         self.events.append(event)
         return event
 
@@ -284,7 +276,7 @@ async def test_ga_sdk_manual_audio_turn_follows_protocol_order(server: OpenAIFak
     client = AsyncOpenAI(api_key=SECRET, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
     events: list[Any] = []
     async with client.realtime.connect(model="gpt-realtime", extra_query={"foo": "bar"}) as conn:
-        created = await asyncio.wait_for(conn.recv(), TIMEOUT)
+        created = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
         assert created.type == "session.created" and created.session.type == "realtime"
         await conn.session.update(
             session={
@@ -297,7 +289,7 @@ async def test_ga_sdk_manual_audio_turn_follows_protocol_order(server: OpenAIFak
         await conn.input_audio_buffer.commit()
         await conn.response.create()
         while not events or events[-1].type != "rate_limits.updated":
-            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT))
+            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
     types = [e.type for e in events]
     assert collapse(types) == AUDIO_TURN_ORDER
     ids = [created.event_id, *(e.event_id for e in events)]
@@ -306,7 +298,10 @@ async def test_ga_sdk_manual_audio_turn_follows_protocol_order(server: OpenAIFak
     user_item = events[types.index("conversation.item.added")].item
     assert user_item.role == "user" and user_item.content[0].type == "input_audio"
     assert by_type["conversation.item.input_audio_transcription.completed"].transcript == "audio 1.0s"
-    assert by_type["response.content_part.added"].part.type == "output_audio"
+    # GA content_part events say `audio`; the item itself says `output_audio` (real GA servers do both).
+    assert by_type["response.content_part.added"].part.type == "audio"
+    assert by_type["response.content_part.done"].part.type == "audio"
+    assert by_type["response.output_item.done"].item.content[0].type == "output_audio"
     transcript = "turn 1: audio 1.0s"
     assert "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta") == transcript
     assert by_type["response.output_audio_transcript.done"].transcript == transcript
@@ -345,7 +340,7 @@ async def test_beta_sdk_text_response_uses_beta_names_and_shapes(server: OpenAIF
     client = AsyncOpenAI(api_key=SECRET, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
     events: list[Any] = []
     async with client.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
-        created = await asyncio.wait_for(conn.recv(), TIMEOUT)
+        created = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
         assert created.session.modalities == ["text", "audio"] and created.session.input_audio_format == "pcm16"
         await conn.session.update(session={"modalities": ["text"], "turn_detection": None})
         await conn.conversation.item.create(
@@ -353,7 +348,7 @@ async def test_beta_sdk_text_response_uses_beta_names_and_shapes(server: OpenAIF
         )
         await conn.response.create()
         while not events or events[-1].type != "rate_limits.updated":
-            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT))
+            events.append(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
     assert collapse([e.type for e in events]) == [
         "session.updated",
         "conversation.item.created",
@@ -381,7 +376,7 @@ async def test_ga_sdk_function_call_round_trip(server: OpenAIFake) -> None:
     client = AsyncOpenAI(api_key=SECRET, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
     tool = {"type": "function", "name": "get_weather", "description": "w", "parameters": {"type": "object"}}
     async with client.realtime.connect(model="gpt-realtime") as conn:
-        await asyncio.wait_for(conn.recv(), TIMEOUT)
+        await asyncio.wait_for(conn.recv(), TIMEOUT_S)
         await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "tools": [tool]})
         text = "what does get_weather say for Paris?"
         await conn.conversation.item.create(
@@ -390,7 +385,7 @@ async def test_ga_sdk_function_call_round_trip(server: OpenAIFake) -> None:
         await conn.response.create()
         first: list[Any] = []
         while not first or first[-1].type != "response.done":
-            first.append(await asyncio.wait_for(conn.recv(), TIMEOUT))
+            first.append(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
         assert collapse([e.type for e in first]) == [
             "session.updated",
             "conversation.item.added",
@@ -420,7 +415,7 @@ async def test_ga_sdk_function_call_round_trip(server: OpenAIFake) -> None:
             item={"type": "function_call_output", "call_id": "call_1", "output": '{"temp": 20}'}
         )
         await conn.response.create()
-        while (event := await asyncio.wait_for(conn.recv(), TIMEOUT)).type != "response.output_text.done":
+        while (event := await asyncio.wait_for(conn.recv(), TIMEOUT_S)).type != "response.output_text.done":
             pass
         assert event.text == 'turn 1: tool get_weather returned {"temp": 20}'
     (session,) = await debug_sessions(server.port, include_closed=True)
@@ -442,7 +437,7 @@ async def test_azure_routing_with_the_sdk_and_raw_rejections() -> None:
             )
             realtime = client.beta.realtime if beta else client.realtime
             async with realtime.connect(model="my-deployment") as conn:
-                created = await asyncio.wait_for(conn.recv(), TIMEOUT)
+                created = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
                 assert created.type == "session.created" and created.session.model == "my-deployment"
                 assert ("modalities" in created.session.model_dump()) is beta
         base = f"ws://127.0.0.1:{server.port}/openai/realtime"
@@ -764,7 +759,7 @@ async def test_refuse_close_after_and_stall_knobs(server: OpenAIFake) -> None:
         sid = session_id(client)
         await set_knobs(server.port, session=sid, stall_after=1)
         await client.send(type="session.update", session={"type": "realtime"})
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + TIMEOUT_S
         while (await debug_sessions(server.port))[0]["events_dropped"] < 1:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
@@ -818,13 +813,135 @@ async def test_http_side_door(server: OpenAIFake) -> None:
         assert [s["id"] for s in await debug_sessions(server.port)] == [sid]
     status, body = await http_request(server.port, "/control", method="DELETE")
     assert status == 200 and json.loads(body)["global"] == Knobs().as_dict()
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + TIMEOUT_S
     while await debug_sessions(server.port):  # the session goes from live to closed on its own
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
     (closed,) = await debug_sessions(server.port, include_closed=True)
     assert closed["id"] == sid and closed["live"] is False and closed["close_code"] == 1000
     assert (await http_request(server.port, "/nowhere"))[0] == 404
+
+
+async def wait_dropped(port: int, sid: str, at_least: int = 1) -> None:
+    """Until the fake has dropped ``at_least`` events of session ``sid`` (a stall is in force)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while next(s for s in await debug_sessions(port) if s["id"] == sid)["events_dropped"] < at_least:
+        assert time.monotonic() < deadline, "the fake never stalled"
+        await asyncio.sleep(0.01)
+
+
+async def assert_silent_until_cleared(port: int, client: Raw, sid: str) -> None:
+    """A stalled session answers pings; once the knob is cleared, the next event is the answer to a new request
+    (nothing the stall swallowed arrives late, because the outbox keeps order)."""
+    await wait_dropped(port, sid)
+    await asyncio.wait_for(await client.ws.ping(), TIMEOUT_S)
+    seen = len(client.events)
+    await reset_knobs(port, session=sid)
+    await client.send(type="session.update", session={"type": "realtime"})
+    assert (await client.next())["type"] == "session.updated"
+    assert len(client.events) == seen + 1
+
+
+async def test_stall_on_request_sends_nothing_of_the_response_and_answers_pings(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        sid = session_id(client)
+        await set_knobs(server.port, session=sid, stall_on="request")
+        await client.send(type="response.create")
+        await assert_silent_until_cleared(server.port, client, sid)
+        assert [e["type"] for e in client.events] == ["session.created", "session.updated"]
+
+
+async def test_stall_on_response_goes_silent_after_the_first_delta(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        sid = session_id(client)
+        await set_knobs(server.port, session=sid, stall_on="response")
+        await client.send(type="response.create")
+        await client.until("response.output_audio.delta")
+        await assert_silent_until_cleared(server.port, client, sid)
+        types = [e["type"] for e in client.events]
+        assert types.count("response.output_audio.delta") == 1 and "response.done" not in types
+
+
+@pytest.mark.parametrize("moment", ["request", "response"])
+async def test_close_on_a_response_moment_closes_with_1011(server: OpenAIFake, moment: str) -> None:
+    async with raw_session(server.port) as client:
+        await set_knobs(server.port, session=session_id(client), close_on=moment)
+        await client.send(type="response.create")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await client.next()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        types = [e["type"] for e in client.events]
+        assert ("response.created" in types) is (moment == "response")
+        assert types.count("response.output_audio.delta") == (1 if moment == "response" else 0)
+
+
+async def test_first_audio_delay_holds_the_first_delta_and_a_cancel_cuts_it_short(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        sid = session_id(client)
+        await set_knobs(server.port, session=sid, first_audio_delay_ms=300)
+        await client.send(type="response.create")
+        await client.until("response.created")
+        t0 = time.monotonic()
+        await client.until("response.output_audio.delta")
+        assert time.monotonic() - t0 >= 0.3
+        await client.until("response.done")
+        await set_knobs(server.port, session=sid, first_audio_delay_ms=60_000)
+        await client.send(type="response.create")
+        await client.until("response.created")
+        await client.send(type="response.cancel")
+        tail = await client.collect_until("response.done")  # well within TIMEOUT_S, not after 60 s
+        assert not any(e["type"] == "response.output_audio.delta" for e in tail)
+        assert tail[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+async def test_refusal_429_reads_like_openai(server: OpenAIFake) -> None:
+    await set_knobs(server.port, refuse=429, refuse_count=1)
+    with pytest.raises(InvalidStatus) as info:
+        async with raw_session(server.port):
+            pass
+    assert info.value.response.status_code == 429
+    assert json.loads(info.value.response.body)["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_truncate_reaches_an_item_that_is_still_streaming(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        await set_knobs(server.port, session=session_id(client), pace=1.0, response_ms=5000, chunk_ms=20)
+        await client.send(type="response.create")
+        first = await client.until("response.output_audio.delta")
+        item_id = first["item_id"]
+        for _ in range(2):
+            await client.until("response.output_audio.delta")
+        await client.send(type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=4000)
+        assert (await client.until("error"))["error"]["param"] == "audio_end_ms"  # not sent yet: refused
+        await client.send(type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=40)
+        tail = await client.collect_until("conversation.item.truncated")
+        types = collapse([e["type"] for e in tail])
+        assert types[types.index("response.output_audio.done") :] == [
+            "response.output_audio.done",
+            "response.output_audio_transcript.done",
+            "response.content_part.done",
+            "conversation.item.done",
+            "response.output_item.done",
+            "response.done",
+            "rate_limits.updated",
+            "conversation.item.truncated",
+        ]
+        done = next(e for e in tail if e["type"] == "response.done")["response"]
+        assert done["status"] == "cancelled" and done["output"][0]["content"][0]["transcript"] is None
+        assert tail[-1] == {**tail[-1], "item_id": item_id, "content_index": 0, "audio_end_ms": 40}
+        item = next(i for i in (await only_session(server.port))["items"] if i["id"] == item_id)
+        assert (item["audio_ms"], item["text"], item["status"]) == (40, None, "incomplete")
+
+
+async def test_ga_text_parts_say_text_in_events_and_output_text_in_items(server: OpenAIFake) -> None:
+    async with raw_session(server.port) as client:
+        await client.send(type="session.update", session={"type": "realtime", "output_modalities": ["text"]})
+        await client.send(type="response.create")
+        events = await client.collect_until("response.done")
+        parts = [e["part"]["type"] for e in events if e["type"].startswith("response.content_part.")]
+        assert parts == ["text", "text"]
+        assert events[-1]["response"]["output"][0]["content"][0]["type"] == "output_text"
 
 
 async def test_module_entry_point_prints_the_port() -> None:
@@ -837,4 +954,4 @@ async def test_module_entry_point_prints_the_port() -> None:
         assert await http_request(port, "/healthz") == (200, b"ok")
     finally:
         proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT_S) == 0

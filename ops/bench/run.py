@@ -53,7 +53,7 @@ import websockets
 
 from ops.bench.client import AUDIO_DELTA, LoadSpec, commit_frames, frame_message, session_update
 from services.dev.stack import Proc, Stack, free_port
-from services.fakes.common import reset_knobs, set_knobs
+from services.fakes.control import reset_knobs, set_knobs
 from shared import bus
 from shared.session import session_key
 from shared.store import Store

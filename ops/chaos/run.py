@@ -47,7 +47,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from services.dev.stack import Proc, Stack, free_port
-from services.fakes.common import debug_sessions
+from services.fakes.control import debug_sessions
 from shared import events as ev
 from shared.audio import tone
 from shared.session import session_key

@@ -84,8 +84,12 @@ def _check_report(
     _check_tables(stdout)
     assert report["machine"]["cores"] and report["machine"]["date"]
     capacity = report["capacity"]
-    assert capacity["steps"] and capacity["max_sessions_under_budget"] >= 0
+    assert capacity["steps"]
     passed = capacity["max_sessions_under_budget"]
+    # The capacity is the largest load the search passed (0 if the first step broke), and the table says so.
+    assert passed == max((st["sessions"] for st in capacity["steps"] if st["break"] is None), default=0), capacity
+    assert capacity["broke_at"] is not None or all(st["break"] is None for st in capacity["steps"]), capacity
+    assert f"Largest under budget: **{passed}** sessions" in stdout
     for step in capacity["steps"]:
         _check_row(step["row"], strict=strict or step["break"] is None)
     assert [row["sessions"] for row in report["latency"]] == sessions

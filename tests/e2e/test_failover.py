@@ -536,9 +536,17 @@ async def test_a_response_create_answered_before_it_reached_the_stream_is_not_re
         await conn.response.create()
         events = await _next(conn, "response.done")
         assert _transcript(events) == "turn 1: audio 0.6s"
-        await asyncio.sleep(0.3)  # the checkpoint folds it
+        async with asyncio.timeout(TIMEOUT_S):  # the checkpoint folds it
+            while len((await store.snapshot(sid)).items) < 2:
+                await asyncio.sleep(0.02)
+        fake_port, before = failover.stack.fake_ports["gemini"], await _route_epoch(store, sid)
+        old = {s["id"] for s in await debug_sessions(fake_port, include_closed=True)}
         await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
-        await asyncio.sleep(1.0)  # the replacement is up: an unsolicited answer would be under way
+        await _route_moves(store, sid, "worker", before)
+        # The replacement restored the history upstream: an unsolicited answer would be under way.
+        async with asyncio.timeout(TIMEOUT_S):
+            while not any(s["id"] not in old and len(s["items"]) >= 2 for s in await debug_sessions(fake_port)):
+                await asyncio.sleep(0.02)
         await _say(conn, f"two {marker}")
         events = await _next(conn, "response.done")
         assert [e.type for e in events].count("response.created") == 1, [e.type for e in events]

@@ -1,8 +1,8 @@
 """``python -m services.fakes.gemini``: run the fake Gemini Live server until SIGINT/SIGTERM.
 
 Prints the chosen port alone on the first stdout line (so ``--port 0`` is usable from scripts). With
-``--tls-cert``/``--tls-key`` it serves ``wss://`` (the google-genai SDK forces TLS, protocols.md 4.2).
-Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.common.Knobs``).
+``--tls-cert``/``--tls-key`` it serves ``wss://`` (the google-genai SDK forces TLS).
+Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.knobs.Knobs``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import asyncio
 import logging
 import ssl
 
-from services.fakes.common import serve_until_signal
 from services.fakes.gemini.server import start
+from services.fakes.server import serve_until_signal
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

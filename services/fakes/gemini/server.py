@@ -1,6 +1,7 @@
-"""Fake Gemini Live server (``BidiGenerateContent``), written from ``/work/shared/protocols.md`` 2.x and 4.2-4.3.
+"""Fake Gemini Live server (``BidiGenerateContent``), written from the provider's wire protocol
+(what the google-genai SDK sends and accepts; see docs/fakes.md).
 
-Independent of the gateway (see ``services.fakes.common``). One :class:`GeminiSession` per connection:
+Independent of the gateway (it imports nothing of ``shared``). One :class:`GeminiSession` per connection:
 
 * the client speaks first: the first frame must be ``setup`` (else close 1007), answered by ``{"setupComplete":{}}``;
 * every incoming key is normalised snake -> camel at every level before dispatch, except inside free-form
@@ -9,8 +10,8 @@ Independent of the gateway (see ``services.fakes.common``). One :class:`GeminiSe
 * base64 is accepted in both alphabets, padded or not; server frames are camelCase JSON text frames;
 * there is no in-band error: bad input closes the socket with 1007 and a short reason, a missing API key with 1008.
   The key check happens after the upgrade, when the first frame arrives, so the SDK reports ``APIError(1008)``
-  from ``connect()`` (protocols.md 2.4: "1008 policy or auth") instead of a failed handshake;
-* responses are deterministic (``services.fakes.common.plan_reply``) and streamed by a task, so pacing and
+  from ``connect()`` ("1008 policy or auth", as the real server) instead of a failed handshake;
+* responses are deterministic (``services.fakes.conversation.plan_reply``) and streamed by a task, so pacing and
   barge-in (``interrupted``) work; a tool call leaves the turn open until ``toolResponse`` continues it.
 """
 
@@ -29,31 +30,22 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.fakes.common import (
-    EnergyVad,
-    FakeServer,
+from services.fakes.audio import stand_in_transcript, tone
+from services.fakes.conversation import (
     IdGen,
     Item,
-    Knobs,
-    SessionBase,
-    Spec,
-    SpeechStarted,
-    Streamer,
     audio_tokens,
-    b64decode_any,
-    b64encode,
     context_tokens,
-    find_unknown_key,
-    json_decode,
-    json_encode,
-    json_response,
     plan_reply,
     split_text,
-    stand_in_transcript,
     text_tokens,
-    tone,
     tool_output_text,
 )
+from services.fakes.knobs import Knobs
+from services.fakes.server import FakeServer, json_response
+from services.fakes.session import SessionBase, Streamer
+from services.fakes.vad import EnergyVad, SpeechStarted
+from services.fakes.wire import Spec, b64decode_any, b64encode, find_unknown_key, json_decode, json_encode
 
 __all__ = ["GeminiFake", "GeminiSession", "camelize", "start"]
 
@@ -67,7 +59,7 @@ SETUP_TIMEOUT_S = 30.0
 _RATE_RE = re.compile(r"rate=(\d+)")
 _HANDLES_KEPT = 10_000
 
-# Close reasons in the real server's wording where protocols.md gives it.
+# Close reasons in the real server's wording where it is known.
 INVALID_ARGUMENT = "Request contains an invalid argument."
 NO_KEY = "Method doesn't allow unregistered callers. Please use API Key or other form of API consumer identity."
 CAP_REASON = "Deadline expired before operation could complete."
@@ -209,6 +201,12 @@ class GeminiSession(SessionBase):
         }
 
     @property
+    def include_thoughts(self) -> bool:
+        """``generationConfig.thinkingConfig.includeThoughts``: thinking models then send thought parts first."""
+        thinking = (self.setup.get("generationConfig") or {}).get("thinkingConfig") or {}
+        return isinstance(thinking, dict) and bool(thinking.get("includeThoughts"))
+
+    @property
     def tool_names(self) -> list[str]:
         names = []
         for tool in self.setup.get("tools") or []:
@@ -274,7 +272,7 @@ class GeminiSession(SessionBase):
     async def _on_setup(self, setup: dict[str, Any]) -> None:
         model = setup.get("model")
         if not isinstance(model, str) or not model.startswith(("models/", "tunedModels/")):
-            raise _Fatal(1007, INVALID_ARGUMENT)  # the SDK always sends models/<name> (protocols.md 2.1)
+            raise _Fatal(1007, INVALID_ARGUMENT)  # the SDK always sends models/<name>
         generation = setup.get("generationConfig") or {}
         modalities = generation.get("responseModalities") or ["AUDIO"]
         if not isinstance(modalities, list) or len(modalities) != 1 or modalities[0] not in ("AUDIO", "TEXT"):
@@ -509,26 +507,36 @@ class GeminiSession(SessionBase):
         in_text, in_audio = context_tokens(context)
         out_modality = "TEXT" if self.text_mode else "AUDIO"
         out_tokens = text_tokens(out_text) if self.text_mode else audio_tokens(out_audio_ms)
-        return {
+        thoughts = self.knobs().thoughts_tokens
+        usage: dict[str, Any] = {
             "promptTokenCount": in_text + in_audio,
             "responseTokenCount": out_tokens,
-            "totalTokenCount": in_text + in_audio + out_tokens,
+            # Thinking models count thoughts in the total but not in responseTokenCount.
+            "totalTokenCount": in_text + in_audio + out_tokens + thoughts,
             "promptTokensDetails": [
                 {"modality": "TEXT", "tokenCount": in_text},
                 {"modality": "AUDIO", "tokenCount": in_audio},
             ],
             "responseTokensDetails": [{"modality": out_modality, "tokenCount": out_tokens}],
         }
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
+        return usage
 
     async def _run_turn(self, turn: _Turn) -> None:
-        """protocols.md 2.5: inputTranscription, modelTurn parts (+ outputTranscription), generationComplete,
+        """The real order: inputTranscription, modelTurn parts (+ outputTranscription), generationComplete,
         turnComplete + usageMetadata; or interrupted + turnComplete on barge-in; or a toolCall that keeps the
         turn open."""
+        await self.fault_point("request")
         if turn.input_transcript is not None:
             await self.send({"serverContent": {"inputTranscription": {"text": turn.input_transcript}}})
         context = list(self.items)
         plan = plan_reply(context, self.tool_names)
-        if plan.tool is not None:
+        await turn.hold(self.knobs().first_audio_delay_ms / 1000)
+        if turn.cancel_reason is None and self.include_thoughts:
+            thought = {"text": f"thinking about turn {plan.n}", "thought": True}
+            await self.send({"serverContent": {"modelTurn": {"role": "model", "parts": [thought]}}})
+        if plan.tool is not None and turn.cancel_reason is None:
             call_id = f"fc_{plan.n}"
             args = {"text": plan.text}
             self.items.append(
@@ -542,7 +550,8 @@ class GeminiSession(SessionBase):
             )
             self.pending_calls[call_id] = plan.tool
             await self.send({"toolCall": {"functionCalls": [{"id": call_id, "name": plan.tool, "args": args}]}})
-            return
+            await self.fault_point("response")
+            return  # no turnComplete: the turn stays open until toolResponse continues it
         knobs = self.knobs()
         said: list[str] = []
         sent = bytearray()
@@ -552,6 +561,8 @@ class GeminiSession(SessionBase):
                     break
                 await self.send({"serverContent": {"modelTurn": {"role": "model", "parts": [{"text": piece}]}}})
                 said.append(piece)
+                if i == 0:
+                    await self.fault_point("response")
         else:
             await self._stream_audio(turn, knobs, plan.text, said, sent)
         out_text = "".join(said)
@@ -590,6 +601,8 @@ class GeminiSession(SessionBase):
                 part = {"inlineData": {"mimeType": f"audio/pcm;rate={OUTPUT_RATE}", "data": b64encode(chunk)}}
                 await self.send({"serverContent": {"modelTurn": {"role": "model", "parts": [part]}}})
                 sent += chunk
+                if i == 0:
+                    await self.fault_point("response")
             if pieces[i]:
                 said.append(pieces[i])
                 if transcribe:
@@ -602,7 +615,7 @@ class GeminiSession(SessionBase):
         await self.send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
 
 
-# Top-level client messages (protocols.md 2.2), after camelCase normalisation.
+# Top-level client messages , after camelCase normalisation.
 _HANDLERS: dict[str, Callable[[GeminiSession, dict[str, Any]], Awaitable[None]]] = {
     "setup": GeminiSession._on_second_setup,
     "realtimeInput": GeminiSession._on_realtime_input,

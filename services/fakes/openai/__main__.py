@@ -1,7 +1,7 @@
 """``python -m services.fakes.openai``: run the fake OpenAI Realtime server until SIGINT/SIGTERM.
 
 Prints the chosen port alone on the first stdout line (so ``--port 0`` is usable from scripts).
-Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.common.Knobs``).
+Knobs come from ``FAKE_*`` environment variables and ``/control`` (see ``services.fakes.knobs.Knobs``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import argparse
 import asyncio
 import logging
 
-from services.fakes.common import serve_until_signal
 from services.fakes.openai.server import start
+from services.fakes.server import serve_until_signal
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

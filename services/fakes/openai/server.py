@@ -1,14 +1,15 @@
 """Fake OpenAI Realtime server: GA and beta dialects over WebSocket, optional Azure routing.
 
-Written from ``/work/shared/protocols.md`` (1.1-1.6, 4.1, 4.3) and deliberately independent of the gateway
-(see ``services.fakes.common``). One :class:`OpenAISession` per upstream connection:
+Written from the provider's wire protocol (what the openai SDK sends and accepts; see docs/fakes.md) and
+deliberately independent of the gateway (it imports nothing of ``shared``). One :class:`OpenAISession` per
+upstream connection:
 
 * the dialect is picked at the upgrade: ``OpenAI-Beta: realtime=v1`` -> beta names and session shape, else GA
   (Azure: also beta when ``api-version`` ends in ``-preview``);
 * ``session.created`` is the first frame, every server event has a unique ``event_id``, ``append`` gets no reply;
 * bad input gets an in-band ``error`` (``invalid_request_error``, ``code``, ``param``, offending ``event_id``) and the
   session stays open;
-* responses are deterministic (``services.fakes.common.plan_reply``) and streamed by a task per response, so
+* responses are deterministic (``services.fakes.conversation.plan_reply``) and streamed by a task per response, so
   pacing, ``response.cancel`` and server-VAD barge-in behave like the real thing.
 
 Unverified details (error codes for unknown item ids, duplicate ids) follow the real API's style; they are marked.
@@ -28,37 +29,22 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.fakes.common import (
-    PCM16,
-    PCMA,
-    PCMU,
-    ClientError,
-    EnergyVad,
-    FakeServer,
+from services.fakes.audio import PCM16, PCMA, PCMU, decode_to_pcm16, encode_from_pcm16, stand_in_transcript, tone
+from services.fakes.conversation import (
     IdGen,
     Item,
-    Knobs,
     Reply,
-    SessionBase,
-    Spec,
-    SpeechStarted,
-    Streamer,
     audio_tokens,
-    b64decode_std,
-    b64encode,
     context_tokens,
-    decode_to_pcm16,
-    encode_from_pcm16,
-    find_unknown_key,
-    json_decode,
-    json_encode,
-    json_response,
     plan_reply,
     split_text,
-    stand_in_transcript,
     text_tokens,
-    tone,
 )
+from services.fakes.knobs import Knobs
+from services.fakes.server import FakeServer, json_response
+from services.fakes.session import SessionBase, Streamer
+from services.fakes.vad import EnergyVad, SpeechStarted
+from services.fakes.wire import ClientError, Spec, b64decode_std, b64encode, find_unknown_key, json_decode, json_encode
 
 __all__ = ["BETA", "GA", "Dialect", "OpenAIFake", "OpenAISession", "start"]
 
@@ -72,7 +58,7 @@ _AUDIO_PARTS = frozenset({"input_audio", "audio", "output_audio"})
 _READ_ONLY = frozenset({"id", "object", "expires_at"})  # echoed back by some clients; ignored, never an error
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Dialects (protocols.md 1.2-1.6): data, not branches
+# Dialects: data, not branches
 
 
 def _lookup(obj: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
@@ -342,7 +328,7 @@ BETA = Dialect(
     name="beta",
     renames={
         "conversation.item.added": "conversation.item.created",
-        "conversation.item.done": None,  # beta has no item.done (protocols.md 1.6)
+        "conversation.item.done": None,  # beta has no item.done
         "response.output_text.delta": "response.text.delta",
         "response.output_text.done": "response.text.done",
         "response.output_audio.delta": "response.audio.delta",
@@ -476,6 +462,9 @@ class _Response(Streamer):
         self.output: list[dict[str, Any]] = []
         self.out_text = ""
         self.out_audio_ms = 0
+        self.item: Item | None = None  # the message being streamed (truncate may reach it mid-stream)
+        self.sent = bytearray()  # s16le audio sent so far for ``item``
+        self.truncate_at_ms: int | None = None  # set by a truncate of the streaming item
 
     @property
     def audio(self) -> bool:
@@ -785,7 +774,7 @@ class OpenAISession(SessionBase):
         raise ClientError("item_not_found", f"Item with item_id '{item_id}' not found.", param)
 
     def parse_item(self, raw: Any, path: str, *, allow_reference: bool = False) -> Item:
-        """Validate a client item (protocols.md 1.4) into an :class:`Item`; keeps a client-supplied ``id``."""
+        """Validate a client item into an :class:`Item`; keeps a client-supplied ``id``."""
         if not isinstance(raw, dict):
             raise ClientError("invalid_type", f"Invalid type for '{path}': expected an object.", path)
         if allow_reference and raw.get("type") == "item_reference":
@@ -936,11 +925,21 @@ class OpenAISession(SessionBase):
             or item.parts[index]["type"] not in _AUDIO_PARTS
         ):
             raise ClientError("invalid_value", "Only model output audio messages can be truncated", "item_id")
-        audio_ms = item.audio_ms or 0
+        streaming = next((r for r in self._running() if r.item is item), None)
+        if streaming is not None:
+            audio_ms = round(len(streaming.sent) / 2 * 1000 / RATES[streaming.out_encoding])
+        else:
+            audio_ms = item.audio_ms or 0
         if end_ms > audio_ms:
             raise ClientError(
                 "invalid_value", f"Audio content of {audio_ms}ms is already shorter than {end_ms}ms", "audio_end_ms"
             )
+        if streaming is not None:
+            # The item is still streaming (the Agents SDK truncates on every interrupt, often before the cancel
+            # lands): the real server accepts it and its audio stops at audio_end_ms. The fake ends the response
+            # the way a cancel does, then truncates the finished item below (a no-op if the stream already did).
+            streaming.truncate_at_ms = end_ms
+            await streaming.cancel("client_cancelled")
         item.set_pcm((item.pcm or b"")[: end_ms * (item.rate or RATES[PCM16]) // 1000 * 2])
         # The real API drops the transcript so the context holds no text the user never heard.
         item.parts[index]["transcript"] = None
@@ -1016,9 +1015,12 @@ class OpenAISession(SessionBase):
         self.responses += 1
         response.task = self.spawn(self._run_response(response), name="fake-openai-response")
 
+    def _running(self) -> list[_Response]:
+        return [r for r in (self.active, *self.out_of_band.values()) if r is not None and not r.done]
+
     async def _on_response_cancel(self, msg: dict[str, Any]) -> None:
         wanted = msg.get("response_id")
-        running = [r for r in (self.active, *self.out_of_band.values()) if r is not None and not r.done]
+        running = self._running()
         target = next((r for r in running if wanted is None or r.id == wanted), None)
         if target is None:
             raise ClientError("response_cancel_not_active", "Cancellation failed: no active response found")
@@ -1069,8 +1071,10 @@ class OpenAISession(SessionBase):
         }
 
     async def _run_response(self, r: _Response) -> None:
-        """The full event sequence of protocols.md 1.6 for one response."""
+        """The full event sequence of one response (created, output item, content, done, rate limits)."""
+        await self.fault_point("request")
         await self.emit("response.created", response=self._response_object(r, "in_progress"))
+        await r.hold(self.knobs().first_audio_delay_ms / 1000)
         if r.plan.tool is not None:
             await self._stream_function_call(r)
         else:
@@ -1129,23 +1133,32 @@ class OpenAISession(SessionBase):
 
     async def _stream_message(self, r: _Response) -> None:
         knobs = self.knobs()
+        # Items carry the dialect's part type (GA `output_audio`); content_part events carry `audio` / `text` in
+        # both dialects, as real GA servers send them.
         kind = self.d.audio_part if r.audio else self.d.text_part
+        event_kind = "audio" if r.audio else "text"
         item = Item(id=self.ids("item"), type="message", role="assistant", status="in_progress")
+        r.item = item
         previous = await self._open_output_item(r, item)
         common = {"response_id": r.id, "item_id": item.id, "output_index": 0, "content_index": 0}
-        empty_part = {"type": kind, "transcript": ""} if r.audio else {"type": kind, "text": ""}
-        await self.emit("response.content_part.added", **common, part=empty_part)
-        item.parts = [dict(empty_part)]
+        empty = {"transcript": ""} if r.audio else {"text": ""}
+        await self.emit("response.content_part.added", **common, part={"type": event_kind, **empty})
+        item.parts = [{"type": kind, **empty}]
         said: list[str] = []
         if r.audio:
-            sent = await self._stream_audio(r, knobs, common, said)
+            await self._stream_audio(r, knobs, common, said)
             r.out_text = "".join(said)
-            r.out_audio_ms = round(len(sent) / 2 * 1000 / RATES[r.out_encoding])
+            rate = RATES[r.out_encoding]
+            r.out_audio_ms = round(len(r.sent) / 2 * 1000 / rate)
             await self.emit("response.output_audio.done", **common)
             await self.emit("response.output_audio_transcript.done", **common, transcript=r.out_text)
-            part = {"type": kind, "transcript": r.out_text}
-            item.rate = RATES[r.out_encoding]
-            item.set_pcm(sent)
+            item.rate = rate
+            if r.truncate_at_ms is None:
+                part = {"transcript": r.out_text}
+                item.set_pcm(bytes(r.sent))
+            else:  # truncated mid-stream: what the user heard, and no transcript (as a truncate of a done item)
+                part = {"transcript": None}
+                item.set_pcm(bytes(r.sent[: r.truncate_at_ms * rate // 1000 * 2]))
         else:
             pieces = split_text(r.plan.text, max(1, len(r.plan.text.split())))
             for i, piece in enumerate(pieces):
@@ -1153,33 +1166,35 @@ class OpenAISession(SessionBase):
                     break
                 await self.emit("response.output_text.delta", **common, delta=piece)
                 said.append(piece)
+                if i == 0:
+                    await self.fault_point("response")
             r.out_text = "".join(said)
             await self.emit("response.output_text.done", **common, text=r.out_text)
-            part = {"type": kind, "text": r.out_text}
-        await self.emit("response.content_part.done", **common, part=part)
-        item.parts = [part]
-        item.text = r.out_text
+            part = {"text": r.out_text}
+        await self.emit("response.content_part.done", **common, part={"type": event_kind, **part})
+        item.parts = [{"type": kind, **part}]
+        item.text = r.out_text if r.truncate_at_ms is None else None
         await self._close_output_item(r, item, previous)
 
-    async def _stream_audio(self, r: _Response, knobs: Knobs, common: dict[str, Any], said: list[str]) -> bytes:
-        """Audio deltas in ``chunk_ms`` chunks with the transcript spread over them; returns the PCM sent."""
+    async def _stream_audio(self, r: _Response, knobs: Knobs, common: dict[str, Any], said: list[str]) -> None:
+        """Audio deltas in ``chunk_ms`` chunks with the transcript spread over them; the PCM sent is ``r.sent``."""
         rate = RATES[r.out_encoding]
         pcm = tone(knobs.tone_hz, knobs.response_ms, rate)
         step = max(2, rate * knobs.chunk_ms // 1000 * 2)
         chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)] or [b""]
         pieces = split_text(r.plan.text, len(chunks))
-        sent = bytearray()
         for i, chunk in enumerate(chunks):
             if not await r.pace(i, self.knobs()):
                 break
             if chunk:
                 delta = b64encode(encode_from_pcm16(chunk, r.out_encoding))
                 await self.emit("response.output_audio.delta", **common, delta=delta)
-                sent += chunk
+                r.sent += chunk
+                if i == 0:
+                    await self.fault_point("response")
             if pieces[i]:
                 await self.emit("response.output_audio_transcript.delta", **common, delta=pieces[i])
                 said.append(pieces[i])
-        return bytes(sent)
 
     async def _stream_function_call(self, r: _Response) -> None:
         call_id = f"call_{r.plan.n}"
@@ -1196,6 +1211,7 @@ class OpenAISession(SessionBase):
         common = {"response_id": r.id, "item_id": item.id, "output_index": 0, "call_id": call_id}
         if await r.pace(0, self.knobs()):
             await self.emit("response.function_call_arguments.delta", **common, delta=arguments)
+            await self.fault_point("response")
             await self.emit("response.function_call_arguments.done", **common, name=r.plan.tool, arguments=arguments)
             item.arguments = arguments
         await self._close_output_item(r, item, previous)
@@ -1207,7 +1223,7 @@ _ITEM_PARSERS: dict[str, Callable[[OpenAISession, dict[str, Any], str, str], Ite
     "function_call_output": OpenAISession._parse_function_output,
 }
 
-# Client events (protocols.md 1.2): handler and fields; anything else is answered with an `error`.
+# Client events: handler and fields; anything else is answered with an `error`.
 _CLIENT_EVENTS: dict[str, _EventSpec] = {
     "session.update": _EventSpec(OpenAISession._on_session_update, ("session",)),
     "input_audio_buffer.append": _EventSpec(OpenAISession._on_append, ("audio",)),
