@@ -153,7 +153,8 @@ class Store:
 
     async def set_provider(self, sid: str, provider: str) -> None:
         """The provider serving the session now (after a switch)."""
-        await self.redis.hset(_keys(sid)["sess"], mapping={"provider": provider, "updated_ms": str(int(time.time() * 1000))})
+        now = str(int(time.time() * 1000))
+        await self.redis.hset(_keys(sid)["sess"], mapping={"provider": provider, "updated_ms": now})
 
     async def session_edge(self, sid: str) -> str | None:
         """The edge instance that opened the session last (None: no such session)."""
