@@ -502,12 +502,18 @@ class GeminiProviderCodec:
 
     def _enc_item_create(self, e: ev.ItemCreate) -> Out:
         item = e.item
+        out = Out()
+        if e.previous_item_id is not None and e.previous_item_id != self._last_item_id:
+            # Gemini only appends: the item goes at the end (reported, never an error: the input is valid)
+            out.events += self._unsupported("previous_item_id", "Gemini Live only appends items; added at the end")
+        if isinstance(item, ev.Message) and item.role == "system":
+            out.events += self._unsupported("item.role", "Gemini Live has no system turn; sent as a user turn")
         self._last_item_id = item.id
         if isinstance(item, ev.FunctionCallOutput) and item.call_id not in self._content_calls:
-            return self._tool_response(item)
+            return out.extend(self._tool_response(item))
         # Messages (and replayed calls/outputs) wait for ResponseCreate: one clientContent per turn.
         self._pending_items.append(item)
-        return Out()
+        return out
 
     def _tool_response(self, item: ev.FunctionCallOutput) -> Out:
         out = Out()

@@ -822,3 +822,24 @@ def test_call_without_id_gets_one_that_never_goes_back_upstream() -> None:
     assert call.call_id == "call_2" and call.name == "lookup"
     out = codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id=call.call_id, output='{"a":1}')))
     assert wire(out.wire) == [{"toolResponse": {"functionResponses": [{"name": "lookup", "response": {"a": 1}}]}}]
+
+
+# --------------------------------------------------------------------------------------------------
+# fields Gemini cannot honour: a Notice, never an error (issue 10 item 5)
+
+
+def test_fields_gemini_cannot_honour_are_notices_not_errors() -> None:
+    codec = make()
+    first = ev.Message(id="m1", role="user", content=[ev.TextContent(text="a")])
+    assert codec.encode(ev.ItemCreate(item=first)).events == []
+    assert codec.encode(ev.ItemCreate(item=first, previous_item_id="m1")).events == []  # appending: honoured
+    out = codec.encode(ev.ItemCreate(
+        item=ev.Message(id="m2", role="system", content=[ev.TextContent(text="be brief")]), previous_item_id="m0"
+    ))
+    assert [(type(e), e.param) for e in out.events] == [  # type: ignore[attr-defined]
+        (ev.Notice, "previous_item_id"), (ev.Notice, "item.role")
+    ]
+    out = codec.encode(ev.ResponseCreate(options=ev.ResponseOptions(instructions="x", metadata={"k": "v"})))
+    assert {type(e) for e in out.events} == {ev.Notice} and out.wire  # the turn still goes out
+    assert kinds(codec.encode(ev.ItemDelete(item_id="m1")).events) == ["Notice"]
+    assert kinds(codec.encode(ev.SwitchRequest(provider="openai")).events) == ["Notice"]
