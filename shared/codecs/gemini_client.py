@@ -37,8 +37,9 @@ Choices where the contract is silent:
   dropped: ``InputAudioClear`` instead of ``ActivityEnd``. OpenAI refuses to commit < 100 ms (and the call
   would end); real Gemini answers a speech-less activity with nothing (docs/decisions.md).
 - ``rsSwitch`` (top level, ours): ``{"rsSwitch": {"provider": "OPENAI", "when": "now"|"turn_end"}}`` ->
-  ``SwitchRequest``. ``Switched`` goes out as ``{"rsSwitched": {...}}`` only to clients that opted in to
-  notices (``SessionMeta.notices``): ``LiveServerMessage`` forbids unknown fields, so others get nothing.
+  ``SwitchRequest``. ``Switched`` goes out as the seed's ``{"type": "switch", "name": "OPENAI"}`` to seed-URL
+  clients, as ``{"rsSwitched": {...}}`` to clients that opted in to notices (``SessionMeta.notices``), and
+  as nothing to the others: ``LiveServerMessage`` forbids unknown fields.
 - ``ToolCall.arguments`` that are not a JSON object become ``args: {"arguments": <text>}``; ``""`` -> ``{}``.
 - ``RateLimits``, ``SpeechStarted/Stopped``, ``InputCommitted`` have no Gemini message: nothing is sent.
 """
@@ -888,6 +889,8 @@ class GeminiClientCodec:
         return Out(wire=[_wire({"goAway": {"timeLeft": f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"}})])
 
     def _out_switched(self, e: ev.Switched) -> Out:
+        if self.meta.seed:  # the seed's browser client listens for its own event (docs/entry-points.md)
+            return Out(wire=[_wire({"type": "switch", "name": e.to_provider.upper()})])
         if not self.meta.notices:  # LiveServerMessage forbids unknown fields: only opted-in clients
             return Out()
         body = {"from": e.from_provider, "to": e.to_provider, "reason": e.reason, "gapMs": e.gap_ms}

@@ -681,3 +681,13 @@ def test_switched_reaches_only_clients_that_opted_in() -> None:
 
 def test_every_down_event_has_an_explicit_row() -> None:
     assert set(GeminiClientCodec._OUTBOUND) == set(ev.DOWN_TYPES)  # the table is the contract
+
+
+def test_switched_to_a_seed_client_is_the_seeds_own_event() -> None:
+    seed = GeminiClientCodec(
+        SessionMeta(sid="s", account="a", client_session_id="c", dialect="gemini", provider="gemini", seed=True),
+        id_factory=SeqIds(),
+    )
+    seed.feed(SETUP_PLAIN)
+    seed.encode(ev.SessionReady(provider="gemini"))
+    assert [json.loads(f) for f in seed.encode(SWITCHED).wire] == [{"type": "switch", "name": "OPENAI"}]

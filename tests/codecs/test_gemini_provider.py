@@ -843,3 +843,20 @@ def test_fields_gemini_cannot_honour_are_notices_not_errors() -> None:
     assert {type(e) for e in out.events} == {ev.Notice} and out.wire  # the turn still goes out
     assert kinds(codec.encode(ev.ItemDelete(item_id="m1")).events) == ["Notice"]
     assert kinds(codec.encode(ev.SwitchRequest(provider="openai")).events) == ["Notice"]
+
+
+def test_some_models_end_a_tool_call_turn_with_finished_and_turn_complete() -> None:
+    # livekit/agents PR #3192 (maintainers): "some gemini live models return a output_transcription.finished
+    # and turn_complete message after a tool call while some don't"; PR #4699: generationComplete too.
+    codec = make()
+    calls = codec.feed(b'{"toolCall":{"functionCalls":[{"id":"c1","name":"f","args":{}}]}}').events
+    assert kinds(calls)[-1] == "ResponseDone"
+    tail = feed_all(codec, [
+        b'{"serverContent":{"outputTranscription":{"finished":true}}}',
+        b'{"serverContent":{"generationComplete":true}}',
+        b'{"serverContent":{"turnComplete":true}}',
+    ])
+    assert tail == []  # the tool call's response is already closed: no second, empty one
+    codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id="c1", output="{}")))
+    after = feed_all(codec, [AUDIO_PART, b'{"serverContent":{"turnComplete":true}}'])
+    assert kinds(after) == ["ResponseStarted", "OutputAudio", "OutputDone", "ResponseDone"]
