@@ -372,6 +372,9 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cached_tokens: int = 0
     output_text_tokens: int = 0
     output_audio_tokens: int = 0
+    # Thinking tokens (Gemini ``thoughtsTokenCount``): billed as output but not part of ``output_tokens``
+    # (Gemini counts them outside ``responseTokenCount``); ``total_tokens`` includes them.
+    reasoning_tokens: int = 0
 
 
 class ResponseDone(Event, tag="resp.done"):
@@ -385,6 +388,9 @@ class Interrupted(Event, tag="interrupted"):
     """The user barged in: the response in flight was cut by the provider."""
 
     response_id: str | None = None
+    # The provider had finished generating before the cut (Gemini ``generationComplete`` then
+    # ``interrupted``: the model was done, the client was still playing it).
+    generation_complete: bool = False
 
 
 class RateLimit(msgspec.Struct, frozen=True, kw_only=True):

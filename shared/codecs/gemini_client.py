@@ -29,8 +29,17 @@ Choices where the contract is silent:
   ``encode``, and events returned from ``encode`` would travel Up.
 - Final ``InputTranscript``: only the part of the text not already sent as deltas goes out.
 - A cancelled ``ResponseDone`` not preceded by ``Interrupted`` still sends ``interrupted:true`` first,
-  so the client stops playback; a tool-call-only response sends no ``turnComplete`` (Gemini sends none
-  after ``toolCall``), only its ``usageMetadata`` when there is one.
+  so the client stops playback; a response that called a tool sends no ``generationComplete`` nor
+  ``turnComplete`` (real Gemini sends none after ``toolCall``, even when the model spoke first), only its
+  ``usageMetadata`` when there is one. ``Interrupted(generation_complete=True)`` sends
+  ``generationComplete`` before ``interrupted`` (the model had finished, the client was still playing).
+- A push-to-talk turn (``activityStart`` ... ``activityEnd``) with less than ``MIN_TURN_MS`` of audio is
+  dropped: ``InputAudioClear`` instead of ``ActivityEnd``. OpenAI refuses to commit < 100 ms (and the call
+  would end); real Gemini answers a speech-less activity with nothing (docs/decisions.md).
+- ``rsSwitch`` (top level, ours): ``{"rsSwitch": {"provider": "OPENAI", "when": "now"|"turn_end"}}`` ->
+  ``SwitchRequest``. ``Switched`` goes out as the seed's ``{"type": "switch", "name": "OPENAI"}`` to seed-URL
+  clients, as ``{"rsSwitched": {...}}`` to clients that opted in to notices (``SessionMeta.notices``), and
+  as nothing to the others: ``LiveServerMessage`` forbids unknown fields.
 - ``ToolCall.arguments`` that are not a JSON object become ``args: {"arguments": <text>}``; ``""`` -> ``{}``.
 - ``RateLimits``, ``SpeechStarted/Stopped``, ``InputCommitted`` have no Gemini message: nothing is sent.
 """
@@ -64,6 +73,7 @@ OUTPUT_RATE = 24_000  # Gemini Live speaks 24 kHz PCM16 (protocols.md §2.4)
 OUTPUT_MIME = "audio/pcm;rate=24000"
 INPUT_DEFAULT_RATE = 16_000  # a mime type without rate= (e.g. the seed's media_chunks) means 16 kHz
 MAX_REASON_BYTES = 123  # a WebSocket close reason fits in 123 bytes
+MIN_TURN_MS = 100  # shortest push-to-talk turn forwarded (OpenAI commits nothing shorter)
 
 # Subtrees that are user data or schemas with their own rules: never re-cased.
 _OPAQUE_KEYS = frozenset(
@@ -431,6 +441,12 @@ _CUT_REASONS = frozenset({"worker_replaced", "provider_disconnected"})
 # ProviderError codes that are the server's fault (close 1011), besides fatal/retryable ones.
 _SERVER_ERROR_CODES = frozenset({"server_error", "internal_error", "provider_unavailable", "provider_disconnected"})
 
+# ProviderError codes caused by the gateway's translation of a valid Gemini client turn: logged, never a close.
+_GATEWAY_ERROR_CODES = frozenset({"input_audio_buffer_commit_empty"})
+
+# rsSwitch.when -> SwitchRequest.when
+_SWITCH_WHEN: Mapping[str, Literal["now", "turn_end"]] = {"now": "now", "turn_end": "turn_end"}
+
 _ENCODE = msgspec.json.Encoder()
 
 
@@ -462,6 +478,7 @@ class GeminiClientCodec:
         self._out_conv = audio.RateConverter(OUTPUT_RATE)
         self._turns: dict[str, _Turn] = {}
         self._in_sent: dict[str, str] = {}  # user item id -> input transcript text sent so far
+        self._activity_ms: float | None = None  # audio (ms) in the open push-to-talk turn; None: none open
 
     def __repr__(self) -> str:
         return f"GeminiClientCodec(sid={self.meta.sid}, setup={self._setup is not None}, turns={len(self._turns)})"
@@ -577,6 +594,8 @@ class GeminiClientCodec:
             pcm = audio.b64decode_any(_str(b.get("data", ""), f"{path}.data"))
         except ValueError:
             raise _Bad(f"invalid base64 in {path}.data") from None
+        if self._activity_ms is not None and rate > 0:
+            self._activity_ms += len(pcm) / 2 * 1000 / rate
         return [ev.InputAudio(pcm=pcm, rate=rate)] if pcm else []
 
     def _rt_audio(self, v: JSON) -> list[ev.Event]:
@@ -603,10 +622,17 @@ class GeminiClientCodec:
 
     def _rt_activity_start(self, v: JSON) -> list[ev.Event]:
         self._manual_turns("activityStart")
+        if self._activity_ms is None:  # a nested activityStart is ignored (real Gemini merges them)
+            self._activity_ms = 0.0
         return [ev.ActivityStart()]
 
     def _rt_activity_end(self, v: JSON) -> list[ev.Event]:
         self._manual_turns("activityEnd")
+        spoken, self._activity_ms = self._activity_ms, None
+        if spoken is not None and spoken < MIN_TURN_MS:
+            # Too short to be a turn: drop it, like real Gemini drops a speech-less activity, instead of a
+            # commit OpenAI refuses with a fatal error (docs/decisions.md "too-short push-to-talk turn").
+            return [ev.InputAudioClear()]
         return [ev.ActivityEnd()]
 
     def _rt_stream_end(self, v: JSON) -> list[ev.Event]:
@@ -683,6 +709,18 @@ class GeminiClientCodec:
             output=_json_text(r.get("response") or {}),
             name=None if name is None else _str(name, f"{path}.name"),
         )
+
+    def _on_rs_switch(self, body: dict[str, JSON]) -> Out:
+        unknown = body.keys() - {"provider", "when"}
+        if unknown:
+            raise _Bad(_close_reason(f"unknown rsSwitch.{min(unknown)}"))
+        provider = _str(body.get("provider"), "rsSwitch.provider").strip().lower()
+        when = _str(body.get("when", "turn_end"), "rsSwitch.when").lower()
+        if not provider:
+            raise _Bad("invalid rsSwitch.provider")
+        if when not in _SWITCH_WHEN:
+            raise _Bad("invalid rsSwitch.when")
+        return Out(events=[ev.SwitchRequest(provider=provider, when=_SWITCH_WHEN[when])])
 
     def _on_tool_response(self, body: dict[str, JSON]) -> Out:
         unknown = body.keys() - {"functionResponses"}
@@ -812,14 +850,19 @@ class GeminiClientCodec:
             turn = self._turn(rid)
             if not turn.interrupted:
                 turn.interrupted = sent = True
-        return Out(wire=[_INTERRUPTED]) if sent or not targets else Out()
+        if not (sent or not targets):
+            return Out()
+        # real traffic: generationComplete (model done) may precede interrupted (client still playing)
+        return Out(wire=[_GENERATION_COMPLETE, _INTERRUPTED] if e.generation_complete else [_INTERRUPTED])
 
     def _out_response_done(self, e: ev.ResponseDone) -> Out:
         turn = self._turns.pop(e.response_id, None) or _Turn()
         usage = {"usageMetadata": usage_to_gemini(e.usage)} if e.usage is not None else {}
-        if turn.called and not turn.spoke and not turn.interrupted:
-            # Gemini sends no turnComplete after toolCall: the model continues after toolResponse.
-            return Out(wire=[_wire(usage)] if usage else [])
+        if turn.called and not turn.interrupted:
+            # Gemini sends no generationComplete/turnComplete after toolCall, even when the model spoke
+            # before calling: the model continues after toolResponse.
+            wire = self._flush_audio()
+            return Out(wire=[*wire, _wire(usage)] if usage else wire)
         wire: list[str] = []
         if e.status == "cancelled" or e.reason in _CUT_REASONS:
             if not turn.interrupted:
@@ -845,7 +888,20 @@ class GeminiClientCodec:
         seconds = max(e.time_left_ms, 0) / 1000
         return Out(wire=[_wire({"goAway": {"timeLeft": f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"}})])
 
+    def _out_switched(self, e: ev.Switched) -> Out:
+        if self.meta.seed:  # the seed's browser client listens for its own event (docs/entry-points.md)
+            return Out(wire=[_wire({"type": "switch", "name": e.to_provider.upper()})])
+        if not self.meta.notices:  # LiveServerMessage forbids unknown fields: only opted-in clients
+            return Out()
+        body = {"from": e.from_provider, "to": e.to_provider, "reason": e.reason, "gapMs": e.gap_ms}
+        return Out(wire=[_wire({"rsSwitched": body})])
+
     def _out_provider_error(self, e: ev.ProviderError) -> Out:
+        if e.code in _GATEWAY_ERROR_CODES:
+            # the gateway's own translation slipped (not the client's fault, nothing real Gemini would
+            # close for): keep the call
+            log.warning("provider error kept off the client", extra={"sid": self.meta.sid, "code": e.code})
+            return Out()
         server = e.fatal or e.retryable or e.code in _SERVER_ERROR_CODES
         return Out(close=Close(1011 if server else 1007, _close_reason(f"provider error: {e.code}")))
 
@@ -856,6 +912,7 @@ GeminiClientCodec._INBOUND = {
     "clientContent": GeminiClientCodec._on_client_content,
     "toolResponse": GeminiClientCodec._on_tool_response,
     "contextUpdate": GeminiClientCodec._on_context_update,
+    "rsSwitch": GeminiClientCodec._on_rs_switch,  # ours: the switch contract (docs/entry-points.md)
 }
 
 GeminiClientCodec._REALTIME = (
@@ -887,4 +944,5 @@ GeminiClientCodec._OUTBOUND = {
     ev.ProviderError: GeminiClientCodec._out_provider_error,
     ev.Notice: GeminiClientCodec._nothing,  # counted and logged by the transformer (module docstring)
     ev.GoAway: GeminiClientCodec._out_go_away,
+    ev.Switched: GeminiClientCodec._out_switched,  # rsSwitched for opted-in clients, else nothing
 }

@@ -147,6 +147,7 @@ class _Response:
     audio: bool = False
     transcript: list[str] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
+    generated: bool = False  # generationComplete arrived: the model is done, the client may still be playing
 
 
 class GeminiProviderCodec:
@@ -203,7 +204,11 @@ class GeminiProviderCodec:
         self._resp: _Response | None = None
         self._turn_closed = False  # the response of the current turn was already closed towards the client
         self._drop_output = False  # client cancel / barge-in: discard the rest of this turn's output
-        self._usage: ev.Usage | None = None
+        # A barge-in cut: its ResponseDone waits for the turnComplete that follows ``interrupted`` and
+        # carries the usage of the cut turn (real traffic sends usageMetadata only there).
+        self._cut: _Response | None = None
+        self._usage: ev.Usage | None = None  # this turn's usage so far; cleared at every turn end
+        self._minted_calls: set[str] = set()  # toolCall ids Gemini did not send (3.1 sends calls without id)
 
     # ---------------------------------------------------------------------------------------------
     # helpers
@@ -497,12 +502,18 @@ class GeminiProviderCodec:
 
     def _enc_item_create(self, e: ev.ItemCreate) -> Out:
         item = e.item
+        out = Out()
+        if e.previous_item_id is not None and e.previous_item_id != self._last_item_id:
+            # Gemini only appends: the item goes at the end (reported, never an error: the input is valid)
+            out.events += self._unsupported("previous_item_id", "Gemini Live only appends items; added at the end")
+        if isinstance(item, ev.Message) and item.role == "system":
+            out.events += self._unsupported("item.role", "Gemini Live has no system turn; sent as a user turn")
         self._last_item_id = item.id
         if isinstance(item, ev.FunctionCallOutput) and item.call_id not in self._content_calls:
-            return self._tool_response(item)
+            return out.extend(self._tool_response(item))
         # Messages (and replayed calls/outputs) wait for ResponseCreate: one clientContent per turn.
         self._pending_items.append(item)
-        return Out()
+        return out
 
     def _tool_response(self, item: ev.FunctionCallOutput) -> Out:
         out = Out()
@@ -512,11 +523,16 @@ class GeminiProviderCodec:
                 "param:name", "unsupported_value", "function result without a known function name", "item.name"
             )
         self._live_calls.discard(item.call_id)
-        resp = {"id": item.call_id, "name": name or "", "response": _response_object(item.output)}
+        resp: JsonObj = {"id": item.call_id, "name": name or "", "response": _response_object(item.output)}
+        if item.call_id in self._minted_calls:
+            self._minted_calls.discard(item.call_id)
+            del resp["id"]  # Gemini named no id: it matches the response by name
         self._send(out, [_wire({"toolResponse": {"functionResponses": [resp]}})])
         # Gemini continues by itself after a tool response: the client's response.create is a no-op
         self._skip_response_create = True
         self._trigger = "tool"
+        # ... in a turn of its own: its turnComplete (with its usage) closes a response even without output
+        self._turn_closed = False
         return out
 
     def _enc_response_create(self, e: ev.ResponseCreate) -> Out:
@@ -612,7 +628,7 @@ class GeminiProviderCodec:
     def _ensure_response(self) -> tuple[_Response, list[ev.Event]]:
         if self._resp is not None:
             return self._resp, []
-        events: list[ev.Event] = []
+        events = self._finish_cut()  # new output without the turnComplete of the cut turn: close it first
         user = self._user
         if self._trigger == "audio" and (
             (user is not None and not user.committed) or (user is None and self._audio_since_commit)
@@ -647,15 +663,22 @@ class GeminiProviderCodec:
         if resp is None:
             return []
         events = self._close_item(resp, item_status)
-        events.append(ev.ResponseDone(
+        events.append(self._response_done(resp, status, reason))
+        self._resp = None
+        return events
+
+    def _response_done(self, resp: _Response, status: str, reason: str | None) -> ev.ResponseDone:
+        usage, self._usage = self._usage, None
+        return ev.ResponseDone(
             response_id=resp.id,
             status=status,  # type: ignore[arg-type]  # values come from the tables' literals
             reason=reason,
-            usage=self._usage,
-        ))
-        self._usage = None
-        self._resp = None
-        return events
+            usage=usage,
+        )
+
+    def _finish_cut(self) -> list[ev.Event]:
+        cut, self._cut = self._cut, None
+        return [] if cut is None else [self._response_done(cut, "cancelled", "turn_detected")]
 
     # ---------------------------------------------------------------------------------------------
     # feed: Gemini server messages -> canonical Down
@@ -705,8 +728,8 @@ class GeminiProviderCodec:
         return Out()
 
     def _on_usage(self, value: object) -> Out:
-        if isinstance(value, dict):
-            self._usage = tables.usage_from_gemini(value)  # for the next ResponseDone
+        if isinstance(value, dict):  # for the ResponseDone of this turn
+            self._usage = tables.merge_usage(self._usage, tables.usage_from_gemini(value))
         return Out()
 
     def _on_tool_cancel(self, value: object) -> Out:
@@ -761,7 +784,10 @@ class GeminiProviderCodec:
         resp, started = self._ensure_response()
         events += started
         for fc in calls:
-            call_id = _gs(fc, "id") or self._ids("call")
+            call_id = _gs(fc, "id")
+            if call_id is None:  # real 3.1 traffic: calls without id; Gemini must not get ours back
+                call_id = self._ids("call")
+                self._minted_calls.add(call_id)
             name = _gs(fc, "name") or ""
             args = _g(fc, "args")
             arguments = _encoder.encode(args if isinstance(args, dict) else {}).decode()
@@ -879,13 +905,19 @@ class GeminiProviderCodec:
         return Out(events=events)
 
     def _on_interrupted(self, flag: object, content: JsonObj) -> Out:
-        # Barge-in: Gemini sends only interrupted (then turnComplete). Synthesize what OpenAI says:
-        # speech_started, the cut response's items (incomplete) and response.done(cancelled).
+        # Barge-in: Gemini sends only interrupted (then turnComplete + usageMetadata). Synthesize what
+        # OpenAI says: speech_started, the cut response's items (incomplete) now, and response.done
+        # (cancelled) at the turnComplete, which carries the usage of the cut turn.
         out = self._speech_start()
         if not self._drop_output:
-            rid = self._resp.id if self._resp is not None else None
-            out.events.append(ev.Interrupted(response_id=rid))
-            out.events += self._close_response("cancelled", "turn_detected", item_status="incomplete")
+            resp = self._resp
+            out.events.append(ev.Interrupted(
+                response_id=resp.id if resp is not None else None,
+                generation_complete=resp is not None and resp.generated,
+            ))
+            if resp is not None:
+                out.events += self._close_item(resp, "incomplete")
+                self._cut, self._resp = resp, None
         self._drop_output = True  # late transcripts of the cut turn must not open a new response
         self._turn_closed = True
         self._trigger = "audio"
@@ -895,10 +927,13 @@ class GeminiProviderCodec:
     def _on_generation_complete(self, flag: object, content: JsonObj) -> Out:
         # OutputDone waits for turnComplete: outputTranscription may still trail generationComplete
         # (no ordering guarantee, protocols.md §2.4) and the item must carry the whole transcript.
+        # Remembered for a barge-in that follows: the Interrupted event says the model had finished.
+        if self._resp is not None:
+            self._resp.generated = True
         return Out()
 
     def _on_turn_complete(self, flag: object, content: JsonObj) -> Out:
-        events = self._finalize_user()
+        events = self._finalize_user() + self._finish_cut()
         if not self._turn_closed and not self._drop_output:
             status, reason = tables.gemini_turn_outcome(_gs(content, "turnCompleteReason"))
             _, started = self._ensure_response()  # a turn without output is still a (empty) response
@@ -906,6 +941,7 @@ class GeminiProviderCodec:
             item_status = "completed" if status == "completed" else "incomplete"
             events += self._close_response(status, reason, item_status=item_status)
         self._resp = None
+        self._usage = None  # a turn closed earlier (cancel, tool call) must not leak its usage into the next
         self._turn_closed = False
         self._drop_output = False
         self._trigger = "audio"

@@ -27,6 +27,7 @@ __all__ = [
     "eagerness_for",
     "end_sensitivity_for",
     "gemini_turn_outcome",
+    "merge_usage",
     "openai_status",
     "start_sensitivity_for",
     "threshold_for",
@@ -301,14 +302,16 @@ def usage_from_gemini(meta: Mapping[str, object]) -> ev.Usage:
     """Gemini ``usageMetadata`` (camel or snake keys) -> canonical Usage.
 
     ``promptTokenCount`` -> input, ``responseTokenCount`` (Vertex: ``candidatesTokenCount``) -> output,
-    ``totalTokenCount`` -> total (computed when absent), ``cachedContentTokenCount`` -> cached,
-    ``prompt/responseTokensDetails[{modality, tokenCount}]`` -> text/audio splits.
+    ``thoughtsTokenCount`` -> reasoning, ``totalTokenCount`` -> total (computed when absent),
+    ``cachedContentTokenCount`` -> cached, ``prompt/responseTokensDetails[{modality, tokenCount}]`` ->
+    text/audio splits. An empty ``{}`` (real traffic sends one with ``turnComplete``) is all zeros.
     """
     prompt = _int(_get(meta, "promptTokenCount", "prompt_token_count"))
     response = _int(_get(meta, "responseTokenCount", "response_token_count")) or _int(
         _get(meta, "candidatesTokenCount", "candidates_token_count")
     )
-    total = _int(_get(meta, "totalTokenCount", "total_token_count")) or prompt + response
+    thoughts = _int(_get(meta, "thoughtsTokenCount", "thoughts_token_count"))
+    total = _int(_get(meta, "totalTokenCount", "total_token_count")) or prompt + response + thoughts
     fields: dict[str, int] = {}
     for side, (camel, snake) in enumerate(
         (("promptTokensDetails", "prompt_tokens_details"), ("responseTokensDetails", "response_tokens_details"))
@@ -322,8 +325,21 @@ def usage_from_gemini(meta: Mapping[str, object]) -> ev.Usage:
         output_tokens=response,
         total_tokens=total,
         cached_tokens=_int(_get(meta, "cachedContentTokenCount", "cached_content_token_count")),
+        reasoning_tokens=thoughts,
         **fields,
     )
+
+
+_USAGE_FIELDS: tuple[str, ...] = tuple(ev.Usage.__struct_fields__)
+
+
+def merge_usage(old: ev.Usage | None, new: ev.Usage) -> ev.Usage:
+    """The usage of one turn from several ``usageMetadata`` messages: a later message wins field by field,
+    but a field it leaves at 0 keeps the earlier count. Real Gemini 3.1 traffic sends the prompt count
+    mid-turn (with an empty ``serverContent``) and then ``usageMetadata: {}`` with ``turnComplete``."""
+    if old is None:
+        return new
+    return ev.Usage(**{name: getattr(new, name) or getattr(old, name) for name in _USAGE_FIELDS})
 
 
 def usage_to_gemini(usage: ev.Usage) -> dict[str, object]:
@@ -331,10 +347,12 @@ def usage_to_gemini(usage: ev.Usage) -> dict[str, object]:
     meta: dict[str, object] = {
         "promptTokenCount": usage.input_tokens,
         "responseTokenCount": usage.output_tokens,
-        "totalTokenCount": usage.total_tokens or usage.input_tokens + usage.output_tokens,
+        "totalTokenCount": usage.total_tokens or usage.input_tokens + usage.output_tokens + usage.reasoning_tokens,
     }
     if usage.cached_tokens:
         meta["cachedContentTokenCount"] = usage.cached_tokens
+    if usage.reasoning_tokens:
+        meta["thoughtsTokenCount"] = usage.reasoning_tokens
     for key, text, audio in (
         ("promptTokensDetails", usage.input_text_tokens, usage.input_audio_tokens),
         ("responseTokensDetails", usage.output_text_tokens, usage.output_audio_tokens),

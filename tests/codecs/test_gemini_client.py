@@ -18,6 +18,7 @@ from shared import audio
 from shared import events as ev
 from shared.codecs.base import Close
 from shared.codecs.gemini_client import GeminiClientCodec
+from shared.session import SessionMeta
 from tests.codecs import Checked, SeqIds, meta, read_frames, validate_gemini
 
 SDK_FRAMES = read_frames("client_gemini_sdk.jsonl")
@@ -204,7 +205,44 @@ def test_recorded_sdk_session_becomes_canonical_events() -> None:
 def test_manual_turns_recording() -> None:
     codec = make()
     events = [e for frame in read_frames("client_gemini_manual.jsonl") for e in codec.feed(frame).events]
-    assert events[1:] == [ev.ActivityStart(), ev.InputAudio(pcm=PCM16K, rate=16000), ev.ActivityEnd()]
+    # the recorded turn holds 20 ms of audio: too short to be a turn (MIN_TURN_MS), so it is dropped
+    assert events[1:] == [ev.ActivityStart(), ev.InputAudio(pcm=PCM16K, rate=16000), ev.InputAudioClear()]
+
+
+def _audio(ms: int, rate: int = 16000) -> str:
+    blob = {"data": base64.b64encode(audio.tone(440, ms, rate)).decode(), "mimeType": f"audio/pcm;rate={rate}"}
+    return json.dumps({"realtimeInput": {"audio": blob}})
+
+
+@pytest.mark.parametrize(
+    ("chunks", "rate", "last"),
+    [
+        ([], 16000, ev.InputAudioClear()),  # empty activity: real Gemini would close 1007; we drop it
+        ([1], 16000, ev.InputAudioClear()),
+        ([50, 49], 16000, ev.InputAudioClear()),  # 99 ms in two chunks
+        ([99], 8000, ev.InputAudioClear()),
+        ([50, 50], 16000, ev.ActivityEnd()),  # 100 ms: a turn
+        ([100], 24000, ev.ActivityEnd()),
+    ],
+)
+def test_push_to_talk_turn_shorter_than_100_ms_is_dropped(chunks: list[int], rate: int, last: ev.Event) -> None:
+    codec = make()
+    codec.feed(setup(realtimeInputConfig={"automaticActivityDetection": {"disabled": True}}))
+    codec.feed('{"realtimeInput": {"activityStart": {}}}')
+    for ms in chunks:
+        codec.feed(_audio(ms, rate))
+    out = codec.feed('{"realtimeInput": {"activityEnd": {}}}')
+    assert out.events == [last] and out.close is None
+    # the next turn counts from zero again
+    codec.feed('{"realtimeInput": {"activityStart": {}}}')
+    codec.feed(_audio(120))
+    assert codec.feed('{"realtimeInput": {"activityEnd": {}}}').events == [ev.ActivityEnd()]
+
+
+def test_commit_empty_from_openai_does_not_end_the_call() -> None:
+    codec = ready(make())
+    out = codec.encode(ev.ProviderError(code="input_audio_buffer_commit_empty", message="buffer too small"))
+    assert out.close is None and out.wire == []
 
 
 def test_activity_markers_need_manual_turns() -> None:
@@ -537,3 +575,119 @@ def test_session_resumption_hands_out_the_session_id_at_each_turn_end() -> None:
     plain = ready(make())
     frames = plain.encode_all(ev.ResponseStarted(response_id="r1"), ev.ResponseDone(response_id="r1"))
     assert all("sessionResumptionUpdate" not in f for f in frames)
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 10: usage of cut turns, generationComplete before interrupted, no turnComplete after toolCall
+
+
+def test_cut_turn_carries_its_usage_and_thoughts_on_turn_complete() -> None:
+    codec = ready(make())
+    frames = codec.encode_all(
+        ev.OutputText(response_id="r1", item_id="a1", delta="x"),
+        ev.Interrupted(response_id="r1"),
+        ev.ResponseDone(
+            response_id="r1", status="cancelled", reason="turn_detected",
+            usage=ev.Usage(input_tokens=5, output_tokens=2, reasoning_tokens=3, total_tokens=10),
+        ),
+    )
+    assert frames[1:] == [
+        {"serverContent": {"interrupted": True}},
+        {
+            "serverContent": {"turnComplete": True},
+            "usageMetadata": {
+                "promptTokenCount": 5, "responseTokenCount": 2, "totalTokenCount": 10, "thoughtsTokenCount": 3,
+            },
+        },
+    ]
+
+
+def test_generation_complete_before_interrupted_goes_through() -> None:
+    codec = ready(make())
+    frames = codec.encode_all(
+        ev.OutputText(response_id="r1", item_id="a1", delta="x"),
+        ev.Interrupted(response_id="r1", generation_complete=True),
+        ev.ResponseDone(response_id="r1", status="cancelled", reason="turn_detected"),
+    )
+    assert frames[1:] == [
+        {"serverContent": {"generationComplete": True}},
+        {"serverContent": {"interrupted": True}},
+        {"serverContent": {"turnComplete": True}},
+    ]
+
+
+def test_spoken_text_then_tool_call_sends_no_turn_complete() -> None:
+    codec = ready(make())
+    frames = codec.encode_all(
+        ev.ResponseStarted(response_id="r1"),
+        ev.OutputText(response_id="r1", item_id="a1", delta="Let me check."),
+        ev.OutputDone(response_id="r1", item=ev.Message(id="a1", role="assistant", content=[])),
+        ev.ToolCall(response_id="r1", item_id="i1", call_id="c1", name="lookup", arguments="{}"),
+        ev.ResponseDone(response_id="r1", usage=ev.Usage(input_tokens=1, output_tokens=2, total_tokens=3)),
+    )
+    assert frames == [
+        {"serverContent": {"modelTurn": {"parts": [{"text": "Let me check."}]}}},
+        {"toolCall": {"functionCalls": [{"id": "c1", "name": "lookup", "args": {}}]}},
+        {"usageMetadata": {"promptTokenCount": 1, "responseTokenCount": 2, "totalTokenCount": 3}},
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# switch contract (issue 11)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"provider": "OPENAI", "when": "now"}, ev.SwitchRequest(provider="openai", when="now")),
+        ({"provider": "Gemini"}, ev.SwitchRequest(provider="gemini", when="turn_end")),
+        ({"provider": "azure", "when": "TURN_END"}, ev.SwitchRequest(provider="azure", when="turn_end")),
+    ],
+)
+def test_rs_switch_becomes_a_switch_request(body: dict[str, str], expected: ev.SwitchRequest) -> None:
+    codec = ready(make())
+    out = codec.feed(json.dumps({"rsSwitch": body}))
+    assert out.events == [expected] and out.wire == [] and out.close is None
+    assert codec.feed(json.dumps({"rs_switch": body})).events == [expected]  # SDK-style snake case too
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"when": "now"}, "invalid rsSwitch.provider: expected a string"),
+        ({"provider": " "}, "invalid rsSwitch.provider"),
+        ({"provider": "openai", "when": "later"}, "invalid rsSwitch.when"),
+        ({"provider": "openai", "now": True}, "unknown rsSwitch.now"),
+    ],
+)
+def test_bad_rs_switch_closes_1007(body: dict[str, object], reason: str) -> None:
+    assert ready(make()).feed(json.dumps({"rsSwitch": body})).close == Close(1007, reason)
+
+
+SWITCHED = ev.Switched(from_provider="gemini", to_provider="openai", reason="manual", gap_ms=420)
+
+
+def test_switched_reaches_only_clients_that_opted_in() -> None:
+    assert ready(make()).encode(SWITCHED).wire == []  # LiveServerMessage forbids unknown fields
+    opted = GeminiClientCodec(
+        SessionMeta(sid="s", account="a", client_session_id="c", dialect="gemini", provider="gemini", notices=True),
+        id_factory=SeqIds(),
+    )
+    opted.feed(SETUP_PLAIN)
+    opted.encode(ev.SessionReady(provider="gemini"))
+    (frame,) = opted.encode(SWITCHED).wire
+    assert json.loads(frame) == {"rsSwitched": {"from": "gemini", "to": "openai", "reason": "manual", "gapMs": 420}}
+
+
+def test_every_down_event_has_an_explicit_row() -> None:
+    assert set(GeminiClientCodec._OUTBOUND) == set(ev.DOWN_TYPES)  # the table is the contract
+
+
+def test_switched_to_a_seed_client_is_the_seeds_own_event() -> None:
+    seed = GeminiClientCodec(
+        SessionMeta(sid="s", account="a", client_session_id="c", dialect="gemini", provider="gemini", seed=True),
+        id_factory=SeqIds(),
+    )
+    seed.feed(SETUP_PLAIN)
+    seed.encode(ev.SessionReady(provider="gemini"))
+    assert [json.loads(f) for f in seed.encode(SWITCHED).wire] == [{"type": "switch", "name": "OPENAI"}]

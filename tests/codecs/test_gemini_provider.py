@@ -738,3 +738,125 @@ def test_client_audio_formats_never_reach_gemini() -> None:
     out = codec.encode(ev.SessionConfig(instructions="a"))
     assert out.wire == [] and out.events == [] and not codec.needs_reconnect
     assert [e.code for e in codec.encode(ev.SessionConfig(instructions="b")).events] == ["reconnect_required"]
+
+
+# --------------------------------------------------------------------------------------------------
+# usage of cut turns, generationComplete before a barge-in, calls without id (issue 10)
+
+AUDIO_PART = (
+    b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm;rate=24000",'
+    b'"data":"AAAAAA=="}}]}}}'
+)
+CUT_USAGE = b'{"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":11,"responseTokenCount":4}}'
+
+
+def test_interrupted_turn_keeps_its_usage_on_the_cut_response() -> None:
+    codec = make()
+    events = feed_all(codec, [AUDIO_PART, b'{"serverContent":{"interrupted":true}}'])
+    # response.done waits for the turnComplete that carries the usage
+    assert kinds(events) == ["ResponseStarted", "OutputAudio", "SpeechStarted", "Interrupted", "OutputDone"]
+    (done,) = codec.feed(CUT_USAGE).events
+    assert done == ev.ResponseDone(
+        response_id="resp_1", status="cancelled", reason="turn_detected",
+        usage=ev.Usage(input_tokens=11, output_tokens=4, total_tokens=15),
+    )
+    # the next turn reports only its own usage (none here), not the cut turn's
+    nxt = feed_all(codec, [AUDIO_PART, b'{"serverContent":{"turnComplete":true}}'])
+    assert isinstance(nxt[-1], ev.ResponseDone) and nxt[-1].response_id != "resp_1" and nxt[-1].usage is None
+
+
+def test_a_tool_call_after_interrupted_closes_the_cut_response_first() -> None:
+    codec = make()
+    feed_all(codec, [AUDIO_PART, b'{"serverContent":{"interrupted":true}}'])
+    events = codec.feed(b'{"toolCall":{"functionCalls":[{"id":"c1","name":"f","args":{}}]}}').events
+    assert events[0] == ev.ResponseDone(response_id="resp_1", status="cancelled", reason="turn_detected")
+    assert kinds(events)[1:] == ["SpeechStopped", "InputCommitted", "ResponseStarted", "ToolCall", "OutputDone",
+                                 "ResponseDone"]
+
+
+def test_generation_complete_before_interrupted_is_told() -> None:
+    codec = make()
+    events = feed_all(codec, [
+        AUDIO_PART, b'{"serverContent":{"generationComplete":true}}', b'{"serverContent":{"interrupted":true}}',
+    ])
+    assert ev.Interrupted(response_id="resp_1", generation_complete=True) in events
+    # without generationComplete the flag stays off
+    events = feed_all(make(), [AUDIO_PART, b'{"serverContent":{"interrupted":true}}'])
+    assert ev.Interrupted(response_id="resp_1") in events
+
+
+def test_usage_of_a_client_cancelled_turn_does_not_leak_into_the_next() -> None:
+    codec = make()
+    codec.feed(AUDIO_PART)
+    codec.encode(ev.ResponseCancel())
+    assert codec.feed(CUT_USAGE).events == []
+    events = feed_all(codec, [AUDIO_PART, b'{"serverContent":{"turnComplete":true}}'])
+    assert isinstance(events[-1], ev.ResponseDone) and events[-1].usage is None
+
+
+def test_empty_usage_at_turn_complete_keeps_the_counts_sent_mid_turn() -> None:
+    codec = make()
+    events = feed_all(codec, [
+        b'{"serverContent":{},"usageMetadata":{"promptTokenCount":960,"totalTokenCount":960}}',
+        AUDIO_PART,
+        b'{"serverContent":{"turnComplete":true},"usageMetadata":{}}',
+    ])
+    assert events[-1].usage == ev.Usage(input_tokens=960, total_tokens=960)  # type: ignore[attr-defined]
+
+
+def test_thoughts_tokens_become_reasoning_tokens() -> None:
+    codec = make()
+    events = feed_all(codec, [AUDIO_PART, (
+        b'{"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":10,'
+        b'"responseTokenCount":5,"thoughtsTokenCount":7,"totalTokenCount":22}}'
+    )])
+    assert events[-1].usage == ev.Usage(  # type: ignore[attr-defined]
+        input_tokens=10, output_tokens=5, reasoning_tokens=7, total_tokens=22
+    )
+
+
+def test_call_without_id_gets_one_that_never_goes_back_upstream() -> None:
+    codec = make()
+    events = codec.feed(b'{"toolCall":{"functionCalls":[{"name":"lookup","args":{"q":"x"}}]}}').events
+    (call,) = [e for e in events if isinstance(e, ev.ToolCall)]
+    assert call.call_id == "call_2" and call.name == "lookup"
+    out = codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id=call.call_id, output='{"a":1}')))
+    assert wire(out.wire) == [{"toolResponse": {"functionResponses": [{"name": "lookup", "response": {"a": 1}}]}}]
+
+
+# --------------------------------------------------------------------------------------------------
+# fields Gemini cannot honour: a Notice, never an error (issue 10 item 5)
+
+
+def test_fields_gemini_cannot_honour_are_notices_not_errors() -> None:
+    codec = make()
+    first = ev.Message(id="m1", role="user", content=[ev.TextContent(text="a")])
+    assert codec.encode(ev.ItemCreate(item=first)).events == []
+    assert codec.encode(ev.ItemCreate(item=first, previous_item_id="m1")).events == []  # appending: honoured
+    out = codec.encode(ev.ItemCreate(
+        item=ev.Message(id="m2", role="system", content=[ev.TextContent(text="be brief")]), previous_item_id="m0"
+    ))
+    assert [(type(e), e.param) for e in out.events] == [  # type: ignore[attr-defined]
+        (ev.Notice, "previous_item_id"), (ev.Notice, "item.role")
+    ]
+    out = codec.encode(ev.ResponseCreate(options=ev.ResponseOptions(instructions="x", metadata={"k": "v"})))
+    assert {type(e) for e in out.events} == {ev.Notice} and out.wire  # the turn still goes out
+    assert kinds(codec.encode(ev.ItemDelete(item_id="m1")).events) == ["Notice"]
+    assert kinds(codec.encode(ev.SwitchRequest(provider="openai")).events) == ["Notice"]
+
+
+def test_some_models_end_a_tool_call_turn_with_finished_and_turn_complete() -> None:
+    # livekit/agents PR #3192 (maintainers): "some gemini live models return a output_transcription.finished
+    # and turn_complete message after a tool call while some don't"; PR #4699: generationComplete too.
+    codec = make()
+    calls = codec.feed(b'{"toolCall":{"functionCalls":[{"id":"c1","name":"f","args":{}}]}}').events
+    assert kinds(calls)[-1] == "ResponseDone"
+    tail = feed_all(codec, [
+        b'{"serverContent":{"outputTranscription":{"finished":true}}}',
+        b'{"serverContent":{"generationComplete":true}}',
+        b'{"serverContent":{"turnComplete":true}}',
+    ])
+    assert tail == []  # the tool call's response is already closed: no second, empty one
+    codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id="c1", output="{}")))
+    after = feed_all(codec, [AUDIO_PART, b'{"serverContent":{"turnComplete":true}}'])
+    assert kinds(after) == ["ResponseStarted", "OutputAudio", "OutputDone", "ResponseDone"]

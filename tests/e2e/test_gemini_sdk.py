@@ -247,6 +247,23 @@ async def test_spoken_turn_manual_activity(tls_stack: TlsStack, provider: str) -
 
 
 @pytest.mark.parametrize("provider", ["gemini", "openai"])
+async def test_too_short_push_to_talk_turn_keeps_the_call(tls_stack: TlsStack, provider: str) -> None:
+    """A 40 ms push-to-talk blip is dropped (docs/decisions.md): OpenAI would refuse to commit it and the
+    call used to end with 1007. The next real turn is the first one answered, on the same connection."""
+    client = tls_stack.client(headers=_headers(provider))
+    async with client.aio.live.connect(model=MODEL, config=_config(vad=False)) as session:
+        await session.send_realtime_input(activity_start=types.ActivityStart())
+        await _speak(session, tone(440, 40, IN_RATE))
+        await session.send_realtime_input(activity_end=types.ActivityEnd())
+        await session.send_realtime_input(activity_start=types.ActivityStart())
+        await _speak(session, tone(440, 1_000, IN_RATE))
+        await session.send_realtime_input(activity_end=types.ActivityEnd())
+        turn = await _receive_turn(session)
+        assert turn.complete, turn.messages[-1:]
+        assert turn.transcript.startswith("turn 1: audio 1.0"), turn.transcript  # the blip was no turn
+
+
+@pytest.mark.parametrize("provider", ["gemini", "openai"])
 async def test_spoken_turn_vad_and_stream_end(tls_stack: TlsStack, provider: str) -> None:
     client = tls_stack.client(headers=_headers(provider))
     async with client.aio.live.connect(model=MODEL, config=_config(vad=True, silence_ms=200)) as session:
@@ -365,6 +382,8 @@ async def test_interruption_then_next_turn(tls_stack: TlsStack, provider: str) -
             assert cut.transcript != "turn 1: tell me a long story", "the cut response did not finish"
             assert not any(m.server_content.generation_complete for m in cut.messages if m.server_content)
             assert len(cut.audio) < OUT_RATE * 2 * 3, "not the whole 3 s"
+            # the cut turn's usage comes with its turnComplete, as from the real server
+            assert cut.usage and cut.usage[-1].total_token_count, cut.messages[-2:]
 
             # The barge-in itself is the next turn, and it is answered in full.
             turn = await _receive_turn(session)
