@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
+from services.provider_worker import replay
 from shared import bus
 from shared import events as ev
 from shared.bus import Subjects
@@ -56,31 +57,11 @@ CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
-# Input after a commit was published at most this long (plus the VAD's silence timeout) before the
-# provider's commit reached the stream (its latency): a replacement's replay starts that much earlier.
-REPLAY_MARGIN_S = 3.0
 ROTATE_MARGIN_S = 1.0  # a connection going away is replaced at the latest this long before its end
 DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
-# On resume these are not replayed: they would act twice, or the snapshot already holds their effect.
-_NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
-_USER_INPUT = (ev.ItemCreate, ev.InputAudioCommit)  # what a response.create asks an answer to
-
-
-def _before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], committed: int) -> int:
-    """The commit point to replay from. A spoken turn committed (by the client or the provider's turn
-    detection) but neither transcribed nor answered when its worker died is only audio in the stream: the
-    log holds an empty item, which a restore skips. Its audio is replayed from the commit before it, so
-    the replacement's provider hears the turn again (the stream's start when that commit has aged out).
-
-    ``commit_points`` are the ``up_seq`` of the provider's commits the log holds (``Snapshot.commits``)."""
-    last = items[-1] if items else None
-    if not (isinstance(last, ev.Message) and last.role == "user" and not last.text()
-            and any(isinstance(c, ev.AudioContent) for c in last.content)):
-        return committed
-    return max((point for point in commit_points if point < committed), default=0)
 
 
 class InputClock:
@@ -242,82 +223,32 @@ class ProviderWorker:
             "items": len(snapshot.items), "replayed": len(session.pending)})
 
     async def _queue_uncommitted(self, session: _Session, snapshot: Snapshot, *, upto: int | None = None) -> None:
-        """Queue, from the stream, the input a new provider connection must get after the history.
-
-        Everything up to ``committed_up_seq`` (kept by the checkpoint) is in the snapshot as items; what
-        came after is replayed: a replacement worker never had it, and a dropped or rotated connection
-        took it along uncommitted (audio of a turn being spoken). Requests that would act twice
-        (response.create/cancel) or are already in the log (items, deletes, truncations) are not, except
-        a response.create no response answered. ``upto``: only envelopes this worker already took (a
-        reconnect; newer ones arrive live); None: all, and they count as taken (a replacement).
-        """
+        """Queue, from the stream, the input a new provider connection must get after the history
+        (read -> ``replay.plan_replay`` -> apply). ``upto``: only envelopes this worker already took (a
+        reconnect; newer ones arrive live); None: all, and they count as taken (a replacement)."""
         assert self.nc is not None
         sid = session.meta.sid
-        committed = int(snapshot.record.get("committed_up_seq") or 0)
-        known = {item.id for item in snapshot.items}
-        committed = _before_untranscribed_turn(snapshot.items, [c.up_seq for c in snapshot.commits], committed)
-        # Read the stream from shortly before that commit, not the whole window: a dead worker's sessions
-        # all replay at once, and the window holds minutes of their audio.
+        # Reads: from shortly before the commit point, the up envelopes, and down when a create is to judge.
+        committed = replay.commit_point(snapshot)
+        start = replay.replay_start(snapshot, committed)
         since: float | None = None
-        start = next((c for c in reversed(snapshot.commits) if c.up_seq <= committed), None)
-        if start is not None and committed:
-            age = await bus.age_of(self.nc, start.position)
+        if start is not None:
             config = session.config or snapshot.config
             vad = config.turn_detection if config is not None else None
-            # Semantic VAD may wait up to 8 s (OpenAI, eagerness low) before it commits.
-            silence_s = 0.0 if vad is None else 8.0 if vad.type == "semantic_vad" else (
-                (vad.silence_duration_ms or 500) / 1000)
-            since = None if age is None else age + REPLAY_MARGIN_S + silence_s
-        envs = [
-            (pos, ev.decode_envelope(data))
-            for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid), since_s=since)
-        ]
-        owed = await self._owed_create(sid, envs)
-        replay: list[ev.Event] = []
-        for _, env in envs:
-            if (env.seq <= committed and not any(event is owed for event in env.events)) or (
-                    upto is not None and env.seq > upto):
-                continue
-            if upto is None:
-                session.last_up = max(session.last_up, env.seq)
-            for event in env.events:
-                if event is not owed and (env.seq <= committed or isinstance(event, _NOT_REPLAYED) or (
-                        isinstance(event, ev.ItemCreate) and event.item.id in known)):
-                    continue
-                replay.append(event)
-        # Replaces what was queued while disconnected: the stream holds that too, in order.
+            since = replay.read_since_s(await bus.age_of(self.nc, start.position), vad)
+        up = [(pos, ev.decode_envelope(data))
+              for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid), since_s=since)]
+        down = [(pos, ev.decode_envelope(data))
+                for pos, data in await bus.replay_seq(self.nc, Subjects.down(sid), start_seq=up[0][0])
+                ] if replay.needs_down(up) else []
+        plan = replay.plan_replay(snapshot, up, down, upto=upto)
+        # Apply: replaces what was queued while disconnected (the stream holds that too, in order).
+        if upto is None:
+            session.last_up = max(session.last_up, plan.last_seq)
         session.pending.clear()
-        for event in replay:
+        for event in plan.events:
             self._take(session, event)
-        REPLAYED.inc(len(replay))
-
-    async def _owed_create(self, sid: str, envs: list[tuple[int, ev.Envelope]]) -> ev.ResponseCreate | None:
-        """The newest response.create, when nothing answered it: the dead worker never acted on it (it
-        died first, or the client re-asked after the cut while no worker listened). Replaying any other
-        would act twice.
-
-        Answered means a response started or ended after it in the stream, or it was absorbed: the only
-        create since the user's last input, sent after a response to that input had already ended (a
-        provider that answers by itself, like Gemini at the end of a manual turn, may start and even
-        finish its answer before the client's create reaches the stream; the codec swallows that create).
-        A response cut by the death never ends in the stream."""
-        assert self.nc is not None
-        creates = [(pos, e) for pos, env in envs for e in env.events if isinstance(e, ev.ResponseCreate)]
-        if not creates:
-            return None
-        position, create = creates[-1]
-        down = [(pos, ev.decode_envelope(data)) for pos, data in await bus.replay_seq(
-            self.nc, Subjects.down(sid), start_seq=envs[0][0])]
-        if any(pos > position and any(isinstance(e, ev.ResponseStarted | ev.ResponseDone) for e in env.events)
-               for pos, env in down):
-            return None
-        inputs = [pos for pos, env in envs if any(isinstance(e, _USER_INPUT) for e in env.events)]
-        inputs += [pos for pos, env in down if any(isinstance(e, ev.InputCommitted) for e in env.events)]
-        last_input = max((pos for pos in inputs if pos < position), default=0)
-        ended = any(last_input < pos < position and any(isinstance(e, ev.ResponseDone) for e in env.events)
-                    for pos, env in down)
-        alone = sum(1 for pos, _ in creates if last_input < pos <= position) == 1
-        return None if ended and alone else create
+        REPLAYED.inc(len(plan.events))
 
     async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S) -> None:
         """Wait until the checkpoint has folded this session's events already in the stream, so that the
