@@ -53,6 +53,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     tls_key: str = ""
     session_ttl_s: int = 86_400
     gemini_setup_wait_ms: int = 500
+    stall_ms: int = 2_000  # a response open and no upstream bytes this long: ended, and the upstream replaced
     max_frame_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     instance_id: str = ""
@@ -171,6 +172,7 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("RS_TLS_KEY", "tls_key", str),
     ("RS_SESSION_TTL_S", "session_ttl_s", _int_range(60, 30 * 86_400)),
     ("RS_GEMINI_SETUP_WAIT_MS", "gemini_setup_wait_ms", _int_range(0, 10_000)),
+    ("RS_STALL_MS", "stall_ms", _int_range(100, 600_000)),
     ("RS_MAX_FRAME_BYTES", "max_frame_bytes", _int_range(1024, 64 * 1024 * 1024)),
     ("LOG_LEVEL", "log_level", str.upper),
     ("RS_INSTANCE_ID", "instance_id", str),
