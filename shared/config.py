@@ -95,6 +95,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     gemini_setup_wait_ms: int = 500
     admin_port: int | None = None  # /metrics and /healthz on their own port; None: on the client port
     reattach_budget_ms: int = 30_000  # the edge gives a session up (and tells its client) after this long
+    stall_ms: int = 2_000  # a response open and no upstream bytes this long: ended, and the upstream replaced
     max_frame_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     instance_id: str = ""
@@ -232,6 +233,7 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("RS_GEMINI_SETUP_WAIT_MS", "gemini_setup_wait_ms", _int_range(0, 10_000)),
     ("RS_ADMIN_PORT", "admin_port", _int_range(1, 65_535)),
     ("RS_REATTACH_BUDGET_MS", "reattach_budget_ms", _int_range(100, 600_000)),
+    ("RS_STALL_MS", "stall_ms", _int_range(100, 600_000)),
     ("RS_MAX_FRAME_BYTES", "max_frame_bytes", _int_range(1024, 64 * 1024 * 1024)),
     ("LOG_LEVEL", "log_level", str.upper),
     ("RS_INSTANCE_ID", "instance_id", str),

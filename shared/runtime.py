@@ -21,7 +21,7 @@ from shared import bus
 from shared.config import Config
 from shared.store import Store
 
-__all__ = ["BOOT", "Service", "TaskSet", "heartbeat_loop", "instance_id", "run", "setup_logging"]
+__all__ = ["BOOT", "Service", "TaskSet", "heartbeat_loop", "instance_id", "run", "setup_logging", "stream_id"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,13 @@ class TaskSet:
             self.spawn(handler(msg))
 
         return callback
+
+
+async def stream_id(nc: NATS) -> str:
+    """This incarnation of the session stream (its creation time): what the checkpoint's folded position
+    in Redis is keyed by (``Store.note_folded``). A nats-server restart creates the stream anew."""
+    info = await nc.jetstream().stream_info(bus.STREAM)
+    return info.created.isoformat() if info.created is not None else "unknown"
 
 
 class Service(Protocol):

@@ -14,7 +14,10 @@ Keys (``sid`` = session key):
 - ``rs:commits:<sid>`` hash item id -> "<stream position>:<up seq>" of the provider's commit of that user
                        audio item: where a replacement's replay of the stream has to start
 
-Global: ``rs:stream:last`` int, the newest stream sequence the checkpoint folded (``stream_floor``).
+Global: ``rs:stream:last`` int, the newest stream sequence the checkpoint folded (``stream_floor``);
+``rs:stream:folded:<stream id>`` int, the stream position below which the checkpoint has folded every
+message it consumes (its consumer's ack floor), per incarnation of the stream (a restarted nats-server
+starts a new one; test stacks with a bus each share one Redis).
 
 Writes are idempotent (``ZADD NX``, ``HSET`` of whole values), so at-least-once delivery never
 duplicates an item and two checkpoint instances may process the same session safely.
@@ -147,6 +150,15 @@ class Store:
     async def note_stream_seq(self, seq: int) -> None:
         await self.redis.eval(_RAISE_KEY, 1, _STREAM_LAST, str(seq))
 
+    async def note_folded(self, stream_id: str, position: int) -> None:
+        """The checkpoint has folded everything up to stream ``position`` (raise only: several instances)."""
+        await self.redis.eval(_RAISE_KEY_EX, 1, _folded_key(stream_id), str(position), str(self.ttl_s))
+
+    async def folded(self, stream_id: str) -> int:
+        """The stream position up to which the log holds everything (0: nothing known)."""
+        raw = await self.redis.get(_folded_key(stream_id))
+        return int(raw) if raw else 0
+
     async def epoch(self, sid: str) -> int:
         raw = await self.redis.get(_keys(sid)["epoch"])
         return int(raw) if raw else 0
@@ -258,6 +270,10 @@ def _fold_item_create(pipe: aioredis.client.Pipeline, k: dict[str, str], pos: in
 
 _STREAM_LAST = "rs:stream:last"
 
+
+def _folded_key(stream_id: str) -> str:
+    return f"rs:stream:folded:{stream_id}"
+
 # INCR, but to at least ARGV[1] + 1.
 _BUMP_ABOVE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -272,6 +288,14 @@ return cur
 _RAISE_KEY = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# Raise a key to ARGV[1] unless it is already higher; expire it after ARGV[2] s (a stream's key outlives it).
+_RAISE_KEY_EX = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 

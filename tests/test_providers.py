@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared import events as ev
 from shared.codecs.gemini_provider import GeminiProviderCodec
 from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.providers import UnknownProvider, installed_providers, load_provider
@@ -60,15 +61,12 @@ def test_openai_model_for(requested: str | None, model: str) -> None:
 
 def test_openai_capabilities_and_codec() -> None:
     cls = load_provider("openai")
-    caps = cls.capabilities
-    assert (caps.input_rate, caps.output_rate, caps.server_vad, caps.live_reconfigure) == (
-        24_000,
-        24_000,
-        True,
-        True,
-    )
-    assert not caps.config_before_connect
-    assert isinstance(cls(SETTINGS).codec(META, "gpt-realtime"), OpenAIProviderCodec)
+    assert not cls.capabilities.config_before_connect
+    codec = cls(SETTINGS).codec(META, "gpt-realtime")
+    assert isinstance(codec, OpenAIProviderCodec)
+    assert codec.needs_reconnect is False, "OpenAI takes a session.update live"
+    codec.encode(ev.SessionConfig(instructions="changed"))
+    assert codec.needs_reconnect is False
 
 
 def test_gemini_endpoint_defaults() -> None:
@@ -98,9 +96,10 @@ def test_gemini_model_for(requested: str | None, model: str) -> None:
 
 def test_gemini_capabilities_and_codec() -> None:
     cls = load_provider("gemini")
-    caps = cls.capabilities
-    assert (caps.input_rate, caps.output_rate) == (16_000, 24_000)
-    assert caps.config_before_connect and not caps.live_reconfigure
-    assert caps.session_cap_s == 900
+    assert cls.capabilities.config_before_connect
     codec = cls(SETTINGS).codec(META, "gemini-x", resumption_handle="h")
     assert isinstance(codec, GeminiProviderCodec) and codec.resumption_handle == "h"
+    assert codec.needs_reconnect is False
+    codec.connect(ev.SessionConfig(), [])
+    codec.encode(ev.SessionConfig(instructions="changed"))
+    assert codec.needs_reconnect is True, "Gemini takes a config only in setup: the worker reconnects"

@@ -4,6 +4,12 @@ A durable JetStream pull consumer (shared by every checkpoint instance) reads ``
 envelopes; each is folded into Redis by ``Store.apply`` with the stream sequence as the item position,
 so redelivery and several instances never duplicate or reorder an item. A restarted checkpoint resumes
 from the consumer's acknowledged position.
+
+After each batch, and once a second when idle, the checkpoint records in Redis the position up to which
+the log holds the stream (the consumer's ack floor: with several instances, or a redelivery pending,
+everything below it is folded, not just what this instance took). A worker about to restore a
+conversation waits until that position reaches the newest log message of its session
+(``Store.note_folded`` / ``Store.folded``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from shared import bus
 from shared import events as ev
 from shared.config import Config
 from shared.metrics import FRAMES
-from shared.runtime import heartbeat_loop, instance_id
+from shared.runtime import heartbeat_loop, instance_id, stream_id
 from shared.store import Store
 
 __all__ = ["DURABLE", "Checkpoint"]
@@ -44,6 +50,7 @@ class Checkpoint:
         self.config = config
         self.instance = instance_id("checkpoint", config.instance_id)
         self.applied = 0
+        self.stream_id = ""  # the stream incarnation bound to (see shared.runtime.stream_id)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
@@ -63,6 +70,7 @@ class Checkpoint:
         consumer (work is shared). Again after a bus reconnect: a restarted nats-server has lost both
         (memory storage); the new stream's sequence goes on after the last one folded into the log."""
         await bus.ensure_stream(nc, first_seq=await store.stream_floor())
+        self.stream_id = await stream_id(nc)
         js = nc.jetstream()
         await js.add_consumer(
             bus.STREAM,
@@ -100,6 +108,7 @@ class Checkpoint:
             try:
                 msgs = await psub.fetch(BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
+                await self._note_folded(nc, store)  # idle: an ack of another instance may have moved it
                 continue
             except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                 log.warning("fetch failed", extra={"error": type(exc).__name__})
@@ -126,11 +135,27 @@ class Checkpoint:
                         backoff = min(backoff * 2, 2.0)
                 FRAMES.labels("checkpoint", "in").inc()
                 self.applied += 1
-                await msg.ack()
+                if msg is msgs[-1]:
+                    # Confirmed: the server has taken this batch's acks before the ack floor is read.
+                    with contextlib.suppress(nats.errors.TimeoutError):
+                        await msg.ack_sync(timeout=1.0)
+                else:
+                    await msg.ack()
             if msgs:
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
                     await store.note_stream_seq(msgs[-1].metadata.sequence.stream)
+                await self._note_folded(nc, store)
             if len(msgs) < BATCH:
                 # Caught up: let the stream fill a little before the next pull. Without the pause each pull
                 # returns one or two messages and its request/reply costs more than folding them.
                 await asyncio.sleep(FETCH_PAUSE_S)
+
+    async def _note_folded(self, nc: NATS, store: Store) -> None:
+        """Record the consumer's ack floor in Redis: every message below it is in the log."""
+        try:
+            info = await nc.jetstream().consumer_info(bus.STREAM, DURABLE)
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            if floor:  # written even when unchanged: a Redis restarted without its data lost it
+                await store.note_folded(self.stream_id, floor)
+        except (nats.errors.Error, nats.js.errors.Error, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("folded position not recorded", extra={"error": type(exc).__name__})

@@ -15,18 +15,35 @@ import functools
 import itertools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import websockets
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
+from services.provider_worker import replay
+from services.provider_worker.upstream import (
+    Backoff,
+    IllegalTransition,
+    InputLoss,
+    StallWatch,
+    Trigger,
+    TurnTimer,
+    Upstream,
+    error_failure,
+    failure_reason,
+    step,
+    switched_event,
+)
 from shared import bus
 from shared import events as ev
 from shared.bus import Subjects
@@ -42,7 +59,7 @@ from shared.metrics import (
     UPSTREAM_ROTATIONS,
 )
 from shared.providers import Provider, ProviderNotConfigured, installed_providers, load_provider
-from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
+from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id, stream_id
 from shared.session import SessionMeta
 from shared.store import Snapshot, Store
 
@@ -54,33 +71,18 @@ log = logging.getLogger(__name__)
 # which what a killed checkpoint had fetched is delivered again.
 CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
+CHECKPOINT_POLL_S = 0.02  # one Redis GET per session per poll while a checkpoint lags
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
-# Input after a commit was published at most this long (plus the VAD's silence timeout) before the
-# provider's commit reached the stream (its latency): a replacement's replay starts that much earlier.
-REPLAY_MARGIN_S = 3.0
+SHORT_LIVED_S = 3.0  # a connection lost sooner than this after its setup backs off, even a planned rotation
+CLOSE_TIMEOUT_S = 2.0  # a closing handshake a stalled provider never answers is given up after this
 ROTATE_MARGIN_S = 1.0  # a connection going away is replaced at the latest this long before its end
 DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
+_TURN_ENDS_UP = (ev.ResponseCreate, ev.ActivityEnd)  # client events that end the user's turn (turn signal)
+SignalKind = Literal["switch", "turn", "failure", "stall", "idle", "busy"]
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
-# On resume these are not replayed: they would act twice, or the snapshot already holds their effect.
-_NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
-_USER_INPUT = (ev.ItemCreate, ev.InputAudioCommit)  # what a response.create asks an answer to
-
-
-def _before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], committed: int) -> int:
-    """The commit point to replay from. A spoken turn committed (by the client or the provider's turn
-    detection) but neither transcribed nor answered when its worker died is only audio in the stream: the
-    log holds an empty item, which a restore skips. Its audio is replayed from the commit before it, so
-    the replacement's provider hears the turn again (the stream's start when that commit has aged out).
-
-    ``commit_points`` are the ``up_seq`` of the provider's commits the log holds (``Snapshot.commits``)."""
-    last = items[-1] if items else None
-    if not (isinstance(last, ev.Message) and last.role == "user" and not last.text()
-            and any(isinstance(c, ev.AudioContent) for c in last.content)):
-        return committed
-    return max((point for point in commit_points if point < committed), default=0)
 
 
 class InputClock:
@@ -113,7 +115,8 @@ class InputClock:
 
 
 class _Session:
-    def __init__(self, meta: SessionMeta, epoch: int, transformer_epoch: int, provider: Provider) -> None:
+    def __init__(self, meta: SessionMeta, epoch: int, transformer_epoch: int, provider: Provider,
+                 stall_s: float) -> None:
         self.meta = meta
         self.epoch = epoch  # stamped on what this worker publishes
         self.transformer_epoch = transformer_epoch  # up envelopes from older epochs come from a replaced one
@@ -124,21 +127,37 @@ class _Session:
         self.model = provider.model_for(meta.model)
         self.codec: ProviderCodec | None = None
         self.ws: ClientConnection | None = None
-        self.connected = False
-        self.closed = False
+        self.state = Upstream.IDLE
+        self.opened_at: float | None = None  # loop time the current connection's socket opened
+        self.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
         self.config: ev.SessionConfig | None = None
         self.config_seen = asyncio.Event()
         self.pending: collections.deque[ev.Event] = collections.deque()
-        self.overflowed = 0  # 1: input was lost while disconnected, 2: the client was told
+        self.input_loss = InputLoss.NONE
         self.open_response: str | None = None
         self.seq_down = 0
         self.rotate_by: float | None = None  # loop time the provider ends this connection (goAway)
-        self.rotating = False  # the upstream is being closed on purpose, to be replaced at once
         self.clock = InputClock()  # of the current provider connection
+        self.stall = StallWatch(stall_s)  # of the current provider connection
+        self.turns = TurnTimer()
+        self.switch: bus.AssignRequest | None = None  # a switch to announce once the first upstream is ready
         self.resume_snapshot: Snapshot | None = None  # what a replacement's resume read, for its first connect
         self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.state is Upstream.CLOSED
+
+    def to(self, trigger: Trigger) -> Upstream:
+        """Apply one transition of ``upstream.TRANSITIONS``; an impossible one is a bug, logged, and ignored
+        (the session goes on rather than dying on it)."""
+        try:
+            self.state = step(self.state, trigger)
+        except IllegalTransition as exc:
+            log.error("illegal upstream transition", extra={"sid": self.meta.sid, "transition": str(exc)})
+        return self.state
 
 
 class ProviderWorker:
@@ -154,6 +173,7 @@ class ProviderWorker:
         self._tasks = TaskSet()
         self.nc: NATS | None = None
         self.store: Store | None = None
+        self._stream: tuple[int, str] | None = None  # (bus reconnects when read, the stream's id)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
@@ -187,8 +207,9 @@ class ProviderWorker:
             return
         sid = req.meta.sid
         await self._drop(sid)
-        session = _Session(req.meta, req.epoch, req.peer_epoch or req.epoch, provider)
+        session = _Session(req.meta, req.epoch, req.peer_epoch or req.epoch, provider, self.config.stall_ms / 1000)
         session.replaying = req.resume
+        session.switch = req if req.switch_from else None
         self.sessions[sid] = session
         SESSIONS.labels("worker").set(len(self.sessions))
         session.subs = [
@@ -242,111 +263,81 @@ class ProviderWorker:
             "items": len(snapshot.items), "replayed": len(session.pending)})
 
     async def _queue_uncommitted(self, session: _Session, snapshot: Snapshot, *, upto: int | None = None) -> None:
-        """Queue, from the stream, the input a new provider connection must get after the history.
-
-        Everything up to ``committed_up_seq`` (kept by the checkpoint) is in the snapshot as items; what
-        came after is replayed: a replacement worker never had it, and a dropped or rotated connection
-        took it along uncommitted (audio of a turn being spoken). Requests that would act twice
-        (response.create/cancel) or are already in the log (items, deletes, truncations) are not, except
-        a response.create no response answered. ``upto``: only envelopes this worker already took (a
-        reconnect; newer ones arrive live); None: all, and they count as taken (a replacement).
-        """
+        """Queue, from the stream, the input a new provider connection must get after the history
+        (read -> ``replay.plan_replay`` -> apply). ``upto``: only envelopes this worker already took (a
+        reconnect; newer ones arrive live); None: all, and they count as taken (a replacement)."""
         assert self.nc is not None
         sid = session.meta.sid
-        committed = int(snapshot.record.get("committed_up_seq") or 0)
-        known = {item.id for item in snapshot.items}
-        committed = _before_untranscribed_turn(snapshot.items, [c.up_seq for c in snapshot.commits], committed)
-        # Read the stream from shortly before that commit, not the whole window: a dead worker's sessions
-        # all replay at once, and the window holds minutes of their audio.
+        # Reads: from shortly before the commit point, the up envelopes, and down when a create is to judge.
+        committed = replay.commit_point(snapshot)
+        start = replay.replay_start(snapshot, committed)
         since: float | None = None
-        start = next((c for c in reversed(snapshot.commits) if c.up_seq <= committed), None)
-        if start is not None and committed:
-            age = await bus.age_of(self.nc, start.position)
+        if start is not None:
             config = session.config or snapshot.config
             vad = config.turn_detection if config is not None else None
-            # Semantic VAD may wait up to 8 s (OpenAI, eagerness low) before it commits.
-            silence_s = 0.0 if vad is None else 8.0 if vad.type == "semantic_vad" else (
-                (vad.silence_duration_ms or 500) / 1000)
-            since = None if age is None else age + REPLAY_MARGIN_S + silence_s
-        envs = [
-            (pos, ev.decode_envelope(data))
-            for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid), since_s=since)
-        ]
-        owed = await self._owed_create(sid, envs)
-        replay: list[ev.Event] = []
-        for _, env in envs:
-            if (env.seq <= committed and not any(event is owed for event in env.events)) or (
-                    upto is not None and env.seq > upto):
-                continue
-            if upto is None:
-                session.last_up = max(session.last_up, env.seq)
-            for event in env.events:
-                if event is not owed and (env.seq <= committed or isinstance(event, _NOT_REPLAYED) or (
-                        isinstance(event, ev.ItemCreate) and event.item.id in known)):
-                    continue
-                replay.append(event)
-        # Replaces what was queued while disconnected: the stream holds that too, in order.
+            since = replay.read_since_s(await bus.age_of(self.nc, start.position), vad)
+        up = [(pos, ev.decode_envelope(data))
+              for pos, data in await bus.replay_seq(self.nc, Subjects.up(sid), since_s=since)]
+        down = [(pos, ev.decode_envelope(data))
+                for pos, data in await bus.replay_seq(self.nc, Subjects.down(sid), start_seq=up[0][0])
+                ] if replay.needs_down(up) else []
+        plan = replay.plan_replay(snapshot, up, down, upto=upto)
+        # Apply: replaces what was queued while disconnected (the stream holds that too, in order).
+        if upto is None:
+            session.last_up = max(session.last_up, plan.last_seq)
         session.pending.clear()
-        for event in replay:
+        for event in plan.events:
             self._take(session, event)
-        REPLAYED.inc(len(replay))
+        REPLAYED.inc(len(plan.events))
 
-    async def _owed_create(self, sid: str, envs: list[tuple[int, ev.Envelope]]) -> ev.ResponseCreate | None:
-        """The newest response.create, when nothing answered it: the dead worker never acted on it (it
-        died first, or the client re-asked after the cut while no worker listened). Replaying any other
-        would act twice.
-
-        Answered means a response started or ended after it in the stream, or it was absorbed: the only
-        create since the user's last input, sent after a response to that input had already ended (a
-        provider that answers by itself, like Gemini at the end of a manual turn, may start and even
-        finish its answer before the client's create reaches the stream; the codec swallows that create).
-        A response cut by the death never ends in the stream."""
+    async def _stream_id(self) -> str:
+        """The stream's incarnation, read again after a bus reconnect (a restarted nats-server's is new)."""
         assert self.nc is not None
-        creates = [(pos, e) for pos, env in envs for e in env.events if isinstance(e, ev.ResponseCreate)]
-        if not creates:
-            return None
-        position, create = creates[-1]
-        down = [(pos, ev.decode_envelope(data)) for pos, data in await bus.replay_seq(
-            self.nc, Subjects.down(sid), start_seq=envs[0][0])]
-        if any(pos > position and any(isinstance(e, ev.ResponseStarted | ev.ResponseDone) for e in env.events)
-               for pos, env in down):
-            return None
-        inputs = [pos for pos, env in envs if any(isinstance(e, _USER_INPUT) for e in env.events)]
-        inputs += [pos for pos, env in down if any(isinstance(e, ev.InputCommitted) for e in env.events)]
-        last_input = max((pos for pos in inputs if pos < position), default=0)
-        ended = any(last_input < pos < position and any(isinstance(e, ev.ResponseDone) for e in env.events)
-                    for pos, env in down)
-        alone = sum(1 for pos, _ in creates if last_input < pos <= position) == 1
-        return None if ended and alone else create
+        reconnects = self.nc.stats["reconnects"]
+        if self._stream is None or self._stream[0] != reconnects:
+            self._stream = (reconnects, await stream_id(self.nc))
+        return self._stream[1]
 
-    async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S) -> None:
+    async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S) -> bool:
         """Wait until the checkpoint has folded this session's events already in the stream, so that the
         snapshot (history, commit point) and the replay agree: from a stale commit point, input the
-        restored history already holds would be sent again (a duplicate turn). Usually immediate; a
-        checkpoint that lags under load is waited for, up to the bound (which a dead one costs)."""
-        assert self.nc is not None
+        restored history already holds would be sent again (a duplicate turn). The checkpoint records the
+        position it has folded everything up to (``Store.folded``); this waits until it reaches the
+        session's newest log message. Usually immediate; a checkpoint that lags under load is waited for,
+        up to the bound (which a dead one costs). False: not confirmed (the snapshot may be stale)."""
+        assert self.nc is not None and self.store is not None
+        loop = asyncio.get_running_loop()
         js = self.nc.jetstream()
-        with contextlib.suppress(Exception):
-            target = 0
+        target = 0
+        try:
             for subject in (Subjects.up(sid, "log"), Subjects.down(sid, "log")):  # what the checkpoint folds
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     target = max(target, (await js.get_last_msg(bus.STREAM, subject, direct=True)).seq or 0)
             if not target:
-                return
-            deadline = asyncio.get_running_loop().time() + timeout_s
-            while asyncio.get_running_loop().time() < deadline:
-                info = await js.consumer_info(bus.STREAM, bus.CHECKPOINT_CONSUMER)
-                if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= target:
-                    return
-                if info.num_pending == 0 and info.num_ack_pending == 0:
-                    return
-                await asyncio.sleep(0.05)  # a dead worker's sessions all poll at once: keep the API load low
+                return True
+            stream = await self._stream_id()
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("checkpoint position unknown", extra={"sid": sid, "error": repr(exc)})
+            return False
+        deadline = loop.time() + timeout_s
+        folded = 0
+        while True:
+            try:
+                folded = await self.store.folded(stream)
+            except (RedisError, OSError) as exc:
+                log.warning("checkpoint position unreadable", extra={"sid": sid, "error": repr(exc)})
+            if folded >= target:
+                return True
+            if loop.time() >= deadline:
+                log.warning("checkpoint behind", extra={"sid": sid, "target": target, "folded": folded})
+                return False
+            await asyncio.sleep(CHECKPOINT_POLL_S)
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)
         if session is None:
             return
-        session.closed = True
+        session.to(Trigger.DROP)
         SESSIONS.labels("worker").set(len(self.sessions))
         for sub in session.subs:
             with contextlib.suppress(Exception):
@@ -381,14 +372,14 @@ class ProviderWorker:
         session.last_up = env.seq
         FRAMES.labels("worker", "up").inc()
         for event in env.events:
-            if session.connected:
+            if session.state.sends:
                 self._note_config(session, event)
                 await self._encode(session, event)
             else:
                 self._take(session, event)
-        if session.overflowed == 1:
+        if session.input_loss is InputLoss.LOST:
             # Never drop input silently: say so once, in the client's dialect.
-            session.overflowed = 2
+            session.input_loss = InputLoss.TOLD
             await self._publish(session, [ev.ProviderError(
                 code="input_buffer_full", message="provider unavailable; input beyond the buffer was lost",
                 retryable=True)])
@@ -404,8 +395,8 @@ class ProviderWorker:
         self._note_config(session, event)
         if len(session.pending) < PENDING_LIMIT:
             session.pending.append(event)
-        elif not session.overflowed:
-            session.overflowed = 1
+        elif session.input_loss is InputLoss.NONE:
+            session.input_loss = InputLoss.LOST
 
     async def _encode(self, session: _Session, event: ev.Event) -> None:
         assert session.codec is not None
@@ -413,6 +404,8 @@ class ProviderWorker:
             # Queued input (a reconnect's flush) is marked with the newest seq: later than it was, which
             # only makes the commit point later, as it was before there was a clock.
             session.clock.add(session.last_up, len(event.pcm), event.rate)
+        elif isinstance(event, _TURN_ENDS_UP):
+            session.turns.turn_end(asyncio.get_running_loop().time())
         try:
             out = session.codec.encode(event)
         except Exception:
@@ -420,8 +413,9 @@ class ProviderWorker:
             log.exception("codec failed on a client event", extra={"sid": session.meta.sid})
             out = Out(events=[_INTERNAL_ERROR])
         await self._apply(session, out)
-        if getattr(session.codec, "needs_reconnect", False) and session.ws is not None:
+        if session.codec.needs_reconnect and session.ws is not None:
             # The provider cannot take this change live (Gemini: one setup per connection).
+            session.to(Trigger.RECONFIGURE)
             await session.ws.close(1000, "reconfigure")
 
     # -- provider -> client ----------------------------------------------------------------------
@@ -461,84 +455,127 @@ class ProviderWorker:
             await self._rotate(session)
 
     async def _rotate(self, session: _Session) -> None:
-        """Replace the upstream connection on purpose: the loop reconnects at once with the history and
-        the uncommitted input, without telling the client anything went wrong."""
-        if session.ws is None or session.rotating:
+        """Replace the upstream connection on purpose: the loop reconnects with the history and the
+        uncommitted input, without telling the client anything went wrong."""
+        if session.ws is None or session.state not in (Upstream.OPEN, Upstream.CONNECTING):
             return
-        session.rotating = True
+        session.to(Trigger.GOING_AWAY)
         UPSTREAM_ROTATIONS.labels(session.meta.provider).inc()
         with contextlib.suppress(Exception):
             await session.ws.close(1000, "go away")
 
     async def _publish(self, session: _Session, events: list[ev.Event]) -> None:
         assert self.nc is not None
+        now = asyncio.get_running_loop().time()
+        was_open = session.open_response is not None
+        turn_ms: list[float] = []
         for index, event in enumerate(events):
             if isinstance(event, ev.ResponseStarted):
                 session.open_response = event.response_id
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
-            elif isinstance(event, ev.SpeechStopped) and event.audio_end_ms:
-                seq = session.clock.seq_at(event.audio_end_ms)
-                if seq is not None:
-                    session.speech_ends[event.item_id] = seq
+                session.turns.response_done(event.response_id)
+            elif isinstance(event, ev.OutputAudio):
+                ms = session.turns.first_audio(event.response_id, now)
+                if ms is not None:
+                    turn_ms.append(ms)
+            elif isinstance(event, ev.SpeechStarted):
+                session.turns.user_speaking()
+            elif isinstance(event, ev.SpeechStopped):
+                session.turns.turn_end(now)
+                if event.audio_end_ms:
+                    seq = session.clock.seq_at(event.audio_end_ms)
+                    if seq is not None:
+                        session.speech_ends[event.item_id] = seq
             elif isinstance(event, ev.InputCommitted):
+                session.turns.turn_end(now)
                 # What the provider has committed so far: a replacement replays only what came after.
                 up_seq = session.speech_ends.pop(event.item_id, session.last_up)
                 events[index] = msgspec.structs.replace(event, up_seq=up_seq)
         session.seq_down += 1
         envelope = bus.envelope(session.epoch, session.seq_down, events)
         await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
+        is_open = session.open_response is not None
+        session.stall.response(is_open, now)
+        for ms in turn_ms:
+            await self._signal(session, "turn", value_ms=ms)
+        if is_open != was_open:
+            await self._signal(session, "busy" if is_open else "idle")
+
+    async def _signal(self, session: _Session, kind: SignalKind, *, value_ms: float = 0.0, reason: str = "") -> None:
+        """Tell the edge holding the session (its switch policy): see ``bus.Signal``."""
+        assert self.nc is not None
+        signal = bus.Signal(kind=kind, epoch=session.epoch, provider=session.meta.provider, value_ms=value_ms,
+                            reason=reason)
+        await self.nc.publish(Subjects.signal(session.meta.sid), bus.encode(signal))
+
+    async def _end_cut_response(self, session: _Session) -> None:
+        """The response a lost upstream cut is closed towards the client, never left hanging: ``failed``
+        for OpenAI clients, ``interrupted`` + ``turnComplete`` for Gemini clients (the client codecs)."""
+        if session.open_response is not None:
+            await self._publish(session, [ev.ResponseDone(
+                response_id=session.open_response, status="failed", reason="provider_disconnected")])
 
     async def _upstream_loop(self, session: _Session) -> None:
-        failures = 0
         name = session.meta.provider
+        loop = asyncio.get_running_loop()
         while not session.closed:
+            fatal = False
+            failure: str | None = None
+            session.opened_at = None
             try:
-                opened = await self._run_upstream(session)
-                failures = 0 if opened else failures + 1
-                reason = "closed"
+                await self._run_upstream(session)
+                reason = "stalled" if session.state is Upstream.ABANDONED else "closed"
+                failed = False
             except ProviderNotConfigured as exc:
                 # Missing settings on this worker: retrying cannot help, the client is told why.
                 PROVIDER_ERRORS.labels(name, "not_configured").inc()
+                session.ws = None
+                session.to(Trigger.FATAL)
                 await self._publish(session, [ev.ProviderError(
                     code="provider_not_configured", message=str(exc), fatal=True)])
                 return
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 PROVIDER_ERRORS.labels(name, f"http_{status}").inc()
-                failures = MAX_CONNECT_FAILURES if status in _FATAL_HTTP else failures + 1
-                reason = f"http {status}"
+                fatal = status in _FATAL_HTTP
+                failure, reason, failed = failure_reason(exc, opened=False), f"http {status}", True
             except (TimeoutError, OSError, websockets.WebSocketException) as exc:
                 PROVIDER_ERRORS.labels(name, type(exc).__name__).inc()
-                failures += 1
-                reason = type(exc).__name__
+                failure = failure_reason(exc, opened=session.opened_at is not None)
+                reason, failed = type(exc).__name__, True
             finally:
-                session.connected = False
                 session.ws = None
             if session.closed:
                 return
-            if session.open_response is not None:
-                # The response that was cut is closed towards the client, never left hanging.
-                await self._publish(session, [ev.ResponseDone(
-                    response_id=session.open_response, status="failed", reason="provider_disconnected")])
-            if failures >= MAX_CONNECT_FAILURES:
+            closing = session.state
+            session.to(Trigger.LOST)
+            if failure is not None:
+                await self._signal(session, "failure", reason=failure)
+            await self._end_cut_response(session)
+            lived = None if session.opened_at is None else loop.time() - session.opened_at
+            delay = session.backoff.after(
+                lived_s=lived, planned=closing is Upstream.ROTATING, reconfigure=closing is Upstream.RECONFIGURING,
+                failed=failed, rand=random.random())
+            if fatal or session.backoff.connect_failures >= MAX_CONNECT_FAILURES:
+                session.to(Trigger.FATAL)
                 await self._publish(session, [ev.ProviderError(
                     code="provider_unavailable", message=f"{name} unavailable ({reason})", fatal=True)])
                 return
-            # Closed on purpose (a config Gemini takes only at setup, a provider going away): back at once.
-            planned = getattr(session.codec, "needs_reconnect", False) or session.rotating
-            session.rotating, session.rotate_by = False, None
-            delay = 0.0 if planned else min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1)
-            if not planned:
+            session.rotate_by = None
+            if closing not in (Upstream.ROTATING, Upstream.RECONFIGURING):  # closed on purpose: not news
                 UPSTREAM_RECONNECTS.labels(name).inc()
                 await self._publish(session, [ev.Notice(
                     code="provider_reconnecting", message=f"{name} connection lost ({reason}); reconnecting")])
-            log.warning("upstream lost", extra={"sid": session.meta.sid, "reason": reason, "delay_s": delay})
+            log.warning("upstream lost", extra={
+                "sid": session.meta.sid, "reason": reason, "was": closing.value, "delay_s": round(delay, 3),
+                "lived_s": None if lived is None else round(lived, 3)})
             await asyncio.sleep(delay)
 
-    async def _run_upstream(self, session: _Session) -> bool:
-        """One upstream connection, from connect to close. Returns whether it opened."""
+    async def _run_upstream(self, session: _Session) -> None:
+        """One upstream connection, from connect to close."""
         assert self.store is not None
+        session.to(Trigger.DIAL)
         provider = session.provider
         # The history must hold everything this session already said (a provider reconnect, a Gemini
         # reconfiguration, a client back on the same session moments after it left): let the checkpoint
@@ -571,31 +608,76 @@ class ProviderWorker:
         codec = session.codec = provider.codec(session.meta, session.model)
         async with websockets.connect(
             url, additional_headers=headers, max_size=None, compression=None, open_timeout=10,
-            ping_interval=20, ping_timeout=20,
+            ping_interval=20, ping_timeout=20, close_timeout=CLOSE_TIMEOUT_S,
         ) as ws:
             session.ws = ws
+            loop = asyncio.get_running_loop()
+            session.opened_at = loop.time()
             if session.closed:
                 # Dropped while connecting, and the cancellation got lost on the way (Python 3.11's
                 # asyncio.wait_for, used by nats-py requests, can swallow one): never serve a dropped session.
-                return True
+                return
             PROVIDER_CONNECTS.labels(session.meta.provider).inc()
             log.info("upstream connect", extra={
                 "sid": session.meta.sid, "items": len(snapshot.items), "pending": len(session.pending),
                 "config": "session" if session.config is not None else "snapshot" if snapshot.config else "default",
                 "vad": config.turn_detection is not None,
                 "replayed": [type(e).__name__ for e in itertools.islice(session.pending, 8)]})
-            session.clock, session.speech_ends = InputClock(), {}  # a new connection's audio starts at 0
-            await self._apply(session, codec.connect(config, snapshot.items))
+            # A new connection's audio starts at 0, and its silence is counted afresh.
+            session.clock, session.speech_ends = InputClock(), {}
+            session.stall = StallWatch(session.stall.limit_s)
+            setup = codec.connect(config, snapshot.items)
+            await self._apply(session, Out(wire=setup.wire))
+            if session.switch is not None:
+                # A switch: the new upstream has the history; this is the first event on down.
+                req, session.switch = session.switch, None
+                switched = switched_event(req.switch_from, req.switch_reason, req.switch_started_ms,
+                                          session.meta.provider, int(time.time() * 1000))
+                if switched is not None:
+                    await self._publish(session, [switched])
+            await self._apply(session, Out(events=setup.events, close=setup.close))
             while session.pending:
                 await self._encode(session, session.pending.popleft())
-            session.connected = True  # no await between the empty check and this line
-            session.overflowed = 0
-            async for frame in ws:
+            if session.state is Upstream.CONNECTING:  # no await between the empty check and this line
+                session.to(Trigger.OPENED)
+                session.input_loss = InputLoss.NONE
+            while True:
+                remaining = session.stall.remaining(loop.time())
+                if remaining is None or session.state is not Upstream.OPEN:
+                    # Nothing to watch (no response open, or the socket is closing on purpose): wake up now
+                    # and then anyway, a response may open from our side (a codec's synthetic events).
+                    remaining = session.stall.limit_s
+                try:
+                    async with asyncio.timeout(remaining):
+                        frame = await ws.recv()
+                except TimeoutError:
+                    if session.stall.remaining(loop.time()) == 0 and session.state is Upstream.OPEN:
+                        await self._stalled(session)
+                        return
+                    continue
+                except ConnectionClosedOK:
+                    return
+                session.stall.bytes_in(loop.time())
                 FRAMES.labels("worker", "provider_in").inc()
                 try:
                     out = codec.feed(frame)
                 except Exception:
                     log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
                     out = Out(events=[_INTERNAL_ERROR])
+                for event in out.events:
+                    if isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
+                        await self._signal(session, "failure", reason=failure)
                 await self._apply(session, out)
-        return True
+
+    async def _stalled(self, session: _Session) -> None:
+        """A response open and nothing from the provider for ``RS_STALL_MS``: end the response towards the
+        client now, say so to the edge, and give the connection up (the loop reconnects; the session goes
+        on with its history)."""
+        now = asyncio.get_running_loop().time()
+        stalled_ms = round(session.stall.stalled_for(now) * 1000, 1)
+        session.to(Trigger.STALLED)
+        PROVIDER_ERRORS.labels(session.meta.provider, "stall").inc()
+        log.warning("upstream stalled", extra={"sid": session.meta.sid, "stalled_ms": stalled_ms,
+                                               "response": session.open_response})
+        await self._end_cut_response(session)
+        await self._signal(session, "stall", value_ms=stalled_ms)

@@ -23,7 +23,7 @@ from typing import ClassVar, NamedTuple, Protocol
 
 from shared import events as ev
 
-__all__ = ["ClientCodec", "Close", "Out", "ProviderCodec"]
+__all__ = ["ClientCodec", "Close", "Out", "ProviderCodec", "TakesConfigLive"]
 
 
 class Close(NamedTuple):
@@ -69,7 +69,15 @@ class ClientCodec(Protocol):
 
 
 class ProviderCodec(Protocol):
-    """Canonical <-> provider protocol. One instance per upstream connection, owned by the worker."""
+    """Canonical <-> provider protocol. One instance per upstream connection, owned by the worker.
+
+    ``needs_reconnect``: set by ``encode`` when the client changed something this provider takes only at
+    setup (Gemini: one ``setup`` per connection); the worker then replaces the connection, and the next
+    codec starts with the new config. A codec whose provider takes every change live keeps it False
+    (:class:`TakesConfigLive` is that default).
+    """
+
+    needs_reconnect: bool
 
     def connect(self, config: ev.SessionConfig, history: list[ev.Item]) -> Out:
         """Frames to send right after the upstream socket opens: configuration, then history items."""
@@ -82,3 +90,9 @@ class ProviderCodec(Protocol):
     def feed(self, frame: str | bytes) -> Out:
         """One provider frame in, canonical Down events out. Never raises on bad provider input."""
         ...
+
+
+class TakesConfigLive:
+    """Mixin for a provider codec whose provider applies every config change on the live connection."""
+
+    needs_reconnect: bool = False

@@ -28,13 +28,12 @@ __all__ = [
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
-    input_rate: int  # Hz the provider expects for input audio
-    output_rate: int  # Hz of the provider's output audio
-    server_vad: bool = True
-    truncate_output: bool = True  # can cut an assistant item at an audio offset
-    live_reconfigure: bool = True  # accepts config changes without reconnecting
+    """What the worker must do differently for a provider. Only what the worker acts on lives here:
+    audio rates, truncation and VAD are the codec's business (it resamples, warns, maps), a config the
+    provider takes only at setup is the codec's ``needs_reconnect``, and a session cap is announced by
+    the provider (goAway) when it applies."""
+
     config_before_connect: bool = False  # needs the session config in its first frame (Gemini setup)
-    session_cap_s: int | None = None  # upstream session limit, if any
 
 
 class UnknownProvider(LookupError):

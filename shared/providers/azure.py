@@ -2,7 +2,8 @@
 
 Only the way in differs from OpenAI: the resource's own URL, ``?api-version=&deployment=`` instead of
 ``?model=``, and the key in an ``api-key`` header instead of ``Authorization: Bearer``. The wire protocol is
-OpenAI GA, so the codec is :class:`OpenAIProviderCodec` itself (a subclass that only renames the provider).
+OpenAI GA, so the codec is :class:`OpenAIProviderCodec` itself (a subclass that only renames the
+provider).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import ClassVar
 from urllib.parse import urlencode
 
 from shared.codecs.base import ProviderCodec
-from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.providers import Capabilities, ProviderNotConfigured
-from shared.providers.openai import OpenAIProvider
+from shared.providers.openai import OpenAICodec, OpenAIProvider
 from shared.session import SessionMeta
 
 __all__ = ["DEFAULT_API_VERSION", "REQUIRED_SETTINGS", "AzureProvider", "AzureProviderCodec"]
@@ -25,7 +25,7 @@ DEFAULT_API_VERSION = "2025-08-28"
 REQUIRED_SETTINGS = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_REALTIME_URL", "AZURE_OPENAI_DEPLOYMENT")
 
 
-class AzureProviderCodec(OpenAIProviderCodec):
+class AzureProviderCodec(OpenAICodec):
     """The OpenAI GA codec, reporting ``azure`` in ``SessionReady``."""
 
     provider = "azure"

@@ -21,21 +21,13 @@ DEFAULT_URL = (
 class GeminiProvider:
     """Gemini Live over WebSocket (protocols.md §2.1): key in ``x-goog-api-key``, model in ``setup``.
 
-    One ``setup`` per connection, so config changes need a reconnect (``live_reconfigure=False``) and the
-    config must be known before the first frame (``config_before_connect=True``).
+    One ``setup`` per connection, so config changes need a reconnect (the codec's ``needs_reconnect``) and
+    the config must be known before the first frame (``config_before_connect=True``).
     """
 
     name: ClassVar[str] = "gemini"
     default_model: ClassVar[str] = "gemini-live-2.5-flash-preview"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        input_rate=16_000,
-        output_rate=24_000,
-        server_vad=True,
-        truncate_output=False,  # no truncate message: the model keeps the whole reply in context
-        live_reconfigure=False,
-        config_before_connect=True,
-        session_cap_s=900,  # audio-only Live sessions end after ~15 min without context compression
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(config_before_connect=True)
 
     def __init__(self, settings: Mapping[str, str]) -> None:
         self._api_key = settings.get("GEMINI_API_KEY", "")

@@ -6,14 +6,19 @@ from collections.abc import Mapping
 from typing import ClassVar
 from urllib.parse import urlencode
 
-from shared.codecs.base import ProviderCodec
+from shared.codecs.base import ProviderCodec, TakesConfigLive
 from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.providers import Capabilities
 from shared.session import SessionMeta
 
-__all__ = ["OpenAIProvider"]
+__all__ = ["OpenAICodec", "OpenAIProvider"]
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime"
+
+
+class OpenAICodec(TakesConfigLive, OpenAIProviderCodec):
+    """The OpenAI GA codec with the contract's ``needs_reconnect`` default: OpenAI applies a
+    ``session.update`` on the live connection. (Here, not in the codec module, which another owner keeps.)"""
 
 
 class OpenAIProvider:
@@ -22,15 +27,7 @@ class OpenAIProvider:
 
     name: ClassVar[str] = "openai"
     default_model: ClassVar[str] = "gpt-realtime"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        input_rate=24_000,
-        output_rate=24_000,
-        server_vad=True,
-        truncate_output=True,
-        live_reconfigure=True,
-        config_before_connect=False,
-        session_cap_s=None,
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, settings: Mapping[str, str]) -> None:
         self._api_key = settings.get("OPENAI_API_KEY", "")
@@ -48,4 +45,4 @@ class OpenAIProvider:
         return f"{self._url}{sep}{urlencode({'model': model})}", [("Authorization", f"Bearer {self._api_key}")]
 
     def codec(self, meta: SessionMeta, model: str, *, resumption_handle: str | None = None) -> ProviderCodec:
-        return OpenAIProviderCodec(meta, model)  # OpenAI has no session resumption: history is replayed
+        return OpenAICodec(meta, model)  # OpenAI has no session resumption: history is replayed

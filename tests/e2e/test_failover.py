@@ -8,8 +8,10 @@ processes and slowing the fakes affects no other test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +23,7 @@ from openai import AsyncOpenAI
 
 from services.dev.stack import Proc, Stack, free_port
 from services.fakes.common import debug_sessions, reset_knobs, set_knobs
-from shared import audio
+from shared import audio, bus
 from shared import events as ev
 from shared.session import session_key
 from shared.store import Store
@@ -579,3 +581,93 @@ async def test_re_ask_after_a_cut_vad_answer_is_answered(failover: FailoverStack
         events = await _next(conn, "response.done")
         assert events[-1].response.status == "completed"
         assert _transcript(events) == "turn 2: audio 1.3s"
+
+
+@contextlib.asynccontextmanager
+async def _signals(fs: FailoverStack, sid: str) -> AsyncIterator[list[bus.Signal]]:
+    """The signals the session's members send its edge (collected while the block runs)."""
+    nc = await bus.connect(fs.stack.nats_url, name="test-signals")
+    seen: list[bus.Signal] = []
+
+    async def on_signal(msg: Any) -> None:
+        seen.append(bus.decode(msg.data, bus.Signal))
+
+    await nc.subscribe(bus.Subjects.signal(sid), cb=on_signal)
+    await nc.flush()
+    try:
+        yield seen
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_a_stalled_response_is_ended_and_the_session_goes_on(
+    failover: FailoverStack, store: Store, provider: str
+) -> None:
+    """The provider goes silent in the middle of a response (socket open, nothing sent): within
+    RS_STALL_MS (2 s here) the client gets that response ended, the edge gets a stall signal, and the
+    worker replaces the upstream connection: the next turn is answered, with the history."""
+    marker, client_sid, sid = _ids("stall")
+    fake_port = failover.stack.fake_ports[provider]
+    loop = asyncio.get_running_loop()
+    async with _signals(failover, sid) as signals, _connect(failover, provider, client_sid) as conn:
+        upstream = await _first_manual_turn(conn, fake_port, marker)
+        await set_knobs(fake_port, session=upstream["id"], stall_after=upstream["events_sent"] + 6)
+        await _say(conn, f"two {marker}")
+        stamped: list[tuple[float, Any]] = []
+        async with asyncio.timeout(TIMEOUT_S):
+            while not stamped or stamped[-1][1].type != "response.done":
+                event = await conn.recv()
+                stamped.append((loop.time(), event))
+        types = [e.type for _, e in stamped]
+        assert "response.created" in types, types
+        done_at, done = stamped[-1]
+        last_before = stamped[-2][0]
+        assert done.response.status == "failed"
+        assert done_at - last_before <= 2.0 + 0.2, f"ended {done_at - last_before:.3f} s after the last event"
+        await _say(conn, f"three {marker}")
+        events = await _next(conn, "response.done")
+        assert events[-1].response.status == "completed"
+        assert _transcript(events).endswith(f"three {marker}")
+    stalls = [s for s in signals if s.kind == "stall"]
+    assert len(stalls) == 1 and stalls[0].provider == provider and stalls[0].value_ms >= 2_000, signals
+    kinds = [s.kind for s in signals]
+    assert kinds.count("busy") >= 3 and kinds.count("idle") >= 3, kinds
+    turns = [s for s in signals if s.kind == "turn"]
+    assert len(turns) >= 2 and all(0 < s.value_ms < 5_000 for s in turns), turns
+    said = [str(i["text"]) for s in await debug_sessions(fake_port, include_closed=True)
+            if any(f"three {marker}" in str(i.get("text")) for i in s["items"]) for i in s["items"]
+            if i["role"] == "user"]
+    assert said[0] == f"one {marker}" and said[-1].endswith(f"three {marker}"), said
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_an_upstream_lost_right_after_every_setup_is_redialled_at_a_bounded_rate(
+    failover: FailoverStack, store: Store, provider: str
+) -> None:
+    """The provider ends every connection right after its setup: Gemini with a goAway (a planned
+    rotation, immediate when the connection is idle), OpenAI with a clean close 50 ms in. Without
+    backoff the worker redialled ~30 times a second; with it, a handful in 4 s. The session goes on
+    once the provider behaves again."""
+    marker, client_sid, _ = _ids("redial")
+    fake_port = failover.stack.fake_ports[provider]
+    knobs: dict[str, Any] = (
+        {"go_away_after_s": 0, "go_away_time_left_s": 60} if provider == "gemini"
+        else {"session_cap_s": 0.05, "session_cap_code": 1000})
+    await set_knobs(fake_port, **knobs)  # read at each connection's start: set before the first one
+    try:
+        started = time.time()
+        async with _connect(failover, provider, client_sid) as conn:
+            await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+            await asyncio.sleep(4.0)  # the rate is what is measured: a window of time, not a condition
+            await reset_knobs(fake_port)
+            ended = time.time()
+            connects = [s for s in await debug_sessions(fake_port, include_closed=True)
+                        if started <= s["created_at"] <= ended]
+            assert 2 <= len(connects) <= 10, f"{len(connects)} connects in 4 s"
+            await _say(conn, f"two {marker}")
+            events = await _next(conn, "response.done")
+            assert events[-1].response.status == "completed"
+            assert _transcript(events).endswith(f"two {marker}")
+    finally:
+        await reset_knobs(fake_port)

@@ -1,0 +1,132 @@
+"""The replay plan: which input and which response.create a new provider connection gets again, one test
+per rule, with literal envelopes (positions are stream sequences, seqs are up envelope seqs)."""
+
+from __future__ import annotations
+
+from services.provider_worker.replay import (
+    Replay,
+    before_untranscribed_turn,
+    commit_point,
+    needs_down,
+    owed_create,
+    plan_replay,
+    read_since_s,
+    replay_start,
+)
+from shared import events as ev
+from shared.store import Commit, Snapshot
+
+AUDIO = ev.InputAudio(pcm=b"\x01\x00" * 480, rate=24_000)
+CREATE = ev.ResponseCreate()
+
+
+def _snap(committed: int = 0, items: list[ev.Item] | None = None, commits: list[Commit] | None = None) -> Snapshot:
+    record = {"committed_up_seq": str(committed)} if committed else {}
+    return Snapshot(config=None, items=items or [], epoch=1, record=record, commits=commits or [])
+
+
+def _env(seq: int, *events: ev.Event) -> ev.Envelope:
+    return ev.Envelope(1, seq, list(events))  # type: ignore[arg-type]
+
+
+def _user_text(item_id: str) -> ev.ItemCreate:
+    return ev.ItemCreate(item=ev.Message(id=item_id, role="user", content=[ev.TextContent(text="hi")]))
+
+
+SPOKEN_UNTRANSCRIBED = ev.Message(id="u2", role="user", content=[ev.AudioContent()])
+SPOKEN_TRANSCRIBED = ev.Message(id="u2", role="user", content=[ev.AudioContent(transcript="hello")])
+
+
+def test_input_after_the_commit_point_is_replayed_and_before_it_is_not() -> None:
+    up = [(10, _env(1, AUDIO)), (11, _env(2, ev.InputAudioCommit())), (12, _env(3, AUDIO)), (13, _env(4, AUDIO))]
+    plan = plan_replay(_snap(committed=2), up, [])
+    assert plan == Replay(events=[AUDIO, AUDIO], last_seq=4)
+
+
+def test_a_reconnect_replays_only_what_this_worker_already_took() -> None:
+    up = [(12, _env(3, AUDIO)), (13, _env(4, AUDIO)), (14, _env(5, AUDIO))]
+    assert plan_replay(_snap(committed=2), up, [], upto=4).events == [AUDIO, AUDIO]
+
+
+def test_requests_that_would_act_twice_or_are_in_the_log_are_not_replayed() -> None:
+    known = ev.Message(id="u1", role="user", content=[ev.TextContent(text="hi")])
+    up = [(20, _env(5, _user_text("u1"), _user_text("u9"), ev.ResponseCancel(), ev.ItemDelete(item_id="x"),
+                    ev.ItemTruncate(item_id="a1", audio_end_ms=100)))]
+    down = [(21, _env(1, ev.ResponseStarted(response_id="r1")))]
+    plan = plan_replay(_snap(committed=4, items=[known]), up, down)
+    assert plan.events == [_user_text("u9")], "only the item the log does not hold yet"
+
+
+def test_an_untranscribed_spoken_turn_replays_from_the_commit_before_it() -> None:
+    commits = [Commit(position=30, up_seq=3), Commit(position=60, up_seq=8)]
+    assert before_untranscribed_turn([SPOKEN_UNTRANSCRIBED], [3, 8], 8) == 3
+    assert commit_point(_snap(committed=8, items=[SPOKEN_UNTRANSCRIBED], commits=commits)) == 3
+    up = [(40 + seq, _env(seq, AUDIO)) for seq in range(4, 10)]
+    plan = plan_replay(_snap(committed=8, items=[SPOKEN_UNTRANSCRIBED], commits=commits), up, [])
+    assert len(plan.events) == 6, "the turn's audio (4..8) and what came after (9)"
+
+
+def test_a_transcribed_spoken_turn_keeps_its_commit_point() -> None:
+    assert before_untranscribed_turn([SPOKEN_TRANSCRIBED], [3, 8], 8) == 8
+
+
+def test_an_untranscribed_turn_whose_earlier_commit_aged_out_replays_the_whole_window() -> None:
+    assert before_untranscribed_turn([SPOKEN_UNTRANSCRIBED], [8], 8) == 0
+
+
+def test_the_read_starts_shortly_before_the_commit_point_by_the_vad_silence() -> None:
+    commits = [Commit(position=30, up_seq=3), Commit(position=60, up_seq=8)]
+    assert replay_start(_snap(committed=8, commits=commits), 8) == Commit(60, 8)
+    assert replay_start(_snap(), 0) is None, "nothing committed: read it all"
+    assert read_since_s(None, None) is None, "the commit aged out of the stream: read it all"
+    assert read_since_s(2.0, None) == 5.0
+    assert read_since_s(2.0, ev.TurnDetection(silence_duration_ms=700)) == 5.7
+    assert read_since_s(2.0, ev.TurnDetection()) == 5.5
+    assert read_since_s(2.0, ev.TurnDetection(type="semantic_vad")) == 13.0
+
+
+def test_a_create_nothing_answered_is_owed_and_replayed() -> None:
+    up = [(10, _env(5, _user_text("u1"))), (11, _env(6, CREATE))]
+    assert needs_down(up)
+    assert owed_create(up, []) is CREATE
+    # Even at or before the commit point: the dead worker never acted on it.
+    assert plan_replay(_snap(committed=6), up, []).events == [CREATE]
+
+
+def test_a_create_followed_by_a_response_start_or_end_is_not_owed() -> None:
+    up = [(10, _env(5, _user_text("u1"))), (11, _env(6, CREATE))]
+    assert owed_create(up, [(12, _env(1, ev.ResponseStarted(response_id="r1")))]) is None
+    assert owed_create(up, [(12, _env(1, ev.ResponseDone(response_id="r1")))]) is None
+
+
+def test_a_create_absorbed_by_an_answer_that_ended_before_it_is_not_owed() -> None:
+    """Gemini answers a manual turn at activityEnd: the answer may end before the client's create
+    reaches the stream; it was the only create since the user's input."""
+    up = [(10, _env(5, _user_text("u1"))), (13, _env(6, CREATE))]
+    down = [(11, _env(1, ev.ResponseStarted(response_id="r1"))), (12, _env(2, ev.ResponseDone(response_id="r1")))]
+    assert owed_create(up, down) is None
+
+
+def test_a_re_ask_after_a_cut_answer_is_owed() -> None:
+    """Two creates since the last input, the answer to the first ended (cut) before the second: the
+    second is a re-ask, and it is owed."""
+    up = [(10, _env(5, _user_text("u1"))), (11, _env(6, CREATE)), (14, _env(7, ev.ResponseCreate()))]
+    down = [(12, _env(1, ev.ResponseStarted(response_id="r1"))),
+            (13, _env(2, ev.ResponseDone(response_id="r1", status="failed")))]
+    owed = owed_create(up, down)
+    assert owed is up[2][1].events[0]
+
+
+def test_a_provider_commit_counts_as_the_users_last_input() -> None:
+    """A VAD turn: the commit comes down, not up. A response to an older input ended before it, so the
+    create after the commit is not absorbed by that answer."""
+    up = [(10, _env(5, _user_text("u1"))), (14, _env(7, CREATE))]
+    down = [(11, _env(1, ev.ResponseDone(response_id="r0"))), (12, _env(2, ev.InputCommitted(item_id="u2")))]
+    assert owed_create(up, down) is CREATE
+
+
+def test_no_create_needs_no_down_read() -> None:
+    up = [(10, _env(5, AUDIO))]
+    assert not needs_down(up)
+    assert owed_create(up, []) is None
+    assert plan_replay(_snap(), [], []) == Replay(events=[], last_seq=0)
