@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from services.dev.stack import Stack
-from services.fakes.common import Knobs
+from services.fakes.knobs import Knobs
 from services.fakes.openai.server import start as start_fake_openai
 from services.provider_worker.worker import ProviderWorker
 from shared import bus
