@@ -55,7 +55,7 @@ def test_a_go_away_or_a_reconfiguration_may_come_during_the_setup() -> None:
 
 
 def test_fatal_and_drop_end_it_from_anywhere_live() -> None:
-    for state in (U.IDLE, U.CONNECTING, U.OPEN, U.ROTATING, U.RECONFIGURING, U.ABANDONED, U.BACKOFF):
+    for state in (U.IDLE, U.CONNECTING, U.OPEN, U.ROTATING, U.RECONFIGURING, U.ABANDONED, U.SWITCHING, U.BACKOFF):
         assert step(state, T.FATAL) is U.FAILED
         assert step(state, T.DROP) is U.CLOSED
     assert step(U.FAILED, T.DROP) is U.CLOSED
@@ -72,7 +72,7 @@ def test_impossible_transitions_are_refused(state: Upstream, trigger: Trigger) -
 
 
 def test_input_goes_to_the_socket_only_while_it_takes_it() -> None:
-    assert {s for s in Upstream if s.sends} == {U.OPEN, U.ROTATING, U.RECONFIGURING}
+    assert {s for s in Upstream if s.sends} == {U.OPEN, U.ROTATING, U.RECONFIGURING, U.SWITCHING}
 
 
 # -- backoff -------------------------------------------------------------------------------------
@@ -234,3 +234,12 @@ def test_no_announcement_without_a_switch() -> None:
 def test_a_clock_behind_the_deciders_gives_no_negative_gap() -> None:
     assert switched_event("gemini", "", 2_000, "openai", 1_990) == ev.Switched(
         from_provider="gemini", to_provider="openai", reason="manual", gap_ms=0)
+
+
+def test_a_switch_wins_over_any_other_reason_to_close_and_redials() -> None:
+    assert _run(T.DIAL, T.OPENED, T.SWITCH, T.LOST, T.DIAL) == [
+        U.CONNECTING, U.OPEN, U.SWITCHING, U.BACKOFF, U.CONNECTING]
+    assert _run(T.DIAL, T.OPENED, T.GOING_AWAY, T.SWITCH, T.STALLED) == [
+        U.CONNECTING, U.OPEN, U.ROTATING, U.SWITCHING, U.SWITCHING]
+    with pytest.raises(IllegalTransition):
+        step(U.BACKOFF, T.SWITCH)  # nothing to close: the worker just dials the new provider

@@ -44,6 +44,7 @@ class Upstream(enum.Enum):
     ROTATING = "rotating"  # closed by us to be replaced: the provider is going away (a plan, not a loss)
     RECONFIGURING = "reconfiguring"  # closed by us: the provider takes this config only at setup
     ABANDONED = "abandoned"  # closed by us because it failed (a response stalled): a loss
+    SWITCHING = "switching"  # closed by us: the session moves to another provider (or a fresh connection)
     BACKOFF = "backoff"  # lost; waiting before the next connect
     FAILED = "failed"  # given up: the client was told (fatal)
     CLOSED = "closed"  # the session was dropped
@@ -52,7 +53,7 @@ class Upstream(enum.Enum):
     def sends(self) -> bool:
         """Whether input is encoded onto the socket rather than queued. A socket closing on purpose still
         takes it: what it cannot commit any more is replayed from the stream on the next connection."""
-        return self in (Upstream.OPEN, Upstream.ROTATING, Upstream.RECONFIGURING)
+        return self in (Upstream.OPEN, Upstream.ROTATING, Upstream.RECONFIGURING, Upstream.SWITCHING)
 
 
 class Trigger(enum.Enum):
@@ -61,13 +62,14 @@ class Trigger(enum.Enum):
     GOING_AWAY = "going_away"  # replace it now (goAway at a turn boundary, or its deadline)
     STALLED = "stalled"  # a response open and no bytes: give it up now
     RECONFIGURE = "reconfigure"
+    SWITCH = "switch"  # the edge moved the session to another provider: connect there now
     LOST = "lost"  # the socket ended (or never opened)
     FATAL = "fatal"
     DROP = "drop"
 
 
 _U, _T = Upstream, Trigger
-_LIVE = (_U.IDLE, _U.CONNECTING, _U.OPEN, _U.ROTATING, _U.RECONFIGURING, _U.ABANDONED, _U.BACKOFF)
+_LIVE = (_U.IDLE, _U.CONNECTING, _U.OPEN, _U.ROTATING, _U.RECONFIGURING, _U.ABANDONED, _U.SWITCHING, _U.BACKOFF)
 _CLOSING = (_U.ROTATING, _U.RECONFIGURING, _U.ABANDONED)  # closed by us: the first reason sticks
 TRANSITIONS: dict[tuple[Upstream, Trigger], Upstream] = {
     (_U.IDLE, _T.DIAL): _U.CONNECTING,
@@ -81,6 +83,10 @@ TRANSITIONS: dict[tuple[Upstream, Trigger], Upstream] = {
     (_U.OPEN, _T.RECONFIGURE): _U.RECONFIGURING,
     (_U.CONNECTING, _T.RECONFIGURE): _U.RECONFIGURING,
     (_U.OPEN, _T.LOST): _U.BACKOFF,
+    # A switch wins over any other reason to close: the next connection goes to the new provider anyway.
+    **{(state, _T.SWITCH): _U.SWITCHING for state in (_U.CONNECTING, _U.OPEN, *_CLOSING, _U.SWITCHING)},
+    **{(_U.SWITCHING, trigger): _U.SWITCHING for trigger in (_T.GOING_AWAY, _T.STALLED, _T.RECONFIGURE)},
+    (_U.SWITCHING, _T.LOST): _U.BACKOFF,
     # Already being replaced: the next connection takes the new config anyway.
     **{(state, trigger): state for state in _CLOSING for trigger in (_T.GOING_AWAY, _T.STALLED, _T.RECONFIGURE)},
     **{(state, _T.LOST): _U.BACKOFF for state in _CLOSING},

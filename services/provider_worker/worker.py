@@ -141,6 +141,10 @@ class _Session:
         self.stall = StallWatch(stall_s)  # of the current provider connection
         self.turns = TurnTimer()
         self.switch: bus.AssignRequest | None = None  # a switch to announce once the first upstream is ready
+        self.switch_order: bus.Control | None = None  # a switch waiting for the turn end (``_cutover``)
+        # What the session ran on before a switch still being connected: taken back if the new one fails.
+        self.switch_revert: tuple[Provider, SessionMeta, str] | None = None
+        self.wake = asyncio.Event()  # cuts a backoff wait short (a switch: dial the new provider now)
         self.resume_snapshot: Snapshot | None = None  # what a replacement's resume read, for its first connect
         self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
         self.subs: list[Subscription] = []
@@ -248,6 +252,49 @@ class ProviderWorker:
             self._tasks.spawn(self._drop(session.meta.sid))
         elif ctl.kind == "replace" and ctl.role == "transformer" and ctl.epoch > session.transformer_epoch:
             session.transformer_epoch = ctl.epoch
+        elif ctl.kind == "switch" and ctl.epoch >= session.epoch:
+            self._tasks.spawn(self._switch(session, ctl))
+
+    # -- switching -------------------------------------------------------------------------------
+
+    async def _switch(self, session: _Session, ctl: bus.Control) -> None:
+        """The edge moves the session to ``ctl.provider`` (the same one: a fresh connection). At the turn
+        end unless ``now``: a response being answered is finished on the old upstream first."""
+        if ctl.provider not in self.providers or session.closed:
+            await self._signal(session, "failure", reason="switch_failed")
+            return
+        session.switch_order = ctl
+        if ctl.when == "now" or session.open_response is None:
+            await self._cutover(session)
+
+    async def _cutover(self, session: _Session) -> None:
+        """Point the session at the new provider and end the current connection on purpose; the upstream
+        loop dials the new one with the history and the uncommitted input (as after any reconnect), and
+        announces the switch once its setup and history are sent."""
+        ctl, session.switch_order = session.switch_order, None
+        if ctl is None or session.closed:
+            return
+        target = self.providers[ctl.provider]
+        previous = session.meta.provider
+        session.switch_revert = (session.provider, session.meta, session.model)
+        session.provider = target
+        session.meta = msgspec.structs.replace(session.meta, provider=ctl.provider)
+        session.model = target.model_for(session.meta.model)
+        session.switch = bus.AssignRequest(
+            meta=session.meta, epoch=session.epoch, switch_from=previous, switch_reason=ctl.reason,
+            # The client-heard gap: from the turn end a switch waited for, else from the decision.
+            switch_started_ms=int(time.time() * 1000) if ctl.when == "turn_end" or not ctl.started_ms
+            else ctl.started_ms)
+        session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
+        log.info("switching", extra={"sid": session.meta.sid, "from": previous, "to": ctl.provider,
+                                     "reason": ctl.reason, "state": session.state.value})
+        if session.state in (Upstream.CONNECTING, Upstream.OPEN, Upstream.ROTATING, Upstream.RECONFIGURING,
+                             Upstream.ABANDONED, Upstream.SWITCHING):
+            session.to(Trigger.SWITCH)
+            if session.ws is not None:
+                with contextlib.suppress(Exception):
+                    await session.ws.close(1000, "switch")
+        session.wake.set()  # waiting out a backoff: dial the new provider now
 
     async def _resume(self, session: _Session) -> None:
         """A replacement: queue the input the provider never committed, from the stream."""
@@ -413,7 +460,7 @@ class ProviderWorker:
             log.exception("codec failed on a client event", extra={"sid": session.meta.sid})
             out = Out(events=[_INTERNAL_ERROR])
         await self._apply(session, out)
-        if session.codec.needs_reconnect and session.ws is not None:
+        if session.codec.needs_reconnect and session.ws is not None and session.state is not Upstream.SWITCHING:
             # The provider cannot take this change live (Gemini: one setup per connection).
             session.to(Trigger.RECONFIGURE)
             await session.ws.close(1000, "reconfigure")
@@ -436,6 +483,8 @@ class ProviderWorker:
             await self._publish(session, events)
         if session.rotate_by is not None and session.open_response is None:
             await self._rotate(session)
+        if session.switch_order is not None and session.open_response is None:
+            await self._cutover(session)  # the turn end a switch was waiting for
 
     def _plan_rotation(self, session: _Session, time_left_ms: int) -> None:
         loop = asyncio.get_running_loop()
@@ -553,24 +602,40 @@ class ProviderWorker:
             if failure is not None:
                 await self._signal(session, "failure", reason=failure)
             await self._end_cut_response(session)
+            if failed and session.switch is not None and session.switch_revert is not None:
+                # The provider we were switching to cannot be had: back to the one the session was on,
+                # at once; the edge is told the switch failed (its policy stays where it was).
+                to = session.meta.provider
+                session.provider, session.meta, session.model = session.switch_revert
+                session.switch = session.switch_revert = None
+                session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
+                log.warning("switch failed", extra={"sid": session.meta.sid, "to": to, "reason": reason})
+                await self._signal(session, "failure", reason="switch_failed")
+                continue
+            if session.switch_order is not None:
+                await self._cutover(session)  # the connection ended while a switch waited for the turn end
             lived = None if session.opened_at is None else loop.time() - session.opened_at
             delay = session.backoff.after(
                 lived_s=lived, planned=closing is Upstream.ROTATING, reconfigure=closing is Upstream.RECONFIGURING,
                 failed=failed, rand=random.random())
+            if closing is Upstream.SWITCHING or session.switch is not None:
+                delay = 0.0  # ours, to another provider (or a fresh connection): nothing to back off from
             if fatal or session.backoff.connect_failures >= MAX_CONNECT_FAILURES:
                 session.to(Trigger.FATAL)
                 await self._publish(session, [ev.ProviderError(
                     code="provider_unavailable", message=f"{name} unavailable ({reason})", fatal=True)])
                 return
             session.rotate_by = None
-            if closing not in (Upstream.ROTATING, Upstream.RECONFIGURING):  # closed on purpose: not news
+            if closing not in (Upstream.ROTATING, Upstream.RECONFIGURING, Upstream.SWITCHING):  # on purpose: not news
                 UPSTREAM_RECONNECTS.labels(name).inc()
                 await self._publish(session, [ev.Notice(
                     code="provider_reconnecting", message=f"{name} connection lost ({reason}); reconnecting")])
             log.warning("upstream lost", extra={
                 "sid": session.meta.sid, "reason": reason, "was": closing.value, "delay_s": round(delay, 3),
                 "lived_s": None if lived is None else round(lived, 3)})
-            await asyncio.sleep(delay)
+            session.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.wake.wait(), delay)  # a backoff, cut short by a switch
 
     async def _run_upstream(self, session: _Session) -> None:
         """One upstream connection, from connect to close."""
@@ -613,6 +678,8 @@ class ProviderWorker:
             session.ws = ws
             loop = asyncio.get_running_loop()
             session.opened_at = loop.time()
+            if session.state is Upstream.SWITCHING:
+                return  # switched while dialling: the loop dials the new provider
             if session.closed:
                 # Dropped while connecting, and the cancellation got lost on the way (Python 3.11's
                 # asyncio.wait_for, used by nats-py requests, can swallow one): never serve a dropped session.
@@ -635,6 +702,8 @@ class ProviderWorker:
                                           session.meta.provider, int(time.time() * 1000))
                 if switched is not None:
                     await self._publish(session, [switched])
+                    await self._signal(session, "ready", value_ms=switched.gap_ms)
+                session.switch_revert = None
             await self._apply(session, Out(events=setup.events, close=setup.close))
             while session.pending:
                 await self._encode(session, session.pending.popleft())
