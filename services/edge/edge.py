@@ -29,6 +29,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.edge import web
 from services.edge.routing import Route, RouteError, provider_for_model, resolve, session_id_or_none
 from shared import bus
 from shared.auth import Authenticator
@@ -476,4 +477,5 @@ def _json_response(status: int, body: dict[str, Any]) -> Response:
 _HTTP = {
     "/healthz": Edge._healthz,
     "/metrics": Edge._metrics,
+    **web.ROUTES,  # the browser client: GET / and /web/* (a WebSocket upgrade on / is the seed URL)
 }
