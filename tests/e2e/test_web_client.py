@@ -78,6 +78,40 @@ async def _page_text(page: Any, selector: str) -> str:
     return str(await page.locator(selector).inner_text())
 
 
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_edge_serves_the_page_and_only_its_files(running: RunningStack) -> None:
+    """No browser needed: GET / is the page, every file it names is served from /web/ with its type and the CSP."""
+    from services.edge.web import CSP
+
+    origin = f"http://127.0.0.1:{running.edge_port}"
+    status, headers, body = _get(origin + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html"), (status, headers)
+    assert headers["Content-Security-Policy"] == CSP
+    page = body.decode()
+    named = set(re.findall(r'(?:src|href)="(/[^"]*)"', page))
+    for path in ("/web/app.js", "/web/worklet.js", "/web/audio-core.js"):  # the modules import these
+        named.add(path)
+    assert {"/web/app.js", "/web/style.css", "/web/favicon.svg"} <= named, named
+    types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    for path in sorted(named):
+        status, headers, body = _get(origin + path)
+        assert status == 200 and body, path
+        assert headers["Content-Type"].startswith(types[Path(path).suffix]), (path, headers["Content-Type"])
+    assert not re.search(r"https?://", page), "the page must load nothing from elsewhere"
+    assert _get(origin + "/web/../edge.py")[0] == 404
+    assert _get(origin + "/web/missing.js")[0] == 404
+
+
 @pytest.mark.parametrize("dialect", list(SWITCH_FRAMES))
 async def test_web_client_turn_audio_and_switch(
     running: RunningStack, chromium: str, dialect: str, tmp_path: Path

@@ -309,6 +309,7 @@ async function sessionReady() {
 function stop() {
   if (!S) return;
   if (S.ws && S.ws.readyState <= WebSocket.OPEN) S.ws.close(1000, "client stop");
+  timeline("session", "stopped");
   teardown("idle");
 }
 
@@ -317,6 +318,7 @@ function teardown(status) {
   if (S.mic) S.mic.getTracks().forEach((t) => t.stop());
   if (S.ctx) S.ctx.close();
   S = null;
+  $("mute").textContent = "Mute mic";
   setStatus(status);
   setButtons(false);
 }
