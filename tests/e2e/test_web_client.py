@@ -31,6 +31,7 @@ playwright_api = pytest.importorskip("playwright.async_api", reason="playwright 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT_MS = 20_000
+SWITCH_TIMEOUT_MS = 10_000  # a switch is a worker reattach: well under a second on the fakes
 TONE_S = 1.0
 # What the page sends for a 1.0 s tone is prefix padding + speech + the VAD's 500 ms silence: the fakes hear it as
 # about 1.5-2 s. A page that declared 48 kHz audio as 16 kHz (or skipped resampling) would be heard 2-3x longer.
@@ -176,10 +177,10 @@ async def test_web_client_turn_audio_and_switch(
                 page.locator("#timeline li.error", has_text=re.compile("unknown (event|message) type"))
             )
             try:
-                await outcome.first.wait_for(timeout=TIMEOUT_MS)
+                await outcome.first.wait_for(timeout=SWITCH_TIMEOUT_MS)
                 outcome_text = await outcome.first.locator("span").inner_text()
             except playwright_api.TimeoutError:
-                outcome_text = f"no switch announced within {TIMEOUT_MS / 1000:.0f} s"
+                outcome_text = f"no switch announced within {SWITCH_TIMEOUT_MS / 1000:.0f} s"
             if "switched" in outcome_text:
                 assert "openai → gemini" in outcome_text, outcome_text
                 assert await _page_text(page, "#provider") == "gemini"
@@ -361,3 +362,52 @@ async def test_switch_announcements_and_barge_in(chromium: str, dialect: str, tm
         assert truncate["item_id"] == "item_1" and truncate["content_index"] == 0, truncate
         assert 0 < truncate["audio_end_ms"] < (LONG_ANSWER_S - 1) * 1000, truncate
     assert console_errors == [], console_errors
+
+
+async def test_page_resampler_keeps_pitch_and_length_and_stops_aliasing(chromium: str) -> None:
+    """audio-core.js's Resampler, run in Chromium in 128-sample blocks as the worklet feeds it: 48 kHz -> 16 kHz and
+    24 kHz keep a 440 Hz tone's pitch and duration, 24 kHz -> 48 kHz (playback) too, and a 12 kHz tone (above the
+    16 kHz output's Nyquist) is filtered out instead of folding back as 4 kHz."""
+    import numpy as np
+
+    from shared.audio import dominant_hz
+
+    script = """async ([from, to, hz, seconds]) => {
+        const { Resampler, floatToPcm16 } = await import("/web/audio-core.js");
+        const r = new Resampler(from, to);
+        const n = Math.round(from * seconds), out = [];
+        for (let start = 0; start < n; start += 128) {
+            const block = new Float32Array(Math.min(128, n - start));
+            for (let i = 0; i < block.length; i++) block[i] = 0.5 * Math.sin(2 * Math.PI * hz * (start + i) / from);
+            out.push(...floatToPcm16(r.process(block)));
+        }
+        return out;
+    }"""
+    async with ScriptedEdge() as edge, async_playwright_browser(chromium) as browser:
+        page = await browser.new_page()
+        await page.goto(edge.origin + "/")
+        for source, target in ((48_000, 16_000), (48_000, 24_000), (44_100, 16_000), (24_000, 48_000)):
+            pcm = np.array(await page.evaluate(script, [source, target, 440, 1.0]), dtype="<i2")
+            assert abs(len(pcm) - target) <= 2, (source, target, len(pcm))
+            assert abs(dominant_hz(pcm.tobytes(), target) - 440) < 1, (source, target)
+        loud = np.array(await page.evaluate(script, [48_000, 16_000, 440, 1.0]), dtype=np.float64)
+        folded = np.array(await page.evaluate(script, [48_000, 16_000, 12_000, 1.0]), dtype=np.float64)
+        rms = lambda x: float(np.sqrt(np.mean(x[100:] ** 2)))  # noqa: E731
+        assert rms(folded) < rms(loud) / 10, (rms(folded), rms(loud))  # at least 20 dB down
+
+
+def async_playwright_browser(chromium: str) -> Any:
+    import contextlib
+
+    from playwright.async_api import async_playwright
+
+    @contextlib.asynccontextmanager
+    async def browser() -> Any:
+        async with async_playwright() as pw:
+            launched = await pw.chromium.launch(executable_path=chromium)
+            try:
+                yield launched
+            finally:
+                await launched.close()
+
+    return browser()
