@@ -198,6 +198,8 @@ async def test_web_client_turn_audio_and_switch(
         finally:
             if not screenshot.exists() and "page" in locals():
                 await page.screenshot(path=str(screenshot), full_page=True)
+            if "page" in locals():
+                print(f"timeline ({dialect}):\n{await _page_text(page, '#timeline')}")
             print(f"screenshot: {screenshot}")
             await browser.close()
 
