@@ -88,6 +88,7 @@ def dev(argv: list[str]) -> None:
         print(
             "\nrealtime-switch is running\n"
             f"  edge:     {base}  (healthz: http://{config.host}:{config.port}/healthz)\n"
+            f"  web client: http://{config.host}:{config.port}/\n"
             f"  seed URL: {base}/?rs_accid={account}&rs_u_sessid={sid}&rs_auth={token}&rs_api=OPENAI&rs_core=OPENAI\n"
             f"  openai SDK: AsyncOpenAI(api_key='{account}:<secret>', websocket_base_url='{base}/v1')\n"
             f"  logs:     {stack.workdir}\n"

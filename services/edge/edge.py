@@ -31,6 +31,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.edge import web
 from services.edge.backoff import next_delay
 from services.edge.http_admin import HttpRequest, HttpResponse, serve_http
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
@@ -627,4 +628,5 @@ def _json_response(status: int, body: dict[str, Any]) -> Response:
 _HTTP = {
     "/healthz": Edge._healthz,
     "/metrics": Edge._metrics,
+    **web.ROUTES,  # the browser client: GET / and /web/* (a WebSocket upgrade on / is the seed URL)
 }
