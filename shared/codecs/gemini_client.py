@@ -889,12 +889,12 @@ class GeminiClientCodec:
         return Out(wire=[_wire({"goAway": {"timeLeft": f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"}})])
 
     def _out_switched(self, e: ev.Switched) -> Out:
-        if self.meta.seed:  # the seed's browser client listens for its own event (docs/entry-points.md)
+        if self.meta.notices:  # LiveServerMessage forbids unknown fields: only clients that opted in
+            body = {"from": e.from_provider, "to": e.to_provider, "reason": e.reason, "gapMs": e.gap_ms}
+            return Out(wire=[_wire({"rsSwitched": body})])
+        if self.meta.seed:  # the seed's own browser client listens for its event (docs/entry-points.md)
             return Out(wire=[_wire({"type": "switch", "name": e.to_provider.upper()})])
-        if not self.meta.notices:  # LiveServerMessage forbids unknown fields: only opted-in clients
-            return Out()
-        body = {"from": e.from_provider, "to": e.to_provider, "reason": e.reason, "gapMs": e.gap_ms}
-        return Out(wire=[_wire({"rsSwitched": body})])
+        return Out()
 
     def _out_provider_error(self, e: ev.ProviderError) -> Out:
         if e.code in _GATEWAY_ERROR_CODES:

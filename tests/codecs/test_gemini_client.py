@@ -691,3 +691,12 @@ def test_switched_to_a_seed_client_is_the_seeds_own_event() -> None:
     seed.feed(SETUP_PLAIN)
     seed.encode(ev.SessionReady(provider="gemini"))
     assert [json.loads(f) for f in seed.encode(SWITCHED).wire] == [{"type": "switch", "name": "OPENAI"}]
+
+
+def test_a_seed_client_that_opted_in_gets_rs_switched_not_the_seed_event() -> None:
+    meta = SessionMeta(sid="s", account="a", client_session_id="c", dialect="gemini", provider="gemini",
+                       seed=True, notices=True)
+    codec = GeminiClientCodec(meta, id_factory=SeqIds())
+    codec.feed(SETUP_PLAIN)
+    codec.encode(ev.SessionReady(provider="gemini"))
+    assert [set(json.loads(f)) for f in codec.encode(SWITCHED).wire] == [{"rsSwitched"}]
