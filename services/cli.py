@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     if command == "dev":
         dev(rest)
         return
+    if command == "call":
+        from services.call import main as call_main
+
+        call_main(rest)
+        return
     module = SERVICE_MODULES.get(command)
     if module is None:
         print(f"rtswitch: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
