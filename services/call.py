@@ -33,8 +33,9 @@ DEFAULT_URL = "ws://127.0.0.1:3000"
 DEFAULT_KEY = "996-sdassds-86-asd:secretkey-996"  # the dev account (ACCOUNTS default)
 GEMINI_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 OUT_RATE = 24_000  # both dialects answer 24 kHz PCM16 mono
-# Error codes the gateway uses for a field the provider cannot honour: a warning, the session goes on.
-WARNING_CODES = frozenset({"unsupported_field"})
+# `error` frames that are the gateway's notices, not failures: the session goes on (a field the provider
+# cannot honour; the provider connection being re-established).
+NOTICE_CODES = frozenset({"unsupported_field", "provider_reconnecting"})
 OTHER_PROVIDER = {"openai": "gemini", "gemini": "openai"}
 
 NoteKind = Literal["ready", "audio", "assistant", "user", "done", "error", "switched", "info"]
@@ -88,8 +89,9 @@ def _openai_notes(names: OpenAINames, event: dict[str, Any]) -> list[Note]:
         return [Note("done", f"response {status}")]
     if kind == "error":
         error = event.get("error") or {}
-        if error.get("code") in WARNING_CODES and error.get("param"):  # the gateway's "ignored this field"
-            return [Note("info", f"warning {error['code']} {error['param']}: {error.get('message')}")]
+        if error.get("code") in NOTICE_CODES:
+            param = f" {error['param']}" if error.get("param") else ""
+            return [Note("info", f"notice {error['code']}{param}: {error.get('message')}")]
         return [Note("error", f"{error.get('code') or error.get('type')}: {error.get('message')}")]
     if kind == "conversation.item.input_audio_transcription.completed":
         return [Note("user", str(event.get("transcript", "")))]
