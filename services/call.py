@@ -98,7 +98,7 @@ def _openai_notes(names: OpenAINames, event: dict[str, Any]) -> list[Note]:
     if kind == "session.created":
         session = event.get("session") or {}
         return [Note("ready", f"session.created {session.get('id', '')} model {session.get('model', '?')}")]
-    if kind.startswith("rs.switch"):  # the gateway's announcement of a provider switch
+    if kind == "switch" or kind.startswith("rs.switch"):  # the gateway's announcement of a provider switch
         return [Note("switched", json.dumps(event))]
     if kind.startswith("rs."):
         return [Note("info", json.dumps(event))]
