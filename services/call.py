@@ -407,6 +407,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.texts and args.wav is None:
         parser.error("give at least one TEXT or --wav")
+    turns = len(args.texts) + (args.wav is not None)
+    if args.switch_after is not None and not 1 <= args.switch_after <= turns:
+        parser.error(f"--switch-after must name one of the {turns} turn(s)")
     return args
 
 

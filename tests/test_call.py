@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.call import DIALECTS, Note, read_wav, switch_frame
+from services.call import DIALECTS, Note, parse_args, read_wav, switch_frame
 from shared.audio import dominant_hz, tone
 
 PCM = b"\x01\x00\x02\x00"
@@ -96,3 +96,11 @@ def test_read_wav_mixes_down_and_resamples(tmp_path: Path) -> None:
     pcm = read_wav(path, 16_000)
     assert len(pcm) == pytest.approx(16_000 * 2 // 2, abs=4)
     assert abs(dominant_hz(pcm, 16_000) - 300) < 2
+
+
+def test_switch_after_must_name_a_turn(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["a", "b", "--switch-after", "2"]).switch_after == 2
+    for bad in ("0", "3"):
+        with pytest.raises(SystemExit):
+            parse_args(["a", "b", "--switch-after", bad])
+        assert "--switch-after must name one of the 2 turn(s)" in capsys.readouterr().err
