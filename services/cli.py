@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import shutil
 import signal
 import sys
 import time
 
-from services.dev.stack import SERVICE_MODULES, Stack
+from services.dev.stack import SERVICE_MODULES, Stack, bind_error, plan_providers
+from shared.auth import seed_token
+from shared.config import Config, ConfigError, load_config, read_dotenv
 
 __all__ = ["main"]
 
 USAGE = """usage: rtswitch COMMAND [options]
 
 commands:
-  dev [--port P]          embedded NATS + Redis + every service (+ fake providers when keys are absent)
+  dev [--port P] [--host H] [--no-fakes] [--logs DIR]
+                          embedded NATS + Redis + every service (+ fake providers when keys are absent)
+  call TEXT... [--dialect openai|openai-beta|gemini] [--provider openai|gemini] [--url URL] [--wav F] [--out F]
+                          one conversation through the gateway, printed with timings (rtswitch call --help)
   edge                    client WebSockets, auth, HTTP            (env: HOST, PORT, NATS_URL, REDIS_URL, ...)
   transformer             client dialect <-> canonical events
   provider-worker         canonical events <-> provider            (env: OPENAI_API_KEY, GEMINI_API_KEY, ...)
@@ -34,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     if command == "dev":
         dev(rest)
         return
+    if command == "call":
+        from services.call import main as call_main
+
+        call_main(rest)
+        return
     module = SERVICE_MODULES.get(command)
     if module is None:
         print(f"rtswitch: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
@@ -41,22 +53,48 @@ def main(argv: list[str] | None = None) -> None:
     importlib.import_module(f"{module}.__main__").main(rest)
 
 
+DEV_EPILOG = """\
+Provider keys (OPENAI_API_KEY, GEMINI_API_KEY, AZURE_OPENAI_API_KEY) come from the environment or from .env
+in the current directory (the environment wins). A provider with a key is the real one; every provider
+without a key is served by a fake (answers "turn N: <your text>" and a 440 Hz tone) unless --no-fakes.
+The startup summary says which providers are real. NATS_URL / REDIS_URL (environment or .env): use those
+servers instead of starting embedded ones. Logs go to --logs (default: a new rtswitch-dev-* folder in the
+temp directory) and are kept after exit.
+"""
+
+
 def dev(argv: list[str]) -> None:
     import argparse
+    import tempfile
+    from pathlib import Path
 
-    from shared.auth import seed_token
-    from shared.config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(prog="rtswitch dev")
+    parser = argparse.ArgumentParser(
+        prog="rtswitch dev", description="Run the whole gateway on this machine, with fakes for providers "
+        "without a key.", epilog=DEV_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--port", type=int, help="edge port (default: PORT or 3000)")
-    parser.add_argument("--host", help="edge host (default: HOST or 127.0.0.1)")
+    parser.add_argument("--host", help="edge host (default: HOST or 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--no-fakes", action="store_true",
+                        help="start no fake providers: a provider without a key refuses its sessions")
+    parser.add_argument("--logs", type=Path, metavar="DIR",
+                        help="folder for the process logs, kept after exit (default: a new folder in the temp dir)")
     args = parser.parse_args(argv)
     try:
+        dotenv = read_dotenv(Path(".env"))
         config = load_config(port=args.port, host=args.host)
     except ConfigError as exc:
         parser.exit(2, f"configuration error: {exc}\n")
+    problem = bind_error(config.host, config.port)
+    if problem is not None:
+        if problem.errno == errno.EADDRINUSE:
+            parser.exit(1, f"port {config.port} is taken, use --port\n")
+        parser.exit(1, f"cannot listen on {config.host}:{config.port}: {problem.strerror}, use --host/--port\n")
 
-    stack = Stack()
+    # .env reaches every child as if it were the environment (the environment wins), so a key in .env makes
+    # its provider real exactly like an exported one.
+    base_env = {**dotenv, **os.environ}
+    logs = args.logs or Path(tempfile.gettempdir()) / f"rtswitch-dev-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    stack = Stack(logs, base_env=base_env)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -66,7 +104,7 @@ def dev(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        env_nats, env_redis = os.environ.get("NATS_URL"), os.environ.get("REDIS_URL")
+        env_nats, env_redis = base_env.get("NATS_URL"), base_env.get("REDIS_URL")
         print("starting nats-server ..." if not env_nats else f"using NATS at {env_nats}", flush=True)
         if not env_nats:
             stack.start_nats()
@@ -75,26 +113,13 @@ def dev(argv: list[str]) -> None:
             stack.start_redis()
         stack.env["PORT"] = str(config.port)
         stack.env["HOST"] = config.host
-        # Providers without a key get a fake; a provider with a key is the real one.
-        stack.start_fakes(only_missing=True)
+        if not args.no_fakes:  # providers without a key get a fake; a provider with a key is the real one
+            stack.start_fakes(only_missing=True)
         if stack.fake_ports:
             print(f"no key for {', '.join(sorted(stack.fake_ports))}: started fake providers for them", flush=True)
         for command in ("checkpoint", "transformer", "provider-worker", "edge"):
             stack.start_service(command)
-        account, secret = next(iter(config.accounts.items()))
-        sid = "test-session-browser"
-        token = seed_token(secret, sid)
-        base = f"ws://{config.host}:{config.port}"
-        print(
-            "\nrealtime-switch is running\n"
-            f"  edge:     {base}  (healthz: http://{config.host}:{config.port}/healthz)\n"
-            f"  web client: http://{config.host}:{config.port}/\n"
-            f"  seed URL: {base}/?rs_accid={account}&rs_u_sessid={sid}&rs_auth={token}&rs_api=OPENAI&rs_core=OPENAI\n"
-            f"  openai SDK: AsyncOpenAI(api_key='{account}:<secret>', websocket_base_url='{base}/v1')\n"
-            f"  logs:     {stack.workdir}\n"
-            "Ctrl-C stops everything.",
-            flush=True,
-        )
+        print(summary(config, stack, dotenv, fakes=not args.no_fakes), flush=True)
         while not stopping:
             for proc in stack.procs:
                 if not proc.alive():
@@ -102,10 +127,45 @@ def dev(argv: list[str]) -> None:
                     stopping = True
                     break
             time.sleep(0.2)
+    except FileNotFoundError as exc:  # no nats-server / redis-server: the message says what to install
+        print(f"rtswitch dev: {exc}", file=sys.stderr, flush=True)
+        stopping = True
+        raise SystemExit(1) from None
     finally:
         print("stopping ...", flush=True)
         stack.stop()
-        print("stopped", flush=True)
+        # The bus's stream store is state, not a log: the next run starts clean.
+        shutil.rmtree(stack.workdir / "jetstream", ignore_errors=True)
+        print(f"stopped; logs kept in {stack.workdir}", flush=True)
+
+
+def summary(config: Config, stack: Stack, dotenv: dict[str, str], *, fakes: bool) -> str:
+    """The block ``rtswitch dev`` prints once everything is up: addresses with the right scheme, providers."""
+    tls = bool(config.tls_cert)
+    ws, http = ("wss", "https") if tls else ("ws", "http")
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+    base = f"{ws}://{host}:{config.port}"
+    account, secret = next(iter(config.accounts.items()))
+    sid = "test-session-browser"
+    token = seed_token(secret, sid)
+    from_dotenv = {k for k in dotenv if k not in os.environ}
+    providers = plan_providers(stack.env, from_dotenv, stack.fake_ports, fakes=fakes)
+    lines = [
+        "",
+        "realtime-switch is running",
+        f"  edge:       {base}  (healthz: {http}://{host}:{config.port}/healthz)",
+        f"  web client: {http}://{host}:{config.port}/",
+        f"  seed URL:   {base}/?rs_accid={account}&rs_u_sessid={sid}&rs_auth={token}&rs_api=OPENAI&rs_core=OPENAI",
+        f"  openai SDK: AsyncOpenAI(api_key='{account}:<secret>', websocket_base_url='{base}/v1')",
+        f"  try it:     rtswitch call \"Hello\" --url {base}" + ("  (trust the edge's certificate: SSL_CERT_FILE)"
+                                                            if tls else ""),
+        "  providers:",
+        *(f"    {p.line}" for p in providers),
+    ]
+    if any(p.mode == "fake" for p in providers):
+        lines.append('  fakes answer "turn N: <your text>" and a 440 Hz tone; they hear audio as its length')
+    lines += [f"  logs:       {stack.workdir}  (kept after exit)", "Ctrl-C stops everything."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

