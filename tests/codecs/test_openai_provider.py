@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
 
 from shared import events as ev
 from shared.audio import b64decode_any, dominant_hz, tone
@@ -643,3 +644,54 @@ def test_client_audio_formats_never_reach_openai() -> None:
     # ...while a real change still goes out.
     [update] = wire(codec.encode(ev.SessionConfig(instructions="b", **formats)).wire)
     assert update["session"]["instructions"] == "b"
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI-only fields pass through to OpenAI (issue 10)
+
+
+def test_openai_only_session_fields_go_back_where_ga_keeps_them() -> None:
+    config = ev.SessionConfig(
+        input_transcription=True,
+        extra={
+            "session.tracing": '"auto"',
+            "session.truncation": '{"type":"retention_ratio","retention_ratio":0.5}',
+            "session.include": '["item.input_audio_transcription.logprobs"]',
+            "session.input_audio_noise_reduction": '{"type":"near_field"}',  # beta spelling
+            "session.audio.input.transcription.prompt": '"names: Oslo"',
+            "session.tools[0]": '{"type":"mcp","server_label":"x","server_url":"https://example.invalid"}',
+            "session.type": '"transcription"',  # no GA upstream equivalent here: reported
+        },
+    )
+    codec = OpenAIProviderCodec(META, "gpt-realtime")
+    out = codec.connect(config, [])
+    (update,) = wire(out.wire)
+    session = update["session"]
+    assert session["tracing"] == "auto"
+    assert session["truncation"] == {"type": "retention_ratio", "retention_ratio": 0.5}
+    assert session["include"] == ["item.input_audio_transcription.logprobs"]
+    assert session["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+    assert session["audio"]["input"]["transcription"]["prompt"] == "names: Oslo"
+    assert session["tools"] == [{"type": "mcp", "server_label": "x", "server_url": "https://example.invalid"}]
+    assert [(e.code, e.param) for e in out.events if isinstance(e, ev.Notice)] == [
+        ("unsupported_field", "session.type")
+    ]
+    RealtimeSessionCreateRequest.model_validate(session)  # still a session the SDK (and OpenAI) accepts
+
+
+def test_a_transcription_prompt_without_transcription_is_reported_not_sent() -> None:
+    config = ev.SessionConfig(extra={"session.audio.input.transcription.prompt": '"p"'})
+    out = OpenAIProviderCodec(META, "gpt-realtime").connect(config, [])
+    assert wire(out.wire)[0]["session"]["audio"]["input"]["transcription"] is None
+    assert [e.param for e in out.events if isinstance(e, ev.Notice)] == ["session.audio.input.transcription.prompt"]
+
+
+def test_openai_only_response_options_are_passed_through() -> None:
+    codec = make()
+    options = ev.ResponseOptions(
+        extra={"response.prompt": '{"id":"pmpt_1"}', "response.parallel_tool_calls": "false", "response.x": "1"}
+    )
+    out = codec.encode(ev.ResponseCreate(options=options))
+    (create,) = wire(out.wire)
+    assert create["response"] == {"prompt": {"id": "pmpt_1"}, "parallel_tool_calls": False}
+    assert [e.param for e in out.events if isinstance(e, ev.Notice)] == ["response.x"]
