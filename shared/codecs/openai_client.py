@@ -3,47 +3,62 @@
 One :class:`OpenAIClientCodec` per client session, owned by the transformer. It owns the merged session
 state (what ``session.updated`` echoes and what ``SessionConfig`` carries), a bounded store of
 conversation items (``conversation.item.retrieve`` is answered from it), the client's input and output
-audio formats with the output :class:`~shared.audio.RateConverter`, and every id the client sees on a
-response (``response_id``, ``item_id``, ``output_index``, ``content_index``, ``event_id``). It never
-does I/O, never reads the clock or the environment, and never raises out of ``open``/``feed``/``encode``.
+audio formats with the output :class:`~shared.audio.RateConverter`, and the ids the client sees. The
+response lifecycle (``response.created`` ... ``response.done``) is
+:class:`~shared.codecs.openai_response.ResponseAssembler`'s, driven by its transition table. It never does
+I/O, never reads the clock or the environment, and never raises out of ``open``/``feed``/``encode``.
 
 GA and beta differ in names and shapes only. Every difference is a row of a :class:`_Dialect` table
-(event names, part types, session fields, session rendering), never an ``if beta`` in the flow.
+(event names, part types, session fields and their parsers, session and response rendering), never an
+``if beta`` in the flow.
 
 Choices where the contract is silent (also in the module summary of the tests):
 
-- Unknown client event ``type``, unknown or mistyped fields -> one ``error`` frame (codes as OpenAI uses
-  them: ``invalid_value``, ``invalid_type``, ``unknown_parameter``, ``missing_required_parameter``),
-  nothing goes Up: the update is atomic.
+- ``error`` only for what the real OpenAI server would refuse: unknown client event ``type``, unknown or
+  mistyped fields, bad values (codes as OpenAI uses them: ``invalid_value``, ``invalid_type``,
+  ``unknown_parameter``, ``missing_required_parameter``); nothing goes Up: the update is atomic.
+- A valid field the gateway cannot honour is approximated where that is faithful (a per-response option
+  equal to the session's is simply the session's and is not sent on), otherwise ignored. Either way it is a
+  notice, never an ``error``: counted (``rs_notices_total{code,param}``), logged once per session, and sent
+  as ``{"type": "rs.notice", "code", "param", "message"}`` only to a client that opted in
+  (``SessionMeta.notices``; once per code and param per session). Provider notices (``ev.Notice``) follow the
+  same rule; the transformer counts those as they pass.
 - Session fields with no canonical slot are kept (and echoed) and reported in ``SessionConfig.extra`` as
   ``{"session.<wire path>": <JSON text>}``: GA ``tracing``, ``truncation``, ``prompt``, ``include``,
   ``reasoning``, ``parallel_tool_calls``, ``audio.input.noise_reduction``, transcription
   ``prompt``/``keywords``/``languages``/``delay``, MCP tools and MCP ``tool_choice``; beta ``tracing``,
-  ``input_audio_noise_reduction``, transcription ``prompt``. A transcription session adds
+  ``input_audio_noise_reduction``, transcription ``prompt``. The OpenAI provider codec sends them on
+  (``tables.OPENAI_SESSION_PASSTHROUGH``); other providers report them. A transcription session adds
   ``{"session.type": "\\"transcription\\""}`` and is canonical ``create_response=False``.
+- ``response.create`` OpenAI-only fields (``prompt``, ``reasoning``, ``parallel_tool_calls``, an MCP
+  ``tool_choice``) go in ``ResponseOptions.extra`` the same way. A per-response output format that differs
+  from the session's is noticed (one output format per session). ``response.input`` (out-of-band input
+  items) is refused: ignoring it would answer a different question.
+- ``response.metadata`` is echoed in that response's ``response.created`` and ``response.done`` whatever the
+  provider: each ``response.create`` queues its metadata and the next response announced takes it.
 - ``tool_choice`` ``{"type": "function", "name": N}`` is canonical ``"N"`` (the provider codecs read any
   value other than ``auto``/``none``/``required`` as the one function to call).
-- ``response.create`` fields with no ``ResponseOptions`` slot (``prompt``, ``reasoning``,
-  ``parallel_tool_calls``, a per-response ``output_audio_format`` that differs from the session's)
-  produce an ``error`` frame with code ``unsupported_field`` naming the field, and the response is still
-  created. ``response.input`` (out-of-band input items) is refused: ignoring it would answer a different
-  question.
 - Audio inside ``conversation.item.create`` (``input_audio.audio``) is not forwarded (canonical items
-  hold no audio): the item goes Up with its transcript and an ``unsupported_field`` error names the field.
-  ``input_image`` and ``item_reference`` parts: same treatment, the part is left out.
+  hold no audio): the item goes Up with its transcript, noticed. ``input_image`` and ``item_reference``
+  parts: same treatment, the part is left out.
+- ``previous_item_id`` is null at the root (a client's ``"root"`` is acknowledged as null, as the server does).
 - ``conversation.item.delete``/``truncate`` of an id the store does not know are still forwarded (the
   store is lost when a session moves to another transformer; the provider knows better). ``retrieve``
-  can only be answered from the store: an unknown id is an ``error``.
+  answers an output item still streaming with its current state, else from the store; an unknown id is
+  an ``error``.
 - ``Interrupted`` produces no frame (the client learns from ``speech_started`` and the cancelled
   ``response.done``); output deltas of that response arriving later are not sent, and resampler audio
   still pending for it is dropped.
 - A fatal ``ProviderError`` is an ``error`` frame, then a close 1011: the provider session is gone.
 - Notices about the gateway's own plumbing produce no frame (the transformer logs and counts them):
-  ``reconnect_required`` (Gemini takes a new configuration only on a new connection: the reconnect happens
-  inside the gateway and the client already got ``session.updated``) and ``history_item_skipped`` (a
-  restored history item with nothing to replay, e.g. a reply cut before any transcript). A provider's
-  ``unsupported_field`` notice is sent once per param per session: a new upstream connection reports its
-  whole configuration again, and the client must not see the reconnect.
+  ``reconnect_required`` (Gemini takes a new configuration only on a new connection) and
+  ``history_item_skipped`` (a restored history item with nothing to replay).
+- The session object carries ``rs``: ``{"provider", "model"?, "notices"?}``, who serves the session (the
+  SDK types accept undeclared fields). GA's ``model`` names the model serving once ``SessionReady`` said so;
+  beta's SDK type lists OpenAI models only, so there it stays the requested one.
+- ``{"type": "rs.switch", "provider": "GEMINI", "when": "now"|"turn_end"}`` is a ``SwitchRequest``
+  (provider case-insensitive, ``when`` defaults to ``turn_end``); ``Switched`` is announced as
+  ``rs.switched`` (and, to seed-URL clients, first as the seed's ``{"type": "switch", "name": "GEMINI"}``).
 - ``conversation.item.input_audio_transcription.completed`` requires ``usage`` in both SDKs; canonical
   transcripts carry none, so it is ``{"type": "tokens", ...: 0}``.
 """
