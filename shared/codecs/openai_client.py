@@ -607,19 +607,23 @@ _GA_FORMAT: Mapping[str, Callable[[audio.AudioFormat], dict[str, JSON]]] = {
 _BETA_FORMAT: Mapping[str, str] = {"pcm16": "pcm16", "pcmu": "g711_ulaw", "pcma": "g711_alaw"}
 
 # Defaults OpenAI documents and shows in session.created; canonical None means "provider default".
-_VAD_DEFAULTS: Mapping[str, JSON] = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
+# Real GA traffic (gpt-realtime) shows silence_duration_ms 200; beta documents 500.
+_GA_VAD_DEFAULTS: Mapping[str, JSON] = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 200}
+_BETA_VAD_DEFAULTS: Mapping[str, JSON] = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
 
 
-def _render_turn_detection(td: ev.TurnDetection | None, keys: _TdKeys) -> dict[str, JSON] | None:
+def _render_turn_detection(
+    td: ev.TurnDetection | None, keys: _TdKeys, defaults: Mapping[str, JSON]
+) -> dict[str, JSON] | None:
     if td is None:
         return None
     out: dict[str, JSON] = {"type": td.type}
     if td.type == "semantic_vad":
         out["eagerness"] = td.eagerness or "auto"
     else:
-        out["threshold"] = td.threshold if td.threshold is not None else _VAD_DEFAULTS["threshold"]
-        out["prefix_padding_ms"] = td.prefix_padding_ms if td.prefix_padding_ms is not None else 300
-        out["silence_duration_ms"] = td.silence_duration_ms if td.silence_duration_ms is not None else 500
+        for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
+            value = getattr(td, key)
+            out[key] = value if value is not None else defaults[key]
         out["idle_timeout_ms"] = td.idle_timeout_ms
     out["create_response"] = td.create_response
     out["interrupt_response"] = td.interrupt_response
@@ -632,7 +636,7 @@ def _render_ga_session(s: _Session, session_id: str) -> dict[str, JSON]:
         "format": _GA_FORMAT[s.input_format.encoding](s.input_format),
         "transcription": s.transcription,
         "noise_reduction": None,
-        "turn_detection": _render_turn_detection(s.turn_detection, _GA_TD_KEYS),
+        "turn_detection": _render_turn_detection(s.turn_detection, _GA_TD_KEYS, _GA_VAD_DEFAULTS),
     }
     out: dict[str, JSON] = {"type": s.kind, "object": "realtime.session", "id": session_id}
     if s.kind == "transcription":
@@ -654,6 +658,11 @@ def _render_ga_session(s: _Session, session_id: str) -> dict[str, JSON]:
             "tools": list(s.tools),
             "tool_choice": s.tool_choice,
             "max_output_tokens": "inf" if s.max_output_tokens is None else s.max_output_tokens,
+            # what a real GA server shows when the client set none of them (passthrough values win)
+            "tracing": None,
+            "truncation": "auto",
+            "prompt": None,
+            "include": None,
         }
     for path, value in s.passthrough.items():
         _put(out, path, value)
@@ -672,7 +681,7 @@ def _render_beta_session(s: _Session, session_id: str) -> dict[str, JSON]:
         "output_audio_format": _BETA_FORMAT[s.output_format.encoding],
         "input_audio_transcription": s.transcription,
         "input_audio_noise_reduction": None,
-        "turn_detection": _render_turn_detection(s.turn_detection, _BETA_TD_KEYS),
+        "turn_detection": _render_turn_detection(s.turn_detection, _BETA_TD_KEYS, _BETA_VAD_DEFAULTS),
         "tools": list(s.tools),
         "tool_choice": s.tool_choice,
         "temperature": s.temperature if s.temperature is not None else 0.8,
@@ -684,7 +693,7 @@ def _render_beta_session(s: _Session, session_id: str) -> dict[str, JSON]:
 
 
 def _render_beta_transcription_session(s: _Session, session_id: str) -> dict[str, JSON]:
-    td = _render_turn_detection(s.turn_detection, _BETA_TD_KEYS)
+    td = _render_turn_detection(s.turn_detection, _BETA_TD_KEYS, _BETA_VAD_DEFAULTS)
     if td is not None:  # the beta transcription session type knows only these VAD fields
         td = {k: td[k] for k in ("type", "threshold", "prefix_padding_ms", "silence_duration_ms") if k in td}
     return {

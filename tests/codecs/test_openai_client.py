@@ -121,9 +121,16 @@ def test_open_sends_session_created_with_the_dialect_defaults(beta: bool) -> Non
         assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
         assert session["audio"]["output"]["voice"] == "marin"
         vad = session["audio"]["input"]["turn_detection"]
-        assert vad["type"] == "server_vad" and vad["threshold"] == 0.5 and vad["silence_duration_ms"] == 500
+        # as a real gpt-realtime session.created shows them (frames/provider_openai_real_ga_session.jsonl)
+        assert vad["type"] == "server_vad" and vad["threshold"] == 0.5 and vad["silence_duration_ms"] == 200
         assert session["output_modalities"] == ["audio"] and session["max_output_tokens"] == "inf"
         assert session["tools"] == [] and session["tool_choice"] == "auto"
+        assert (session["tracing"], session["truncation"], session["prompt"], session["include"]) == (
+            None,
+            "auto",
+            None,
+            None,
+        )
 
 
 # --------------------------------------------------------------------------------------------------

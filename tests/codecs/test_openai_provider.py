@@ -14,8 +14,11 @@ from openai.types.realtime.realtime_session_create_request import RealtimeSessio
 
 from shared import events as ev
 from shared.audio import b64decode_any, dominant_hz, tone
+from shared.codecs.openai_client import OpenAIClientCodec
 from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.session import SessionMeta
+from tests.codecs import Checked, SeqIds, validate_openai
+from tests.codecs import meta as client_meta
 
 FRAMES = Path(__file__).parent / "frames"
 META = SessionMeta(sid="s1", account="acct", client_session_id="c1", dialect="gemini", provider="openai")
@@ -695,3 +698,87 @@ def test_openai_only_response_options_are_passed_through() -> None:
     (create,) = wire(out.wire)
     assert create["response"] == {"prompt": {"id": "pmpt_1"}, "parallel_tool_calls": False}
     assert [e.param for e in out.events if isinstance(e, ev.Notice)] == ["response.x"]
+
+
+# --------------------------------------------------------------------------------------------------
+# REAL OpenAI traffic (headers of the frame files name the public source: repository, path, commit)
+
+REAL = ("real_ga_session", "real_ga_response_end", "real_beta_text")
+
+
+def real_frames(name: str) -> list[bytes]:
+    return [line for line in frames(name) if line and not line.startswith(b"#")]
+
+
+def test_real_frames_differ_from_the_sdk_types_only_where_known() -> None:
+    """What real servers send beyond the SDK's types (the facts the codecs must tolerate): GA transcript
+    deltas carry ``obfuscation`` and GA sessions ``expires_at``; nothing else is unknown."""
+    unknown: set[str] = set()
+    for name in REAL:
+        for line in real_frames(name):
+            try:
+                validate_openai(line.decode(), beta="beta" in name)
+            except AssertionError as exc:
+                unknown.add(str(exc).split(": ", 1)[1])
+    assert unknown == {
+        "['session.created.session.expires_at']",
+        "['session.updated.session.expires_at']",
+        "['response.output_audio_transcript.delta.obfuscation']",
+    }
+
+
+@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("beta", [False, True], ids=["ga-client", "beta-client"])
+def test_real_traffic_through_both_codecs_gives_frames_the_sdk_accepts(name: str, beta: bool) -> None:
+    """Real server frames -> provider codec -> canonical -> client codec: every client frame validates
+    strictly against the SDK's types (Checked), with nothing the provider codec could not read."""
+    provider = make()
+    events = feed_all(provider, real_frames(name))
+    assert not [e for e in events if isinstance(e, ev.Notice)], events
+    client = Checked(
+        OpenAIClientCodec(client_meta("openai_beta" if beta else "openai_ga"), beta=beta, id_factory=SeqIds()),
+        lambda frame: validate_openai(frame, beta=beta),
+    )
+    client.open()
+    for event in events:
+        client.encode(event)
+    assert len(client.frames) > len(events)
+
+
+def test_real_ga_session_maps_to_the_canonical_turns() -> None:
+    events = feed_all(make(), real_frames("real_ga_session"))
+    assert [type(e).__name__ for e in events] == [
+        "SessionReady",
+        "SpeechStarted",
+        "SpeechStopped",
+        "InputCommitted",
+        "ResponseStarted",
+        "OutputTranscript",
+        "RateLimits",
+        "SpeechStarted",
+        "Interrupted",  # the user spoke over the story: server VAD cuts the response in flight
+        "SpeechStopped",
+        "InputCommitted",
+        "ResponseStarted",
+        "OutputTranscript",
+    ]
+    committed = [e for e in events if isinstance(e, ev.InputCommitted)]
+    assert [c.previous_item_id for c in committed] == [None, "item_Ct1OZd4ZkrcbhoRueeC2O"]
+
+
+def test_real_beta_text_response_keeps_the_clients_metadata() -> None:
+    """The real beta server echoed the client's response.create metadata in response.created and
+    response.done; the gateway does the same whatever the provider."""
+    events = feed_all(make(), real_frames("real_beta_text"))
+    done = next(e for e in events if isinstance(e, ev.OutputDone)).item
+    assert isinstance(done, ev.Message) and done.content[0].text.startswith('{\n  "word": "pending"')
+    client = Checked(
+        OpenAIClientCodec(client_meta("openai_beta"), beta=True, id_factory=SeqIds()),
+        lambda frame: validate_openai(frame, beta=True),
+    )
+    metadata = {"request_id": "a68f767f-0d18-4494-9012-f113cf16d43a"}
+    client.feed(json.dumps({"type": "response.create", "response": {"modalities": ["text"], "metadata": metadata}}))
+    frames_out = client.encode_all(*events)
+    assert frames_out[0]["type"] == "response.created" and frames_out[-1]["type"] == "response.done"
+    assert frames_out[0]["response"]["metadata"] == frames_out[-1]["response"]["metadata"] == metadata
+    assert frames_out[-1]["response"]["usage"]["total_tokens"] == 151
