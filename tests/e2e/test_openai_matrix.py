@@ -214,7 +214,7 @@ class Client:
         assert event.type == obj["type"]
         assert event.type != "error", f"error event: {event}"
         if obj["type"] == "rs.notice":
-            assert obj["code"] == "unsupported_field" and obj["param"], obj
+            assert obj["code"] and obj["message"], obj
             self.warnings.append(obj["param"])
         return event
 
