@@ -1410,8 +1410,10 @@ class OpenAIClientCodec:
                 raise _Reject("unknown_parameter", f"Unknown parameter: 'response.{path}'.", f"response.{path}")
             if value is not None:
                 setter(opts, value, f"response.{path}", self._state, notes)
+        # metadata is the gateway's to honour (echoed in response.created/.done whatever the provider):
+        # no provider needs it, and one without it would only report it
+        self._responses.expect(opts.pop("metadata", None))
         options = ev.ResponseOptions(**opts) if opts else None
-        self._responses.expect(options.metadata if options is not None else None)
         return Out(wire=self._notes_out(notes), events=[ev.ResponseCreate(options=options)])
 
     def _on_response_cancel(self, head: _Head, frame: str | bytes) -> Out:
