@@ -359,6 +359,8 @@ async def _options_turn(s: SdkSession, running: RunningStack, provider: str, n: 
     d = s.d
     instructions = f"Be brief {marker}"
     options, unsupported = d.options(instructions)
+    metadata = {"client_event_id": f"lk_{marker}"}  # LiveKit finds its reply by this
+    options = {**options, "metadata": metadata}
     if provider == "gemini":  # Gemini Live has no per-response instructions
         unsupported = unsupported | {"response.instructions"}
     before = len(s.client.warnings)
@@ -367,6 +369,9 @@ async def _options_turn(s: SdkSession, running: RunningStack, provider: str, n: 
     assert _transcripts(d, events) == [f"turn {n}: options {marker}"]
     _assert_tone(_audio(d, events), RATE)  # the session's format, not the per-response one
     assert events[-1].response.status == "completed"
+    created = _of(events, "response.created")
+    assert [c.response.metadata for c in created] == [metadata]
+    assert events[-1].response.metadata == metadata and events[-1].response.id == created[0].response.id
     if provider == "openai":  # the instructions reached the provider with this response only
         fake = await _fake_session(
             running, provider, marker, lambda f: f"options {marker}" in json.dumps(f["response_log"])
