@@ -954,6 +954,7 @@ class _Dialect:
     served_model_in_session: bool  # session.model may name any model (GA), not only OpenAI's (beta)
     names: ResponseNames  # server event names of a response
     part_types: Mapping[tuple[str, str], str]  # (role, canonical content kind) -> part type inside items
+    item_fields: Mapping[str, JSON]  # fixed fields of every item (real beta servers send object, GA ones do not)
 
 
 _USER_PARTS: Mapping[tuple[str, str], str] = {
@@ -993,6 +994,7 @@ _GA = _Dialect(
         content_part_types=_CONTENT_PART_TYPES,
     ),
     part_types={**_USER_PARTS, ("assistant", "text"): "output_text", ("assistant", "audio"): "output_audio"},
+    item_fields={},
 )
 _BETA = _Dialect(
     name="openai_beta",
@@ -1019,6 +1021,7 @@ _BETA = _Dialect(
         content_part_types=_CONTENT_PART_TYPES,
     ),
     part_types={**_USER_PARTS, ("assistant", "text"): "text", ("assistant", "audio"): "audio"},
+    item_fields={"object": "realtime.item"},
 )
 _DIALECTS: Mapping[bool, _Dialect] = {False: _GA, True: _BETA}  # by "is beta"
 
@@ -1125,7 +1128,7 @@ class OpenAIClientCodec:
         self._out_conv.reset()
 
     def render_item(self, item: ev.Item, status: str | None = None) -> dict[str, JSON]:
-        base: dict[str, JSON] = {"id": item.id, "object": "realtime.item"}
+        base: dict[str, JSON] = {"id": item.id, **self._d.item_fields}
         if isinstance(item, ev.Message):
             content: list[dict[str, JSON]] = []
             for c in item.content:

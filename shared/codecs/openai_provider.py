@@ -764,6 +764,8 @@ _ENCODERS: dict[type, Callable[..., Out]] = {
     ev.ItemDelete: OpenAIProviderCodec._enc_delete,
     ev.ResponseCreate: OpenAIProviderCodec._enc_response_create,
     ev.ResponseCancel: OpenAIProviderCodec._enc_cancel,
+    # never meant for a provider (the transformer hands it to the edge); explicit, so not reported
+    ev.SwitchRequest: lambda codec, e: Out(),
 }
 
 _HANDLERS: dict[str, Callable[[OpenAIProviderCodec, JsonObj], Out]] = {

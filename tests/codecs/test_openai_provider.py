@@ -14,6 +14,7 @@ from openai.types.realtime.realtime_session_create_request import RealtimeSessio
 
 from shared import events as ev
 from shared.audio import b64decode_any, dominant_hz, tone
+from shared.codecs.base import Out
 from shared.codecs.openai_client import OpenAIClientCodec
 from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.session import SessionMeta
@@ -782,3 +783,24 @@ def test_real_beta_text_response_keeps_the_clients_metadata() -> None:
     assert frames_out[0]["type"] == "response.created" and frames_out[-1]["type"] == "response.done"
     assert frames_out[0]["response"]["metadata"] == frames_out[-1]["response"]["metadata"] == metadata
     assert frames_out[-1]["response"]["usage"]["total_tokens"] == 151
+
+
+def test_every_up_event_has_an_encoder_row() -> None:
+    from shared.codecs.openai_provider import _ENCODERS
+
+    assert set(_ENCODERS) == set(ev.UP_TYPES)
+    assert make().encode(ev.SwitchRequest(provider="gemini")) == Out()
+
+
+@pytest.mark.parametrize(("name", "beta"), [("real_ga_response_end", False), ("real_beta_text", True)])
+def test_items_the_client_sees_have_the_real_servers_fields(name: str, beta: bool) -> None:
+    """GA items carry no ``object`` (beta ones do), exactly as in the real captures."""
+    lines = real_frames(name)
+    real = next(json.loads(x) for x in lines if json.loads(x)["type"] == "response.output_item.done")["item"]
+    client = Checked(
+        OpenAIClientCodec(client_meta("openai_beta" if beta else "openai_ga"), beta=beta, id_factory=SeqIds()),
+        lambda frame: validate_openai(frame, beta=beta),
+    )
+    ours = [f for f in client.encode_all(*feed_all(make(), lines)) if f["type"] == "response.output_item.done"]
+    assert set(ours[0]["item"]) == set(real)
+    assert ours[0]["item"]["content"] == real["content"]
