@@ -1052,6 +1052,7 @@ _HEAD = msgspec.json.Decoder(_Head)
 _ENCODE = msgspec.json.Encoder()
 
 _Handler = Callable[["OpenAIClientCodec", _Head, "str | bytes"], Out]
+_NOT_DOWN: Any = object()  # OpenAIClientCodec.encode's "no row at all" (None is "deliberately nothing")
 
 
 class OpenAIClientCodec:
@@ -1439,11 +1440,11 @@ class OpenAIClientCodec:
     # -- encode: canonical -> client --------------------------------------------------------------
 
     def encode(self, event: ev.Event) -> Out:
-        if type(event) not in self._OUTBOUND:  # not a Down event: a caller bug, never a silent drop
-            log.warning("no client mapping for event", extra={"sid": self.meta.sid, "event": type(event).__name__})
-            return Out()
-        handler = self._OUTBOUND[type(event)]
+        handler = self._OUTBOUND.get(type(event), _NOT_DOWN)
         if handler is None:  # deliberately nothing for the client (see the table)
+            return Out()
+        if handler is _NOT_DOWN:  # not a Down event: a caller bug, never a silent drop
+            log.warning("no client mapping for event", extra={"sid": self.meta.sid, "event": type(event).__name__})
             return Out()
         try:
             return handler(self, event)

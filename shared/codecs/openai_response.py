@@ -217,23 +217,26 @@ class ResponseAssembler:
     def handle(self, event: ev.Event) -> list[str]:
         """One canonical output event -> server frames, by the transition table."""
         kind = KINDS[type(event)]
-        if isinstance(event, ev.Interrupted) and event.response_id is None:
-            targets = list(self._open)  # every response in flight
-        else:
-            targets = [event.response_id]  # type: ignore[attr-defined]  # every KINDS event has one
+        rid: str | None = event.response_id  # type: ignore[attr-defined]  # every KINDS event has one
         wire: list[str] = []
-        for rid in targets:
-            phase = self.phase(rid)
-            steps, next_phase = TRANSITIONS[(phase, kind)]
-            r = self._open.get(rid) or _Response(id=rid)
-            for step in steps:
-                _STEPS[step](self, r, event, wire)
-            r.phase = next_phase
-            if next_phase is Phase.OPEN or next_phase is Phase.CUT:
-                self._open[rid] = r
+        # Interrupted without an id cuts every response in flight
+        for target in (rid,) if rid is not None else tuple(self._open):
+            self._apply(target, kind, event, wire)
         if kind == "interrupted":  # resampler audio still pending belongs to audio nobody should hear
             self._host.reset_audio()
         return wire
+
+    def _apply(self, rid: str, kind: str, event: ev.Event, wire: list[str]) -> None:
+        r = self._open.get(rid)  # the hot path: an open response
+        if r is None:
+            r = _Response(id=rid, phase=Phase.DONE if rid in self._finished else Phase.ABSENT)
+        steps, next_phase = _ROWS[(r.phase, kind)]
+        for step in steps:
+            step(self, r, event, wire)
+        if next_phase is not r.phase:
+            r.phase = next_phase
+            if next_phase is Phase.OPEN or next_phase is Phase.CUT:
+                self._open[rid] = r
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -452,4 +455,9 @@ _STEPS: Mapping[str, _Step] = MappingProxyType(
         "output_done": ResponseAssembler._output_done,
         "finish": ResponseAssembler._finish,
     }
+)
+
+# TRANSITIONS with the steps resolved to functions once (the table stays the readable, tested form).
+_ROWS: Mapping[tuple[Phase, str], tuple[tuple[_Step, ...], Phase]] = MappingProxyType(
+    {key: (tuple(_STEPS[name] for name in steps), nxt) for key, (steps, nxt) in TRANSITIONS.items()}
 )
