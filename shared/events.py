@@ -199,6 +199,9 @@ class ResponseOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     tool_choice: str | None = None
     out_of_band: bool = False  # conversation: "none"
     metadata: dict[str, str] | None = None
+    # Options with no canonical slot, ``{"response.<wire path>": <JSON text>}`` (OpenAI-only ones such as
+    # ``prompt``, ``reasoning``): a provider that has them takes them, the others report them.
+    extra: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ __all__ = [
 SESSIONS = Gauge("rs_sessions", "Live sessions held by this process", ["service"])
 FRAMES = Counter("rs_frames_total", "Frames handled", ["service", "direction"])
 REFUSALS = Counter("rs_refusals_total", "Connections refused at the edge", ["status"])
-NOTICES = Counter("rs_notices_total", "Fields or events a target could not honour", ["code"])
+NOTICES = Counter(
+    "rs_notices_total", "Fields or events a target approximated or ignored (never an error)", ["code", "param"]
+)
 ASSIGN_SECONDS = Histogram(
     "rs_assign_seconds", "Time to attach a session to a transformer and a worker",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

@@ -208,7 +208,7 @@ class Transformer:
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
             elif isinstance(event, ev.Notice):
-                NOTICES.labels(event.code).inc()
+                NOTICES.labels(event.code, event.param or "").inc()
                 log.info("notice", extra={"sid": session.meta.sid, "code": event.code, "param": event.param})
             try:
                 out.extend(session.codec.encode(event))

@@ -3,47 +3,62 @@
 One :class:`OpenAIClientCodec` per client session, owned by the transformer. It owns the merged session
 state (what ``session.updated`` echoes and what ``SessionConfig`` carries), a bounded store of
 conversation items (``conversation.item.retrieve`` is answered from it), the client's input and output
-audio formats with the output :class:`~shared.audio.RateConverter`, and every id the client sees on a
-response (``response_id``, ``item_id``, ``output_index``, ``content_index``, ``event_id``). It never
-does I/O, never reads the clock or the environment, and never raises out of ``open``/``feed``/``encode``.
+audio formats with the output :class:`~shared.audio.RateConverter`, and the ids the client sees. The
+response lifecycle (``response.created`` ... ``response.done``) is
+:class:`~shared.codecs.openai_response.ResponseAssembler`'s, driven by its transition table. It never does
+I/O, never reads the clock or the environment, and never raises out of ``open``/``feed``/``encode``.
 
 GA and beta differ in names and shapes only. Every difference is a row of a :class:`_Dialect` table
-(event names, part types, session fields, session rendering), never an ``if beta`` in the flow.
+(event names, part types, session fields and their parsers, session and response rendering), never an
+``if beta`` in the flow.
 
 Choices where the contract is silent (also in the module summary of the tests):
 
-- Unknown client event ``type``, unknown or mistyped fields -> one ``error`` frame (codes as OpenAI uses
-  them: ``invalid_value``, ``invalid_type``, ``unknown_parameter``, ``missing_required_parameter``),
-  nothing goes Up: the update is atomic.
+- ``error`` only for what the real OpenAI server would refuse: unknown client event ``type``, unknown or
+  mistyped fields, bad values (codes as OpenAI uses them: ``invalid_value``, ``invalid_type``,
+  ``unknown_parameter``, ``missing_required_parameter``); nothing goes Up: the update is atomic.
+- A valid field the gateway cannot honour is approximated where that is faithful (a per-response option
+  equal to the session's is simply the session's and is not sent on), otherwise ignored. Either way it is a
+  notice, never an ``error``: counted (``rs_notices_total{code,param}``), logged once per session, and sent
+  as ``{"type": "rs.notice", "code", "param", "message"}`` only to a client that opted in
+  (``SessionMeta.notices``; once per code and param per session). Provider notices (``ev.Notice``) follow the
+  same rule; the transformer counts those as they pass.
 - Session fields with no canonical slot are kept (and echoed) and reported in ``SessionConfig.extra`` as
   ``{"session.<wire path>": <JSON text>}``: GA ``tracing``, ``truncation``, ``prompt``, ``include``,
   ``reasoning``, ``parallel_tool_calls``, ``audio.input.noise_reduction``, transcription
   ``prompt``/``keywords``/``languages``/``delay``, MCP tools and MCP ``tool_choice``; beta ``tracing``,
-  ``input_audio_noise_reduction``, transcription ``prompt``. A transcription session adds
+  ``input_audio_noise_reduction``, transcription ``prompt``. The OpenAI provider codec sends them on
+  (``tables.OPENAI_SESSION_PASSTHROUGH``); other providers report them. A transcription session adds
   ``{"session.type": "\\"transcription\\""}`` and is canonical ``create_response=False``.
+- ``response.create`` OpenAI-only fields (``prompt``, ``reasoning``, ``parallel_tool_calls``, an MCP
+  ``tool_choice``) go in ``ResponseOptions.extra`` the same way. A per-response output format that differs
+  from the session's is noticed (one output format per session). ``response.input`` (out-of-band input
+  items) is refused: ignoring it would answer a different question.
+- ``response.metadata`` is echoed in that response's ``response.created`` and ``response.done`` whatever the
+  provider: each ``response.create`` queues its metadata and the next response announced takes it.
 - ``tool_choice`` ``{"type": "function", "name": N}`` is canonical ``"N"`` (the provider codecs read any
   value other than ``auto``/``none``/``required`` as the one function to call).
-- ``response.create`` fields with no ``ResponseOptions`` slot (``prompt``, ``reasoning``,
-  ``parallel_tool_calls``, a per-response ``output_audio_format`` that differs from the session's)
-  produce an ``error`` frame with code ``unsupported_field`` naming the field, and the response is still
-  created. ``response.input`` (out-of-band input items) is refused: ignoring it would answer a different
-  question.
 - Audio inside ``conversation.item.create`` (``input_audio.audio``) is not forwarded (canonical items
-  hold no audio): the item goes Up with its transcript and an ``unsupported_field`` error names the field.
-  ``input_image`` and ``item_reference`` parts: same treatment, the part is left out.
+  hold no audio): the item goes Up with its transcript, noticed. ``input_image`` and ``item_reference``
+  parts: same treatment, the part is left out.
+- ``previous_item_id`` is null at the root (a client's ``"root"`` is acknowledged as null, as the server does).
 - ``conversation.item.delete``/``truncate`` of an id the store does not know are still forwarded (the
   store is lost when a session moves to another transformer; the provider knows better). ``retrieve``
-  can only be answered from the store: an unknown id is an ``error``.
+  answers an output item still streaming with its current state, else from the store; an unknown id is
+  an ``error``.
 - ``Interrupted`` produces no frame (the client learns from ``speech_started`` and the cancelled
   ``response.done``); output deltas of that response arriving later are not sent, and resampler audio
   still pending for it is dropped.
 - A fatal ``ProviderError`` is an ``error`` frame, then a close 1011: the provider session is gone.
 - Notices about the gateway's own plumbing produce no frame (the transformer logs and counts them):
-  ``reconnect_required`` (Gemini takes a new configuration only on a new connection: the reconnect happens
-  inside the gateway and the client already got ``session.updated``) and ``history_item_skipped`` (a
-  restored history item with nothing to replay, e.g. a reply cut before any transcript). A provider's
-  ``unsupported_field`` notice is sent once per param per session: a new upstream connection reports its
-  whole configuration again, and the client must not see the reconnect.
+  ``reconnect_required`` (Gemini takes a new configuration only on a new connection) and
+  ``history_item_skipped`` (a restored history item with nothing to replay).
+- The session object carries ``rs``: ``{"provider", "model"?, "notices"?}``, who serves the session (the
+  SDK types accept undeclared fields). GA's ``model`` names the model serving once ``SessionReady`` said so;
+  beta's SDK type lists OpenAI models only, so there it stays the requested one.
+- ``{"type": "rs.switch", "provider": "GEMINI", "when": "now"|"turn_end"}`` is a ``SwitchRequest``
+  (provider case-insensitive, ``when`` defaults to ``turn_end``); ``Switched`` is announced as
+  ``rs.switched`` (and, to seed-URL clients, first as the seed's ``{"type": "switch", "name": "GEMINI"}``).
 - ``conversation.item.input_audio_transcription.completed`` requires ``usage`` in both SDKs; canonical
   transcripts carry none, so it is ``{"type": "tokens", ...: 0}``.
 """
@@ -64,7 +79,8 @@ import msgspec
 from shared import audio
 from shared import events as ev
 from shared.codecs.base import Close, Out
-from shared.codecs.tables import usage_to_openai
+from shared.codecs.openai_response import ResponseAssembler, ResponseNames
+from shared.metrics import NOTICES
 from shared.session import SessionMeta
 
 __all__ = ["IdFactory", "OpenAIClientCodec", "random_ids"]
@@ -319,33 +335,44 @@ def _set_modalities(s: _Session, v: JSON, path: str) -> None:
     s.output_modalities = _modalities(v, _p(path))
 
 
-def _format(v: JSON, param: str, beta: bool) -> audio.AudioFormat:
-    if beta and not isinstance(v, str):
-        raise _invalid_type(param, "a string")
-    if not beta and not isinstance(v, dict):
-        raise _invalid_type(param, "an object")
-    if not beta:
-        _only(v, frozenset({"type", "rate"}), f"{param}.")
+def _audio_format(v: JSON, param: str) -> audio.AudioFormat:
     try:
         return audio.openai_format(v)
     except ValueError:
         raise _Reject("invalid_value", f"Invalid value for '{param}': unsupported audio format.", param) from None
 
 
-def _set_input_format(s: _Session, v: JSON, path: str, *, beta: bool) -> None:
-    s.input_format = _format(v, _p(path), beta)
+def _ga_format(v: JSON, param: str) -> audio.AudioFormat:
+    """GA: ``{"type": "audio/pcm", "rate": 24000}``."""
+    _only(_obj(v, param), frozenset({"type", "rate"}), f"{param}.")
+    return _audio_format(v, param)
 
 
-def _set_output_format(s: _Session, v: JSON, path: str, *, beta: bool) -> None:
-    s.output_format = _format(v, _p(path), beta)
+def _beta_format(v: JSON, param: str) -> audio.AudioFormat:
+    """Beta: ``"pcm16"``, ``"g711_ulaw"``, ``"g711_alaw"``."""
+    return _audio_format(_str(v, param), param)
+
+
+_FormatParser = Callable[[JSON, str], audio.AudioFormat]
+
+
+def _set_input_format(s: _Session, v: JSON, path: str, *, parse: _FormatParser) -> None:
+    s.input_format = parse(v, _p(path))
+
+
+def _set_output_format(s: _Session, v: JSON, path: str, *, parse: _FormatParser) -> None:
+    s.output_format = parse(v, _p(path))
 
 
 _TD_COMMON = frozenset({"type", "create_response", "interrupt_response"})
-_TD_KEYS: Mapping[tuple[bool, str], frozenset[str]] = {  # (beta, vad type) -> allowed keys
-    (False, "server_vad"): _TD_COMMON | {"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"},
-    (False, "semantic_vad"): _TD_COMMON | {"eagerness"},
-    (True, "server_vad"): _TD_COMMON | {"threshold", "prefix_padding_ms", "silence_duration_ms"},
-    (True, "semantic_vad"): _TD_COMMON | {"eagerness"},
+_TdKeys = Mapping[str, frozenset[str]]  # vad type -> allowed keys, per dialect
+_GA_TD_KEYS: _TdKeys = {
+    "server_vad": _TD_COMMON | {"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"},
+    "semantic_vad": _TD_COMMON | {"eagerness"},
+}
+_BETA_TD_KEYS: _TdKeys = {
+    "server_vad": _TD_COMMON | {"threshold", "prefix_padding_ms", "silence_duration_ms"},
+    "semantic_vad": _TD_COMMON | {"eagerness"},
 }
 _TD_FIELDS: Mapping[str, Callable[[JSON, str], JSON]] = {
     "threshold": lambda v, p: _num(v, p, 0.0, 1.0),
@@ -358,32 +385,30 @@ _TD_FIELDS: Mapping[str, Callable[[JSON, str], JSON]] = {
 }
 
 
-def _turn_detection(v: JSON, param: str, beta: bool) -> ev.TurnDetection | None:
+def _turn_detection(v: JSON, param: str, keys: _TdKeys) -> ev.TurnDetection | None:
     if v is None:  # manual turns: the client commits and asks for responses itself
         return None
     td = _obj(v, param)
     kind = _enum(td.get("type", "server_vad"), f"{param}.type", ("server_vad", "semantic_vad"))
-    _only(td, _TD_KEYS[(beta, kind)], f"{param}.")
+    _only(td, keys[kind], f"{param}.")
     fields = {k: _TD_FIELDS[k](val, f"{param}.{k}") for k, val in td.items() if k != "type" and val is not None}
     return ev.TurnDetection(type=kind, **fields)  # type: ignore[arg-type]
 
 
-def _set_turn_detection(s: _Session, v: JSON, path: str, *, beta: bool) -> None:
-    s.turn_detection = _turn_detection(v, _p(path), beta)
+def _set_turn_detection(s: _Session, v: JSON, path: str, *, keys: _TdKeys) -> None:
+    s.turn_detection = _turn_detection(v, _p(path), keys)
 
 
-_TRANSCRIPTION_KEYS: Mapping[bool, frozenset[str]] = {
-    False: frozenset({"model", "language", "prompt", "keywords", "languages", "delay"}),
-    True: frozenset({"model", "language", "prompt"}),
-}
+_GA_TRANSCRIPTION_KEYS = frozenset({"model", "language", "prompt", "keywords", "languages", "delay"})
+_BETA_TRANSCRIPTION_KEYS = frozenset({"model", "language", "prompt"})
 
 
-def _set_transcription(s: _Session, v: JSON, path: str, *, beta: bool) -> None:
+def _set_transcription(s: _Session, v: JSON, path: str, *, keys: frozenset[str]) -> None:
     if v is None:
         s.transcription = None
         return
     tr = _obj(v, _p(path))
-    _only(tr, _TRANSCRIPTION_KEYS[beta], f"{_p(path)}.")
+    _only(tr, keys, f"{_p(path)}.")
     for key in ("model", "language", "prompt", "delay"):
         if key in tr:
             _opt_str(tr[key], f"{_p(path)}.{key}")
@@ -414,15 +439,19 @@ def _tools(v: JSON, param: str, *, mcp: bool) -> list[dict[str, JSON]]:
     return tools
 
 
-def _set_tools(s: _Session, v: JSON, path: str, *, beta: bool) -> None:
-    s.tools = _tools(v, _p(path), mcp=not beta)
+def _set_tools(s: _Session, v: JSON, path: str, *, mcp: bool) -> None:
+    s.tools = _tools(v, _p(path), mcp=mcp)
 
 
 _TOOL_CHOICE_MODES = ("auto", "none", "required")
 
 
-def _tool_choice(v: JSON, param: str, beta: bool) -> str | dict[str, JSON]:
-    if isinstance(v, str) or beta:  # beta's SDK types tool_choice as a plain string
+def _beta_tool_choice(v: JSON, param: str) -> str | dict[str, JSON]:
+    return _enum(v, param, _TOOL_CHOICE_MODES)  # beta's SDK types tool_choice as a plain string
+
+
+def _ga_tool_choice(v: JSON, param: str) -> str | dict[str, JSON]:
+    if isinstance(v, str):
         return _enum(v, param, _TOOL_CHOICE_MODES)
     choice = _obj(v, param)
     kind = _enum(choice.get("type"), f"{param}.type", ("function", "mcp"))
@@ -432,8 +461,11 @@ def _tool_choice(v: JSON, param: str, beta: bool) -> str | dict[str, JSON]:
     return dict(choice)
 
 
-def _set_tool_choice(s: _Session, v: JSON, path: str, *, beta: bool) -> None:
-    s.tool_choice = _tool_choice(v, _p(path), beta)
+_ToolChoiceParser = Callable[[JSON, str], "str | dict[str, JSON]"]
+
+
+def _set_tool_choice(s: _Session, v: JSON, path: str, *, parse: _ToolChoiceParser) -> None:
+    s.tool_choice = parse(v, _p(path))
 
 
 def _set_passthrough(s: _Session, v: JSON, path: str) -> None:
@@ -447,41 +479,44 @@ def _set_ga_type(s: _Session, v: JSON, path: str) -> None:
     s.kind = _enum(v, _p(path), ("realtime", "transcription"))
 
 
-def _session_fields(beta: bool) -> tuple[dict[str, _Setter], dict[str, _Setter]]:
-    """(realtime session fields, transcription session fields) of a dialect, by flat wire path."""
-    if not beta:
-        realtime: dict[str, _Setter] = {
-            "type": _set_ga_type,
-            "model": _set_model,
-            "instructions": _set_instructions,
-            "output_modalities": _set_modalities,
-            "max_output_tokens": _set_max_output_tokens,
-            "tools": partial(_set_tools, beta=beta),
-            "tool_choice": partial(_set_tool_choice, beta=beta),
-            "audio.input.format": partial(_set_input_format, beta=beta),
-            "audio.input.transcription": partial(_set_transcription, beta=beta),
-            "audio.input.turn_detection": partial(_set_turn_detection, beta=beta),
-            "audio.input.noise_reduction": _set_passthrough,
-            "audio.output.format": partial(_set_output_format, beta=beta),
-            "audio.output.voice": _set_voice,
-            "audio.output.speed": _set_speed,
-            **dict.fromkeys(
-                ("tracing", "truncation", "prompt", "include", "reasoning", "parallel_tool_calls"), _set_passthrough
-            ),
-        }
-        transcription = {
-            k: realtime[k]
-            for k in (
-                "type",
-                "audio.input.format",
-                "audio.input.transcription",
-                "audio.input.turn_detection",
-                "audio.input.noise_reduction",
-                "include",
-            )
-        }
-        return realtime, transcription
-    realtime = {
+def _ga_session_fields() -> tuple[dict[str, _Setter], dict[str, _Setter]]:
+    """(realtime session fields, transcription session fields) of GA, by flat wire path."""
+    realtime: dict[str, _Setter] = {
+        "type": _set_ga_type,
+        "model": _set_model,
+        "instructions": _set_instructions,
+        "output_modalities": _set_modalities,
+        "max_output_tokens": _set_max_output_tokens,
+        "tools": partial(_set_tools, mcp=True),
+        "tool_choice": partial(_set_tool_choice, parse=_ga_tool_choice),
+        "audio.input.format": partial(_set_input_format, parse=_ga_format),
+        "audio.input.transcription": partial(_set_transcription, keys=_GA_TRANSCRIPTION_KEYS),
+        "audio.input.turn_detection": partial(_set_turn_detection, keys=_GA_TD_KEYS),
+        "audio.input.noise_reduction": _set_passthrough,
+        "audio.output.format": partial(_set_output_format, parse=_ga_format),
+        "audio.output.voice": _set_voice,
+        "audio.output.speed": _set_speed,
+        **dict.fromkeys(
+            ("tracing", "truncation", "prompt", "include", "reasoning", "parallel_tool_calls"), _set_passthrough
+        ),
+    }
+    transcription = {
+        k: realtime[k]
+        for k in (
+            "type",
+            "audio.input.format",
+            "audio.input.transcription",
+            "audio.input.turn_detection",
+            "audio.input.noise_reduction",
+            "include",
+        )
+    }
+    return realtime, transcription
+
+
+def _beta_session_fields() -> tuple[dict[str, _Setter], dict[str, _Setter]]:
+    """(realtime session fields, transcription session fields) of beta, by wire name."""
+    realtime: dict[str, _Setter] = {
         "model": _set_model,
         "instructions": _set_instructions,
         "modalities": _set_modalities,
@@ -489,12 +524,12 @@ def _session_fields(beta: bool) -> tuple[dict[str, _Setter], dict[str, _Setter]]
         "speed": _set_speed,
         "temperature": _set_temperature,
         "max_response_output_tokens": _set_max_output_tokens,
-        "tools": partial(_set_tools, beta=beta),
-        "tool_choice": partial(_set_tool_choice, beta=beta),
-        "input_audio_format": partial(_set_input_format, beta=beta),
-        "output_audio_format": partial(_set_output_format, beta=beta),
-        "input_audio_transcription": partial(_set_transcription, beta=beta),
-        "turn_detection": partial(_set_turn_detection, beta=beta),
+        "tools": partial(_set_tools, mcp=False),
+        "tool_choice": partial(_set_tool_choice, parse=_beta_tool_choice),
+        "input_audio_format": partial(_set_input_format, parse=_beta_format),
+        "output_audio_format": partial(_set_output_format, parse=_beta_format),
+        "input_audio_transcription": partial(_set_transcription, keys=_BETA_TRANSCRIPTION_KEYS),
+        "turn_detection": partial(_set_turn_detection, keys=_BETA_TD_KEYS),
         "input_audio_noise_reduction": _set_passthrough,
         "tracing": _set_passthrough,
     }
@@ -515,7 +550,7 @@ def _format_from_config(name: str | None, default: audio.AudioFormat) -> audio.A
         return default
 
 
-def _session_from_config(cfg: ev.SessionConfig, base: _Session, beta: bool) -> _Session:
+def _session_from_config(cfg: ev.SessionConfig, base: _Session, transcription_path: str) -> _Session:
     """The inverse of :meth:`_Session.to_config` (resume on a replacement transformer).
 
     Audio formats come back from the config's client-side fields; a config without them (written before
@@ -529,10 +564,10 @@ def _session_from_config(cfg: ev.SessionConfig, base: _Session, beta: bool) -> _
     s.voice = cfg.voice or base.voice
     s.speed = cfg.speed
     s.output_modalities = list(cfg.output_modalities)
-    s.temperature = cfg.temperature if beta else None
+    s.temperature = cfg.temperature  # only a beta session ever sets it
     s.max_output_tokens = cfg.max_output_tokens
     s.turn_detection = cfg.turn_detection
-    s.transcription_path = "input_audio_transcription" if beta else "audio.input.transcription"
+    s.transcription_path = transcription_path
     tr_prefix = f"{s.transcription_path}."
     if cfg.input_transcription:
         tr = {"model": cfg.transcription_model, "language": cfg.transcription_language}
@@ -572,24 +607,28 @@ _GA_FORMAT: Mapping[str, Callable[[audio.AudioFormat], dict[str, JSON]]] = {
 _BETA_FORMAT: Mapping[str, str] = {"pcm16": "pcm16", "pcmu": "g711_ulaw", "pcma": "g711_alaw"}
 
 # Defaults OpenAI documents and shows in session.created; canonical None means "provider default".
-_VAD_DEFAULTS: Mapping[str, JSON] = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
+# Real GA traffic (gpt-realtime) shows silence_duration_ms 200; beta documents 500.
+_GA_VAD_DEFAULTS: Mapping[str, JSON] = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 200}
+_BETA_VAD_DEFAULTS: Mapping[str, JSON] = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
 
 
-def _render_turn_detection(td: ev.TurnDetection | None, beta: bool) -> dict[str, JSON] | None:
+def _render_turn_detection(
+    td: ev.TurnDetection | None, keys: _TdKeys, defaults: Mapping[str, JSON]
+) -> dict[str, JSON] | None:
     if td is None:
         return None
     out: dict[str, JSON] = {"type": td.type}
     if td.type == "semantic_vad":
         out["eagerness"] = td.eagerness or "auto"
     else:
-        out["threshold"] = td.threshold if td.threshold is not None else _VAD_DEFAULTS["threshold"]
-        out["prefix_padding_ms"] = td.prefix_padding_ms if td.prefix_padding_ms is not None else 300
-        out["silence_duration_ms"] = td.silence_duration_ms if td.silence_duration_ms is not None else 500
-        if not beta:
-            out["idle_timeout_ms"] = td.idle_timeout_ms
+        for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
+            value = getattr(td, key)
+            out[key] = value if value is not None else defaults[key]
+        out["idle_timeout_ms"] = td.idle_timeout_ms
     out["create_response"] = td.create_response
     out["interrupt_response"] = td.interrupt_response
-    return out
+    allowed = keys[td.type]  # the dialect's own fields only (beta has no idle_timeout_ms)
+    return {k: v for k, v in out.items() if k == "type" or k in allowed}
 
 
 def _render_ga_session(s: _Session, session_id: str) -> dict[str, JSON]:
@@ -597,7 +636,7 @@ def _render_ga_session(s: _Session, session_id: str) -> dict[str, JSON]:
         "format": _GA_FORMAT[s.input_format.encoding](s.input_format),
         "transcription": s.transcription,
         "noise_reduction": None,
-        "turn_detection": _render_turn_detection(s.turn_detection, beta=False),
+        "turn_detection": _render_turn_detection(s.turn_detection, _GA_TD_KEYS, _GA_VAD_DEFAULTS),
     }
     out: dict[str, JSON] = {"type": s.kind, "object": "realtime.session", "id": session_id}
     if s.kind == "transcription":
@@ -619,6 +658,11 @@ def _render_ga_session(s: _Session, session_id: str) -> dict[str, JSON]:
             "tools": list(s.tools),
             "tool_choice": s.tool_choice,
             "max_output_tokens": "inf" if s.max_output_tokens is None else s.max_output_tokens,
+            # what a real GA server shows when the client set none of them (passthrough values win)
+            "tracing": None,
+            "truncation": "auto",
+            "prompt": None,
+            "include": None,
         }
     for path, value in s.passthrough.items():
         _put(out, path, value)
@@ -637,7 +681,7 @@ def _render_beta_session(s: _Session, session_id: str) -> dict[str, JSON]:
         "output_audio_format": _BETA_FORMAT[s.output_format.encoding],
         "input_audio_transcription": s.transcription,
         "input_audio_noise_reduction": None,
-        "turn_detection": _render_turn_detection(s.turn_detection, beta=True),
+        "turn_detection": _render_turn_detection(s.turn_detection, _BETA_TD_KEYS, _BETA_VAD_DEFAULTS),
         "tools": list(s.tools),
         "tool_choice": s.tool_choice,
         "temperature": s.temperature if s.temperature is not None else 0.8,
@@ -649,7 +693,7 @@ def _render_beta_session(s: _Session, session_id: str) -> dict[str, JSON]:
 
 
 def _render_beta_transcription_session(s: _Session, session_id: str) -> dict[str, JSON]:
-    td = _render_turn_detection(s.turn_detection, beta=True)
+    td = _render_turn_detection(s.turn_detection, _BETA_TD_KEYS, _BETA_VAD_DEFAULTS)
     if td is not None:  # the beta transcription session type knows only these VAD fields
         td = {k: td[k] for k in ("type", "threshold", "prefix_padding_ms", "silence_duration_ms") if k in td}
     return {
@@ -746,177 +790,250 @@ def _parse_item(raw: JSON, param: str, new_id: Callable[[], str], notes: _Notes,
 _RespSetter = Callable[[dict[str, JSON], JSON, str, _Session, _Notes], None]
 
 
-def _response_fields(beta: bool) -> dict[str, _RespSetter]:
-    def put(key: str, conv: Callable[[JSON, str], JSON]) -> Callable[..., None]:
-        def setter(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
-            opts[key] = conv(v, param)
+def _option(key: str, conv: Callable[[JSON, str], JSON]) -> _RespSetter:
+    def setter(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
+        opts[key] = conv(v, param)
 
-        return setter
+    return setter
 
-    def unsupported(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
-        notes.add(param, f"'{param}' is not supported by this gateway and was ignored.")
 
-    def output_format(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
-        if _format(v, param, beta) != s.output_format:  # one output format per session
+def _put_unless_session(
+    key: str, conv: Callable[[JSON, str], JSON], current: Callable[[_Session], JSON]
+) -> _RespSetter:
+    """A per-response option equal to the session's is simply the session's: nothing to ask of the provider
+    (Pipecat repeats ``output_modalities`` on every reply; a provider without per-response modalities
+    must not be bothered with it)."""
+
+    def setter(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
+        value = conv(v, param)
+        if value != current(s):
+            opts[key] = value
+
+    return setter
+
+
+def _passthrough_option(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
+    """OpenAI-only fields: carried in ``ResponseOptions.extra``; OpenAI takes them, other providers notice."""
+    extra = opts.setdefault("extra", {})
+    extra[param] = _json_text(v)
+
+
+def _output_format(parse: _FormatParser) -> _RespSetter:
+    def setter(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
+        if parse(v, param) != s.output_format:  # one output format per session
             notes.add(param, f"'{param}' per response is not supported; the session's format is used.")
 
-    def conversation(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
-        if _enum(v, param, ("auto", "none")) == "none":
-            opts["out_of_band"] = True
+    return setter
 
-    def refuse(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
-        raise _Reject("unsupported_field", f"'{param}' is not supported by this gateway.", param)
 
-    def metadata(v: JSON, param: str) -> dict[str, str]:
-        return {k: _str(val, f"{param}.{k}") for k, val in _obj(v, param).items()}
+def _conversation(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
+    if _enum(v, param, ("auto", "none")) == "none":
+        opts["out_of_band"] = True
 
-    def max_tokens(v: JSON, param: str) -> int | None:
-        return None if v == "inf" else _int(v, param, 1)
 
-    def tools(v: JSON, param: str) -> list[ev.Tool]:
-        return [
-            ev.Tool(
-                name=t["name"],
-                description=t.get("description"),
-                parameters=None if t.get("parameters") is None else _json_text(t["parameters"]),
-            )
-            for t in _tools(v, param, mcp=False)
-        ]
+def _refuse(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
+    raise _Reject("unsupported_field", f"'{param}' is not supported by this gateway.", param)
 
-    def tool_choice(v: JSON, param: str) -> str:
-        choice = _tool_choice(v, param, beta)
+
+def _metadata(v: JSON, param: str) -> dict[str, str]:
+    return {k: _str(val, f"{param}.{k}") for k, val in _obj(v, param).items()}
+
+
+def _max_tokens(v: JSON, param: str) -> int | None:
+    return None if v == "inf" else _int(v, param, 1)
+
+
+def _response_tools(v: JSON, param: str) -> list[ev.Tool]:
+    return [
+        ev.Tool(
+            name=t["name"],
+            description=t.get("description"),
+            parameters=None if t.get("parameters") is None else _json_text(t["parameters"]),
+        )
+        for t in _tools(v, param, mcp=False)
+    ]
+
+
+def _response_tool_choice(parse: _ToolChoiceParser) -> _RespSetter:
+    def setter(opts: dict[str, JSON], v: JSON, param: str, s: _Session, notes: _Notes) -> None:
+        choice = parse(v, param)
         if isinstance(choice, str):
-            return choice
-        if choice.get("type") != "function":
-            raise _Reject("unsupported_field", f"'{param}' of type mcp is not supported.", param)
-        return str(choice["name"])
+            opts["tool_choice"] = choice
+        elif choice.get("type") == "function":
+            opts["tool_choice"] = str(choice["name"])
+        else:  # an MCP tool choice: OpenAI-only
+            _passthrough_option(opts, v, param, s, notes)
 
-    common: dict[str, _RespSetter] = {
-        "instructions": put("instructions", _str),
-        "tools": put("tools", tools),
-        "tool_choice": put("tool_choice", tool_choice),
-        "metadata": put("metadata", metadata),
-        "conversation": conversation,
-        "input": refuse,
+    return setter
+
+
+_COMMON_RESPONSE_FIELDS: Mapping[str, _RespSetter] = {
+    "instructions": _option("instructions", _str),
+    "tools": _option("tools", _response_tools),
+    "metadata": _option("metadata", _metadata),
+    "conversation": _conversation,
+    # Out-of-band input items: ignoring them would answer a different question, and canonical responses
+    # carry no items of their own.
+    "input": _refuse,
+}
+
+_GA_RESPONSE_FIELDS: Mapping[str, _RespSetter] = {
+    **_COMMON_RESPONSE_FIELDS,
+    "tool_choice": _response_tool_choice(_ga_tool_choice),
+    "output_modalities": _put_unless_session("output_modalities", _modalities, lambda s: s.output_modalities),
+    "audio.output.voice": _put_unless_session("voice", _str, lambda s: s.voice),
+    "audio.output.format": _output_format(_ga_format),
+    "max_output_tokens": _put_unless_session("max_output_tokens", _max_tokens, lambda s: s.max_output_tokens),
+    "prompt": _passthrough_option,
+    "reasoning": _passthrough_option,
+    "parallel_tool_calls": _passthrough_option,
+}
+
+_BETA_RESPONSE_FIELDS: Mapping[str, _RespSetter] = {
+    **_COMMON_RESPONSE_FIELDS,
+    "tool_choice": _response_tool_choice(_beta_tool_choice),
+    "modalities": _put_unless_session("output_modalities", _modalities, lambda s: s.output_modalities),
+    "voice": _put_unless_session("voice", _str, lambda s: s.voice),
+    "output_audio_format": _output_format(_beta_format),
+    "temperature": _put_unless_session("temperature", lambda v, p: _num(v, p, 0.0, 2.0), lambda s: s.temperature),
+    "max_response_output_tokens": _put_unless_session("max_output_tokens", _max_tokens, lambda s: s.max_output_tokens),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The response object (response.created / response.done): the session-dependent fields per dialect
+
+
+def _ga_response_fields(s: _Session) -> dict[str, JSON]:
+    return {
+        "output_modalities": list(s.output_modalities),
+        "max_output_tokens": "inf" if s.max_output_tokens is None else s.max_output_tokens,
+        "audio": {"output": {"format": _GA_FORMAT[s.output_format.encoding](s.output_format), "voice": s.voice}},
     }
-    if beta:
-        return common | {
-            "modalities": put("output_modalities", _modalities),
-            "voice": put("voice", _str),
-            "output_audio_format": output_format,
-            "temperature": put("temperature", lambda v, p: _num(v, p, 0.0, 2.0)),
-            "max_response_output_tokens": put("max_output_tokens", max_tokens),
-        }
-    return common | {
-        "output_modalities": put("output_modalities", _modalities),
-        "audio.output.voice": put("voice", _str),
-        "audio.output.format": output_format,
-        "max_output_tokens": put("max_output_tokens", max_tokens),
-        "prompt": unsupported,
-        "reasoning": unsupported,
-        "parallel_tool_calls": unsupported,
+
+
+def _beta_response_fields(s: _Session) -> dict[str, JSON]:
+    return {
+        "modalities": ["text", "audio"] if "audio" in s.output_modalities else ["text"],
+        "voice": s.voice,
+        "output_audio_format": _BETA_FORMAT[s.output_format.encoding],
+        "temperature": s.temperature if s.temperature is not None else 0.8,
+        "max_output_tokens": "inf" if s.max_output_tokens is None else s.max_output_tokens,
     }
 
 
 # --------------------------------------------------------------------------------------------------
-# Dialect tables
+# Which session table a session.update uses
+
+
+def _ga_session_kind(session: Mapping[str, JSON]) -> str:
+    kind = _required(session, "type", "session.type")  # GA requires it (protocols.md §1.2)
+    return _enum(kind, "session.type", ("realtime", "transcription"))
+
+
+def _beta_session_kind(session: Mapping[str, JSON]) -> str:
+    return "realtime"  # beta transcription sessions have their own event (transcription_session.update)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dialect tables: every GA/beta difference is a row here
 
 
 @dataclass(frozen=True, slots=True)
 class _Dialect:
     name: str
-    beta: bool
     default_voice: str
-    session_fields: Mapping[str, _Setter]
-    transcription_fields: Mapping[str, _Setter]
+    fields_by_kind: Mapping[str, Mapping[str, _Setter]]  # session kind -> session fields by flat path
+    session_kind: Callable[[Mapping[str, JSON]], str]
     session_containers: frozenset[str]
     response_fields: Mapping[str, _RespSetter]
+    response_containers: frozenset[str]
     render_session: Callable[[_Session, str], dict[str, JSON]]
-    # server event names
-    item_added: str
-    item_done: str | None  # GA finalises items with conversation.item.done; beta has none
-    audio_delta: str
-    audio_done: str
-    transcript_delta: str
-    transcript_done: str
-    text_delta: str
-    text_done: str
-    name_on_args_done: bool  # GA response.function_call_arguments.done carries the name
-    part_types: Mapping[tuple[str, str], str]  # (role, canonical content kind) -> wire part type
+    render_response: Callable[[_Session], dict[str, JSON]]
+    transcription_path: str  # where the dialect keeps the transcription settings (extra keys)
+    served_model_in_session: bool  # session.model may name any model (GA), not only OpenAI's (beta)
+    names: ResponseNames  # server event names of a response
+    part_types: Mapping[tuple[str, str], str]  # (role, canonical content kind) -> part type inside items
+    item_fields: Mapping[str, JSON]  # fixed fields of every item (real beta servers send object, GA ones do not)
 
 
-def _dialect(beta: bool) -> _Dialect:
-    realtime, transcription = _session_fields(beta)
-    assistant_text, assistant_audio = ("text", "audio") if beta else ("output_text", "output_audio")
-    return _Dialect(
-        name="openai_beta" if beta else "openai_ga",
-        beta=beta,
-        default_voice="alloy" if beta else "marin",
-        session_fields=realtime,
-        transcription_fields=transcription,
-        session_containers=frozenset() if beta else frozenset({"audio", "audio.input", "audio.output"}),
-        response_fields=_response_fields(beta),
-        render_session=_render_beta_session if beta else _render_ga_session,
-        item_added="conversation.item.created" if beta else "conversation.item.added",
-        item_done=None if beta else "conversation.item.done",
-        audio_delta="response.audio.delta" if beta else "response.output_audio.delta",
-        audio_done="response.audio.done" if beta else "response.output_audio.done",
-        transcript_delta="response.audio_transcript.delta" if beta else "response.output_audio_transcript.delta",
-        transcript_done="response.audio_transcript.done" if beta else "response.output_audio_transcript.done",
-        text_delta="response.text.delta" if beta else "response.output_text.delta",
-        text_done="response.text.done" if beta else "response.output_text.done",
-        name_on_args_done=not beta,
-        part_types={
-            ("user", "text"): "input_text",
-            ("user", "audio"): "input_audio",
-            ("system", "text"): "input_text",
-            ("system", "audio"): "input_text",
-            ("assistant", "text"): assistant_text,
-            ("assistant", "audio"): assistant_audio,
-        },
-    )
+_USER_PARTS: Mapping[tuple[str, str], str] = {
+    ("user", "text"): "input_text",
+    ("user", "audio"): "input_audio",
+    ("system", "text"): "input_text",
+    ("system", "audio"): "input_text",
+}
+# Inside response.content_part.added/.done both real servers say "audio"/"text" (protocols.md §1.4).
+_CONTENT_PART_TYPES: Mapping[str, str] = {"audio": "audio", "text": "text"}
 
+_GA_REALTIME, _GA_TRANSCRIPTION = _ga_session_fields()
+_BETA_REALTIME, _BETA_TRANSCRIPTION = _beta_session_fields()
 
-_DIALECTS: Mapping[bool, _Dialect] = {False: _dialect(False), True: _dialect(True)}
+_GA = _Dialect(
+    name="openai_ga",
+    default_voice="marin",
+    fields_by_kind={"realtime": _GA_REALTIME, "transcription": _GA_TRANSCRIPTION},
+    session_kind=_ga_session_kind,
+    session_containers=frozenset({"audio", "audio.input", "audio.output"}),
+    response_fields=_GA_RESPONSE_FIELDS,
+    response_containers=frozenset({"audio", "audio.output"}),
+    render_session=_render_ga_session,
+    render_response=_ga_response_fields,
+    transcription_path="audio.input.transcription",
+    served_model_in_session=True,
+    names=ResponseNames(
+        item_added="conversation.item.added",
+        item_done="conversation.item.done",
+        audio_delta="response.output_audio.delta",
+        audio_done="response.output_audio.done",
+        transcript_delta="response.output_audio_transcript.delta",
+        transcript_done="response.output_audio_transcript.done",
+        text_delta="response.output_text.delta",
+        text_done="response.output_text.done",
+        name_on_args_done=True,
+        content_part_types=_CONTENT_PART_TYPES,
+    ),
+    part_types={**_USER_PARTS, ("assistant", "text"): "output_text", ("assistant", "audio"): "output_audio"},
+    item_fields={},
+)
+_BETA = _Dialect(
+    name="openai_beta",
+    default_voice="alloy",
+    fields_by_kind={"realtime": _BETA_REALTIME, "transcription": _BETA_TRANSCRIPTION},
+    session_kind=_beta_session_kind,
+    session_containers=frozenset(),
+    response_fields=_BETA_RESPONSE_FIELDS,
+    response_containers=frozenset(),
+    render_session=_render_beta_session,
+    render_response=_beta_response_fields,
+    transcription_path="input_audio_transcription",
+    served_model_in_session=False,
+    names=ResponseNames(
+        item_added="conversation.item.created",
+        item_done=None,
+        audio_delta="response.audio.delta",
+        audio_done="response.audio.done",
+        transcript_delta="response.audio_transcript.delta",
+        transcript_done="response.audio_transcript.done",
+        text_delta="response.text.delta",
+        text_done="response.text.done",
+        name_on_args_done=False,
+        content_part_types=_CONTENT_PART_TYPES,
+    ),
+    part_types={**_USER_PARTS, ("assistant", "text"): "text", ("assistant", "audio"): "audio"},
+    item_fields={"object": "realtime.item"},
+)
+_DIALECTS: Mapping[bool, _Dialect] = {False: _GA, True: _BETA}  # by "is beta"
 
-
-# --------------------------------------------------------------------------------------------------
-# Response bookkeeping (Down direction)
-
-
-@dataclass(slots=True)
-class _Part:
-    index: int
-    kind: str  # "audio" | "text"
-    chunks: list[str] = field(default_factory=list)  # transcript or text deltas so far
-
-
-@dataclass(slots=True)
-class _OutItem:
-    item_id: str
-    output_index: int
-    kind: str  # "message" | "function_call"
-    parts: dict[str, _Part] = field(default_factory=dict)  # by kind: one part per kind per item
-    call: ev.FunctionCall | None = None
-    args_done: bool = False
-    done: bool = False
-
-
-@dataclass(slots=True)
-class _Response:
-    id: str
-    items: dict[str, _OutItem] = field(default_factory=dict)
-    output: list[dict[str, JSON]] = field(default_factory=list)  # final wire items, by output_index
-    interrupted: bool = False
-
-
-_STATUS_REASONS = frozenset({"turn_detected", "client_cancelled", "max_output_tokens", "content_filter"})
 # Notices about the gateway's own plumbing, logged and counted by the transformer but not sent: a Gemini
 # reconfiguration reconnects inside the gateway (the client already has its session.updated), and the history
-# it restores may hold an item with nothing to replay. Neither is an error of the client's.
+# it restores may hold an item with nothing to replay. Neither concerns the client.
 _SILENT_NOTICES = frozenset({"reconnect_required", "history_item_skipped"})
 # ProviderError codes that are the server's fault (type server_error), besides fatal/retryable ones.
 _SERVER_ERROR_CODES = frozenset({"server_error", "internal_error", "provider_unavailable", "provider_disconnected"})
+# rs.switch "provider" values (upper or lower case on the wire; canonical lower case)
+_SWITCH_PROVIDERS = frozenset({"openai", "gemini", "azure"})
+_SWITCH_WHEN = ("now", "turn_end")
 
 
 class _Head(msgspec.Struct):
@@ -935,18 +1052,20 @@ _HEAD = msgspec.json.Decoder(_Head)
 _ENCODE = msgspec.json.Encoder()
 
 _Handler = Callable[["OpenAIClientCodec", _Head, "str | bytes"], Out]
+_NOT_DOWN: Any = object()  # OpenAIClientCodec.encode's "no row at all" (None is "deliberately nothing")
 
 
 class OpenAIClientCodec:
     """OpenAI Realtime (GA or beta) client side <-> canonical events, for one session.
 
     ``open()`` -> ``session.created``; ``feed(frame)`` -> local acks/errors + Up events; ``encode(Down)``
-    -> server events with the full §1.6 ordering. See the module docstring for the choices it makes.
+    -> server events with the full §1.6 ordering (the response lifecycle is :class:`ResponseAssembler`'s).
+    See the module docstring for the choices it makes.
     """
 
     dialect: str  # "openai_ga" | "openai_beta" (instance attribute: one class serves both)
     _INBOUND: ClassVar[Mapping[bool, Mapping[str, _Handler]]]  # by "is beta"
-    _OUTBOUND: ClassVar[Mapping[type[ev.Event], Callable[[OpenAIClientCodec, Any], Out]]]
+    _OUTBOUND: ClassVar[Mapping[type[ev.Event], Callable[[OpenAIClientCodec, Any], Out] | None]]
 
     def __init__(self, meta: SessionMeta, *, beta: bool, id_factory: IdFactory | None = None) -> None:
         self.meta = meta
@@ -957,6 +1076,8 @@ class OpenAIClientCodec:
         self._session_id = self._ids("sess")
         self._conversation_id = self._ids("conv")
         self._state = _Session(model=meta.model, voice=self._d.default_voice)
+        self._provider = meta.provider  # who serves the session now (SessionReady, Switched)
+        self._served_model: str | None = None  # the provider's model, once SessionReady names it
         self._out_conv = audio.RateConverter(self._state.output_format.rate)
         # Bytes appended since the last commit/clear (empty commit -> error). None: not known, after a
         # resume (what the dead transformer took in may still be uncommitted upstream): the provider judges.
@@ -964,63 +1085,51 @@ class OpenAIClientCodec:
         self._items: OrderedDict[str, ev.Item] = OrderedDict()
         self._last_item_id: str | None = None
         self._call_names: dict[str, str] = {}  # call_id -> function name (Gemini needs it on results)
-        self._responses: dict[str, _Response] = {}
-        self._done_responses: OrderedDict[str, None] = OrderedDict()  # late events for these are dropped
+        self._responses = ResponseAssembler(self, self._d.names, self._conversation_id)
         self._transcripts: dict[str, list[str]] = {}  # user item id -> input transcript deltas
-        # Provider params already reported as unsupported: a new upstream connection (reconnect, Gemini
-        # reconfiguration) reports its whole config again, and the client has been told once.
-        self._unsupported_told: set[str] = set()
+        # (code, param) already logged (and shown, with rs_notices) this session: a new upstream connection
+        # (reconnect, Gemini reconfiguration) reports its whole configuration again.
+        self._noticed: set[tuple[str, str | None]] = set()
 
     def __repr__(self) -> str:
         return f"OpenAIClientCodec({self.dialect}, sid={self.meta.sid}, responses={len(self._responses)})"
 
-    # -- helpers ------------------------------------------------------------------------------------
+    # -- what the response assembler needs (responses.Host) -----------------------------------------
 
-    def _frame(self, type_: str, **fields: JSON) -> str:
+    def frame(self, type_: str, **fields: JSON) -> str:
         return _ENCODE.encode({"type": type_, "event_id": self._ids("event"), **fields}).decode()
 
-    def _error(
-        self,
-        code: str,
-        message: str,
-        *,
-        param: str | None = None,
-        client_event_id: str | None = None,
-        type_: str = "invalid_request_error",
-    ) -> str:
-        err: dict[str, str | None] = {
-            "type": type_,
-            "code": code,
-            "message": message,
-            "param": param,
-            "event_id": client_event_id,
-        }
-        return self._frame("error", error=err)
+    _frame = frame
 
-    def _notes_out(self, notes: _Notes, client_event_id: str | None) -> list[str]:
-        return [
-            self._error("unsupported_field", message, param=param, client_event_id=client_event_id)
-            for param, message in notes.items
-        ]
-
-    @staticmethod
-    def _body(frame: str | bytes) -> dict[str, JSON]:
-        msg = msgspec.json.decode(frame)
-        if not isinstance(msg, dict):  # _HEAD already accepted it as an object; keep mypy honest
-            raise _invalid_type("event", "an object")
-        return msg
-
-    def _remember(self, item: ev.Item) -> None:
+    def remember(self, item: ev.Item) -> None:
+        """Keep an item for ``conversation.item.retrieve`` (bounded; the oldest are forgotten first)."""
         self._items[item.id] = item
         self._items.move_to_end(item.id)
         while len(self._items) > MAX_STORED_ITEMS:
             self._items.popitem(last=False)
-        self._last_item_id = item.id
         if isinstance(item, ev.FunctionCall):
             self._call_names[item.call_id] = item.name
 
-    def _render_item(self, item: ev.Item, status: str | None = None) -> dict[str, JSON]:
-        base: dict[str, JSON] = {"id": item.id, "object": "realtime.item"}
+    def link(self, item_id: str) -> str | None:
+        prev, self._last_item_id = self._last_item_id, item_id
+        return prev
+
+    def response_fields(self) -> dict[str, JSON]:
+        return self._d.render_response(self._state)
+
+    def encode_audio(self, pcm: bytes, rate: int) -> str | None:
+        out = self._out_conv.convert(pcm, rate)
+        return audio.b64encode_std(audio.encode_from_pcm16(out, self._state.output_format)) if out else None
+
+    def flush_audio(self) -> str | None:
+        tail = self._out_conv.flush()
+        return audio.b64encode_std(audio.encode_from_pcm16(tail, self._state.output_format)) if tail else None
+
+    def reset_audio(self) -> None:
+        self._out_conv.reset()
+
+    def render_item(self, item: ev.Item, status: str | None = None) -> dict[str, JSON]:
+        base: dict[str, JSON] = {"id": item.id, **self._d.item_fields}
         if isinstance(item, ev.Message):
             content: list[dict[str, JSON]] = []
             for c in item.content:
@@ -1048,20 +1157,88 @@ class OpenAIClientCodec:
             }
         return base | {"type": "function_call_output", "call_id": item.call_id, "output": item.output}
 
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _error(
+        self,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        client_event_id: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> str:
+        err: dict[str, str | None] = {
+            "type": type_,
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        }
+        return self._frame("error", error=err)
+
+    def _notice(self, code: str, message: str, param: str | None, *, count: bool = True) -> list[str]:
+        """Something the gateway approximated or ignored, never an ``error`` (the real server would have
+        taken it): counted every time, logged once per session, sent as ``rs.notice`` only to a client
+        that asked for notices (``rs_notices=1`` / ``X-RS-Notices: 1``)."""
+        if count:  # provider notices are counted by the transformer as they pass
+            NOTICES.labels(code, param or "").inc()
+        key = (code, param)
+        if key in self._noticed:
+            return []
+        self._noticed.add(key)
+        log.info("notice", extra={"sid": self.meta.sid, "code": code, "param": param})
+        if not self.meta.notices:
+            return []
+        return [self._frame("rs.notice", code=code, param=param, message=message)]
+
+    def _notes_out(self, notes: _Notes) -> list[str]:
+        return [frame for param, message in notes.items for frame in self._notice("unsupported_field", message, param)]
+
+    @staticmethod
+    def _body(frame: str | bytes) -> dict[str, JSON]:
+        msg = msgspec.json.decode(frame)
+        if not isinstance(msg, dict):  # _HEAD already accepted it as an object; keep mypy honest
+            raise _invalid_type("event", "an object")
+        return msg
+
+    def _remember(self, item: ev.Item) -> None:
+        """Store ``item`` and make it the conversation's last one."""
+        self.remember(item)
+        self._last_item_id = item.id
+
     def _item_added_frames(self, item: ev.Item, previous_item_id: str | None, *, done: bool) -> list[str]:
         """Ack of a conversation item: GA ``item.added`` (+ ``item.done``), beta ``item.created``."""
         prev = previous_item_id if previous_item_id is not None else self._last_item_id
-        wire = self._render_item(item)
-        frames = [self._frame(self._d.item_added, previous_item_id=prev, item=wire)]
-        if done and self._d.item_done is not None:
-            frames.append(self._frame(self._d.item_done, previous_item_id=prev, item=wire))
+        if prev == "root":  # the client asked for the start of the conversation: the server says null
+            prev = None
+        wire = self.render_item(item)
+        names = self._d.names
+        frames = [self._frame(names.item_added, previous_item_id=prev, item=wire)]
+        if done and names.item_done is not None:
+            frames.append(self._frame(names.item_done, previous_item_id=prev, item=wire))
         return frames
+
+    def _render_session(self, session: _Session) -> dict[str, JSON]:
+        """The session object, plus ``rs``: which provider (and model) serves it. The SDK's session types
+        accept fields they do not declare (pydantic ``extra="allow"``), so typed clients are unaffected.
+        GA's ``model`` is free text and names the model serving; beta's SDK type lists OpenAI models only,
+        so there the served model is in ``rs.model`` alone."""
+        obj = self._d.render_session(session, self._session_id)
+        rs: dict[str, JSON] = {"provider": self._provider}
+        if self.meta.notices:  # the client can see its opt-in took effect
+            rs["notices"] = True
+        if self._served_model is not None:
+            rs["model"] = self._served_model
+            if self._d.served_model_in_session:
+                obj["model"] = self._served_model
+        obj["rs"] = rs
+        return obj
 
     # -- open / resume ------------------------------------------------------------------------------
 
     def open(self) -> Out:
-        session = self._d.render_session(self._state, self._session_id)
-        return Out(wire=[self._frame("session.created", session=session)])
+        return Out(wire=[self._frame("session.created", session=self._render_session(self._state))])
 
     def resume(self, config: ev.SessionConfig | None, items: list[ev.Item]) -> None:
         """Rebuild state on a replacement transformer from the checkpoint; sends nothing.
@@ -1073,7 +1250,7 @@ class OpenAIClientCodec:
         self._in_bytes = None
         if config is not None:
             base = _Session(model=self.meta.model, voice=self._d.default_voice)
-            self._state = _session_from_config(config, base, self._d.beta)
+            self._state = _session_from_config(config, base, self._d.transcription_path)
             self._out_conv = audio.RateConverter(self._state.output_format.rate)
         for item in items:
             self._remember(item)
@@ -1154,15 +1331,9 @@ class OpenAIClientCodec:
         _only(msg, frozenset({"type", "event_id", "session"}))
         session = _obj(_required(msg, "session"), "session")
         new = self._state.copy()
-        if transcription_event:  # beta transcription_session.update
-            new.kind = "transcription"
-            table = self._d.transcription_fields
-        elif self._d.beta:
-            table = self._d.session_fields
-        else:
-            kind = _required(session, "type", "session.type")  # GA requires it (protocols.md §1.2)
-            new.kind = _enum(kind, "session.type", ("realtime", "transcription"))
-            table = self._d.session_fields if new.kind == "realtime" else self._d.transcription_fields
+        # beta transcription_session.update is its own event; otherwise the dialect reads the kind
+        new.kind = "transcription" if transcription_event else self._d.session_kind(session)
+        table = self._d.fields_by_kind[new.kind]
         for path, value in _flatten(session, self._d.session_containers):
             setter = table.get(path)
             if setter is None:
@@ -1176,7 +1347,7 @@ class OpenAIClientCodec:
                 "transcription_session.updated", session=_render_beta_transcription_session(new, self._session_id)
             )
         else:
-            reply = self._frame("session.updated", session=self._d.render_session(new, self._session_id))
+            reply = self._frame("session.updated", session=self._render_session(new))
         return Out(wire=[reply], events=[new.to_config()])
 
     def _on_transcription_session_update(self, head: _Head, frame: str | bytes) -> Out:
@@ -1188,7 +1359,7 @@ class OpenAIClientCodec:
         prev = _opt_str(msg.get("previous_item_id"), "previous_item_id")
         notes = _Notes()
         item = _parse_item(_required(msg, "item"), "item", lambda: self._ids("item"), notes, self._call_names)
-        wire = [*self._item_added_frames(item, prev, done=True), *self._notes_out(notes, head.event_id)]
+        wire = [*self._item_added_frames(item, prev, done=True), *self._notes_out(notes)]
         self._remember(item)
         return Out(wire=wire, events=[ev.ItemCreate(item=item, previous_item_id=prev)])
 
@@ -1196,10 +1367,11 @@ class OpenAIClientCodec:
         msg = self._body(frame)
         _only(msg, frozenset({"type", "event_id", "item_id"}))
         item_id = _str(_required(msg, "item_id"), "item_id")
-        item = self._items.get(item_id)
+        # an output item still streaming answers with what it holds so far, as the real server does
+        item = self._responses.current_item(item_id) or self._items.get(item_id)
         if item is None:
             raise _Reject("item_not_found", "No conversation item with this 'item_id'.", "item_id")
-        return Out(wire=[self._frame("conversation.item.retrieved", item=self._render_item(item))])
+        return Out(wire=[self._frame("conversation.item.retrieved", item=self.render_item(item))])
 
     def _on_item_truncate(self, head: _Head, frame: str | bytes) -> Out:
         msg = self._body(frame)
@@ -1231,19 +1403,22 @@ class OpenAIClientCodec:
         _only(msg, frozenset({"type", "event_id", "response"}))
         raw = msg.get("response")
         if raw is None:  # the SDK sends no "response" key when called without arguments
+            self._responses.expect(None)
             return Out(events=[ev.ResponseCreate()])
         opts: dict[str, JSON] = {}
         notes = _Notes()
         fields = self._d.response_fields
-        containers = frozenset() if self._d.beta else frozenset({"audio", "audio.output"})
-        for path, value in _flatten(_obj(raw, "response"), containers):
+        for path, value in _flatten(_obj(raw, "response"), self._d.response_containers):
             setter = fields.get(path)
             if setter is None:
                 raise _Reject("unknown_parameter", f"Unknown parameter: 'response.{path}'.", f"response.{path}")
             if value is not None:
                 setter(opts, value, f"response.{path}", self._state, notes)
+        # metadata is the gateway's to honour (echoed in response.created/.done whatever the provider):
+        # no provider needs it, and one without it would only report it
+        self._responses.expect(opts.pop("metadata", None))
         options = ev.ResponseOptions(**opts) if opts else None
-        return Out(wire=self._notes_out(notes, head.event_id), events=[ev.ResponseCreate(options=options)])
+        return Out(wire=self._notes_out(notes), events=[ev.ResponseCreate(options=options)])
 
     def _on_response_cancel(self, head: _Head, frame: str | bytes) -> Out:
         msg = self._body(frame)
@@ -1251,11 +1426,24 @@ class OpenAIClientCodec:
         # Forwarded even when no response is known here: one may be starting upstream right now.
         return Out(events=[ev.ResponseCancel(response_id=_opt_str(msg.get("response_id"), "response_id"))])
 
+    def _on_switch(self, head: _Head, frame: str | bytes) -> Out:
+        """``{"type": "rs.switch", "provider": "GEMINI", "when": "now"|"turn_end"}`` -> SwitchRequest."""
+        msg = self._body(frame)
+        _only(msg, frozenset({"type", "event_id", "provider", "when"}))
+        provider = _str(_required(msg, "provider"), "provider").lower()
+        if provider not in _SWITCH_PROVIDERS:
+            supported = ", ".join(sorted(_SWITCH_PROVIDERS))
+            raise _Reject("invalid_value", f"Invalid value for 'provider'. Supported: {supported}.", "provider")
+        when = _enum(msg.get("when", "turn_end"), "when", _SWITCH_WHEN)
+        return Out(events=[ev.SwitchRequest(provider=provider, when=when)])  # type: ignore[arg-type]
+
     # -- encode: canonical -> client --------------------------------------------------------------
 
     def encode(self, event: ev.Event) -> Out:
-        handler = self._OUTBOUND.get(type(event))
-        if handler is None:
+        handler = self._OUTBOUND.get(type(event), _NOT_DOWN)
+        if handler is None:  # deliberately nothing for the client (see the table)
+            return Out()
+        if handler is _NOT_DOWN:  # not a Down event: a caller bug, never a silent drop
             log.warning("no client mapping for event", extra={"sid": self.meta.sid, "event": type(event).__name__})
             return Out()
         try:
@@ -1264,7 +1452,11 @@ class OpenAIClientCodec:
             log.exception("encode failed", extra={"sid": self.meta.sid, "exc_type": type(exc).__name__})
             return Out()
 
-    def _nothing(self, event: ev.Event) -> Out:
+    def _out_ready(self, e: ev.SessionReady) -> Out:
+        # session.created went out in open(); the next session.updated names who serves it now. The
+        # canonical config keeps the model the client asked for: the worker maps it per provider.
+        self._provider = e.provider
+        self._served_model = e.model
         return Out()
 
     def _out_speech_started(self, e: ev.SpeechStarted) -> Out:
@@ -1280,6 +1472,8 @@ class OpenAIClientCodec:
     def _out_input_committed(self, e: ev.InputCommitted) -> Out:
         self._in_bytes = 0
         prev = e.previous_item_id if e.previous_item_id is not None else self._last_item_id
+        if prev == "root":
+            prev = None
         item = ev.Message(id=e.item_id, role="user", content=[ev.AudioContent(transcript=None)], status="completed")
         wire = [
             self._frame("input_audio_buffer.committed", previous_item_id=prev, item_id=e.item_id),
@@ -1321,273 +1515,8 @@ class OpenAIClientCodec:
             ]
         )
 
-    def _response_object(self, r: _Response, status: str, **extra: JSON) -> dict[str, JSON]:
-        s = self._state
-        obj: dict[str, JSON] = {
-            "id": r.id,
-            "object": "realtime.response",
-            "status": status,
-            "status_details": None,
-            "output": list(r.output),
-            "conversation_id": self._conversation_id,
-            "max_output_tokens": "inf" if s.max_output_tokens is None else s.max_output_tokens,
-            "metadata": None,
-            "usage": None,
-        }
-        if self._d.beta:
-            obj |= {
-                "modalities": ["text", "audio"] if "audio" in s.output_modalities else ["text"],
-                "voice": s.voice,
-                "output_audio_format": _BETA_FORMAT[s.output_format.encoding],
-                "temperature": s.temperature if s.temperature is not None else 0.8,
-            }
-        else:
-            obj |= {
-                "output_modalities": list(s.output_modalities),
-                "audio": {
-                    "output": {"format": _GA_FORMAT[s.output_format.encoding](s.output_format), "voice": s.voice}
-                },
-            }
-        return obj | extra
-
-    def _response(self, response_id: str, wire: list[str]) -> _Response | None:
-        """The open response, created (with ``response.created``) on first sight. None if already done."""
-        r = self._responses.get(response_id)
-        if r is None:
-            if response_id in self._done_responses:
-                log.debug("late event for a finished response", extra={"sid": self.meta.sid})
-                return None
-            r = self._responses[response_id] = _Response(id=response_id)
-            wire.append(self._frame("response.created", response=self._response_object(r, "in_progress")))
-        return r
-
-    def _out_response_started(self, e: ev.ResponseStarted) -> Out:
-        wire: list[str] = []
-        self._response(e.response_id, wire)
-        return Out(wire=wire)
-
-    def _open_item(
-        self, r: _Response, item_id: str, kind: str, wire: list[str], wire_item: dict[str, JSON]
-    ) -> _OutItem:
-        it = r.items[item_id] = _OutItem(item_id=item_id, output_index=len(r.items), kind=kind)
-        wire.append(
-            self._frame("response.output_item.added", response_id=r.id, output_index=it.output_index, item=wire_item)
-        )
-        wire.append(self._frame(self._d.item_added, previous_item_id=self._last_item_id, item=wire_item))
-        self._last_item_id = item_id
-        return it
-
-    def _message_item(self, r: _Response, item_id: str, wire: list[str]) -> _OutItem:
-        it = r.items.get(item_id)
-        if it is None:
-            empty = {
-                "id": item_id,
-                "object": "realtime.item",
-                "type": "message",
-                "role": "assistant",
-                "status": "in_progress",
-                "content": [],
-            }
-            it = self._open_item(r, item_id, "message", wire, empty)
-        return it
-
-    def _part_fields(self, r: _Response, it: _OutItem, part: _Part) -> dict[str, JSON]:
-        return {
-            "response_id": r.id,
-            "item_id": it.item_id,
-            "output_index": it.output_index,
-            "content_index": part.index,
-        }
-
-    def _wire_part(self, kind: str, text: str) -> dict[str, JSON]:
-        wire_type = self._d.part_types[("assistant", kind)]
-        return {"type": wire_type, "transcript": text} if kind == "audio" else {"type": wire_type, "text": text}
-
-    def _part(self, r: _Response, it: _OutItem, kind: str, wire: list[str]) -> _Part:
-        part = it.parts.get(kind)
-        if part is None:
-            part = it.parts[kind] = _Part(index=len(it.parts), kind=kind)
-            fields = self._part_fields(r, it, part)
-            wire.append(self._frame("response.content_part.added", **fields, part=self._wire_part(kind, "")))
-        return part
-
-    def _live(self, response_id: str, item_id: str, wire: list[str]) -> tuple[_Response, _OutItem] | None:
-        r = self._response(response_id, wire)
-        if r is None or r.interrupted:  # barge-in: output after the cut is not played
-            return None
-        it = self._message_item(r, item_id, wire)
-        return None if it.done else (r, it)
-
-    def _out_audio(self, e: ev.OutputAudio) -> Out:
-        wire: list[str] = []
-        live = self._live(e.response_id, e.item_id, wire)
-        if live is None:
-            return Out(wire=wire)
-        r, it = live
-        part = self._part(r, it, "audio", wire)
-        pcm = self._out_conv.convert(e.pcm, e.rate)
-        if pcm:  # the resampler may hold a few ms back; it comes out with later chunks or the flush
-            data = audio.b64encode_std(audio.encode_from_pcm16(pcm, self._state.output_format))
-            wire.append(self._frame(self._d.audio_delta, **self._part_fields(r, it, part), delta=data))
-        return Out(wire=wire)
-
-    def _out_transcript(self, e: ev.OutputTranscript) -> Out:
-        wire: list[str] = []
-        live = self._live(e.response_id, e.item_id, wire)
-        if live is None:
-            return Out(wire=wire)
-        r, it = live
-        part = self._part(r, it, "audio", wire)
-        part.chunks.append(e.delta)
-        wire.append(self._frame(self._d.transcript_delta, **self._part_fields(r, it, part), delta=e.delta))
-        return Out(wire=wire)
-
-    def _out_text(self, e: ev.OutputText) -> Out:
-        wire: list[str] = []
-        live = self._live(e.response_id, e.item_id, wire)
-        if live is None:
-            return Out(wire=wire)
-        r, it = live
-        part = self._part(r, it, "text", wire)
-        part.chunks.append(e.delta)
-        wire.append(self._frame(self._d.text_delta, **self._part_fields(r, it, part), delta=e.delta))
-        return Out(wire=wire)
-
-    def _close_part(
-        self, r: _Response, it: _OutItem, part: _Part, final: str | None, status: str, wire: list[str]
-    ) -> str:
-        text = final if final is not None else "".join(part.chunks)
-        fields = self._part_fields(r, it, part)
-        if part.kind == "audio":
-            if status == "completed":
-                tail = self._out_conv.flush()
-                if tail:
-                    data = audio.b64encode_std(audio.encode_from_pcm16(tail, self._state.output_format))
-                    wire.append(self._frame(self._d.audio_delta, **fields, delta=data))
-            else:  # cut short: what the resampler still holds belongs to audio nobody should hear
-                self._out_conv.reset()
-            wire.append(self._frame(self._d.audio_done, **fields))
-            wire.append(self._frame(self._d.transcript_done, **fields, transcript=text))
-        else:
-            wire.append(self._frame(self._d.text_done, **fields, text=text))
-        wire.append(self._frame("response.content_part.done", **fields, part=self._wire_part(part.kind, text)))
-        return text
-
-    def _close_message(
-        self, r: _Response, it: _OutItem, final: ev.Message | None, status: str, wire: list[str]
-    ) -> None:
-        finals: dict[str, str] = {}
-        for c in final.content if final is not None else ():
-            kind = "text" if isinstance(c, ev.TextContent) else "audio"
-            text = c.text if isinstance(c, ev.TextContent) else c.transcript
-            if text is not None and kind not in finals:
-                finals[kind] = text
-        # Content the provider only gave in the final item: open it and send it as one delta, so a
-        # client that builds text from deltas sees it too.
-        for kind, text in finals.items():
-            if kind not in it.parts:
-                part = self._part(r, it, kind, wire)
-                delta_type = self._d.text_delta if kind == "text" else self._d.transcript_delta
-                wire.append(self._frame(delta_type, **self._part_fields(r, it, part), delta=text))
-        content: list[ev.Content] = []
-        for part in sorted(it.parts.values(), key=lambda p: p.index):
-            text = self._close_part(r, it, part, finals.get(part.kind), status, wire)
-            content.append(ev.TextContent(text=text) if part.kind == "text" else ev.AudioContent(transcript=text))
-        item = ev.Message(id=it.item_id, role="assistant", content=content, status=status)
-        self._finish_item(r, it, item, status, wire)
-
-    def _finish_item(self, r: _Response, it: _OutItem, item: ev.Item, status: str, wire: list[str]) -> None:
-        it.done = True
-        wire_item = self._render_item(item, status)
-        if self._d.item_done is not None:
-            wire.append(self._frame(self._d.item_done, previous_item_id=None, item=wire_item))
-        wire.append(
-            self._frame("response.output_item.done", response_id=r.id, output_index=it.output_index, item=wire_item)
-        )
-        r.output.append(wire_item)
-        self._remember(item)
-
-    def _call_item(self, r: _Response, call: ev.FunctionCall, wire: list[str]) -> _OutItem:
-        it = r.items.get(call.id)
-        if it is None:
-            added = self._render_item(msgspec.structs.replace(call, arguments=""), "in_progress")
-            it = self._open_item(r, call.id, "function_call", wire, added)
-        if not it.args_done:  # canonical calls are whole: one delta with all arguments, then done
-            it.args_done = True
-            it.call = call
-            self._call_names[call.call_id] = call.name
-            common = {"response_id": r.id, "item_id": call.id, "output_index": it.output_index, "call_id": call.call_id}
-            wire.append(self._frame("response.function_call_arguments.delta", **common, delta=call.arguments))
-            named = {"name": call.name} if self._d.name_on_args_done else {}
-            wire.append(
-                self._frame("response.function_call_arguments.done", **common, **named, arguments=call.arguments)
-            )
-        return it
-
-    def _out_tool_call(self, e: ev.ToolCall) -> Out:
-        wire: list[str] = []
-        r = self._response(e.response_id, wire)
-        if r is not None:
-            call = ev.FunctionCall(id=e.item_id, call_id=e.call_id, name=e.name, arguments=e.arguments)
-            self._call_item(r, call, wire)
-        return Out(wire=wire)
-
-    def _out_output_done(self, e: ev.OutputDone) -> Out:
-        wire: list[str] = []
-        r = self._response(e.response_id, wire)
-        if r is None:
-            return Out(wire=wire)
-        item = e.item
-        if isinstance(item, ev.FunctionCall):
-            it = self._call_item(r, item, wire)
-            if not it.done:
-                self._finish_item(r, it, item, "completed", wire)
-        elif isinstance(item, ev.Message):
-            it = r.items.get(item.id) or self._message_item(r, item.id, wire)
-            if not it.done:
-                self._close_message(r, it, item, item.status or "completed", wire)
-        else:  # a FunctionCallOutput is never model output; nothing in the dialect carries it here
-            log.warning("unexpected output item kind", extra={"sid": self.meta.sid})
-        return Out(wire=wire)
-
-    def _out_response_done(self, e: ev.ResponseDone) -> Out:
-        wire: list[str] = []
-        r = self._response(e.response_id, wire)
-        if r is None:
-            return Out(wire=wire)
-        item_status = "completed" if e.status == "completed" else "incomplete"
-        for it in list(r.items.values()):  # never leave an item open: close it with what we have
-            if it.done:
-                continue
-            if it.kind == "message":
-                self._close_message(r, it, None, item_status, wire)
-            elif it.call is not None:
-                self._finish_item(r, it, it.call, item_status, wire)
-        r.output.sort(key=lambda item: r.items[item["id"]].output_index)
-        details: JSON = None
-        if e.status == "failed":
-            details = {"type": "failed", "error": {"type": "server_error", "code": e.reason or "response_failed"}}
-        elif e.status != "completed":
-            details = {"type": e.status}
-            if e.reason in _STATUS_REASONS:
-                details["reason"] = e.reason
-        usage = usage_to_openai(e.usage) if e.usage is not None else None
-        response = self._response_object(r, e.status, status_details=details, usage=usage)
-        wire.append(self._frame("response.done", response=response))
-        del self._responses[r.id]
-        self._done_responses[r.id] = None
-        while len(self._done_responses) > 64:
-            self._done_responses.popitem(last=False)
-        return Out(wire=wire)
-
-    def _out_interrupted(self, e: ev.Interrupted) -> Out:
-        targets = [self._responses[e.response_id]] if e.response_id in self._responses else []
-        if e.response_id is None:
-            targets = list(self._responses.values())
-        for r in targets:
-            r.interrupted = True
-        self._out_conv.reset()
-        return Out()
+    def _out_response(self, e: ev.Event) -> Out:
+        return Out(wire=self._responses.handle(e))
 
     def _out_rate_limits(self, e: ev.RateLimits) -> Out:
         limits = [
@@ -1610,11 +1539,19 @@ class OpenAIClientCodec:
     def _out_notice(self, e: ev.Notice) -> Out:
         if e.code in _SILENT_NOTICES:
             return Out()
-        if e.code == "unsupported_field" and e.param is not None:
-            if e.param in self._unsupported_told:
-                return Out()
-            self._unsupported_told.add(e.param)
-        return Out(wire=[self._error(e.code or "unsupported_field", e.message, param=e.param)])
+        return Out(wire=self._notice(e.code, e.message, e.param, count=False))
+
+    def _out_switched(self, e: ev.Switched) -> Out:
+        """Seed-URL clients get the seed's own ``{"type": "switch", "name": "GEMINI"}``; every OpenAI-dialect
+        client gets ``rs.switched`` (unknown types do not break the SDKs: protocols.md §1.4)."""
+        self._provider = e.to_provider
+        wire: list[str] = []
+        if self.meta.seed:
+            wire.append(self._frame("switch", name=e.to_provider.upper()))
+        wire.append(
+            self._frame("rs.switched", **{"from": e.from_provider}, to=e.to_provider, reason=e.reason, gap_ms=e.gap_ms)
+        )
+        return Out(wire=wire)
 
 
 _INBOUND_COMMON: Mapping[str, _Handler] = {
@@ -1629,29 +1566,34 @@ _INBOUND_COMMON: Mapping[str, _Handler] = {
     "conversation.item.delete": OpenAIClientCodec._on_item_delete,
     "response.create": OpenAIClientCodec._on_response_create,
     "response.cancel": OpenAIClientCodec._on_response_cancel,
+    "rs.switch": OpenAIClientCodec._on_switch,
 }
 OpenAIClientCodec._INBOUND = {
     False: _INBOUND_COMMON,  # GA: transcription sessions are session.update with session.type
     True: {**_INBOUND_COMMON, "transcription_session.update": OpenAIClientCodec._on_transcription_session_update},
 }
 
+# Every canonical Down event has a row; None = deliberately nothing for the client (the test holds the
+# table to events.DOWN_TYPES, so a new Down event cannot be dropped without a decision here).
 OpenAIClientCodec._OUTBOUND = {
-    ev.SessionReady: OpenAIClientCodec._nothing,  # session.created went out in open()
-    ev.GoAway: OpenAIClientCodec._nothing,  # the worker reconnects; OpenAI has no such event
+    ev.SessionReady: OpenAIClientCodec._out_ready,
+    ev.GoAway: None,  # the worker reconnects; OpenAI has no such event
     ev.SpeechStarted: OpenAIClientCodec._out_speech_started,
     ev.SpeechStopped: OpenAIClientCodec._out_speech_stopped,
     ev.InputCommitted: OpenAIClientCodec._out_input_committed,
     ev.InputTranscript: OpenAIClientCodec._out_input_transcript,
-    ev.ResponseStarted: OpenAIClientCodec._out_response_started,
-    ev.OutputAudio: OpenAIClientCodec._out_audio,
-    ev.OutputTranscript: OpenAIClientCodec._out_transcript,
-    ev.OutputText: OpenAIClientCodec._out_text,
-    ev.OutputDone: OpenAIClientCodec._out_output_done,
-    ev.ToolCall: OpenAIClientCodec._out_tool_call,
-    ev.ToolCallCancelled: OpenAIClientCodec._nothing,  # no OpenAI event (protocols.md §3)
-    ev.ResponseDone: OpenAIClientCodec._out_response_done,
-    ev.Interrupted: OpenAIClientCodec._out_interrupted,
+    ev.ResponseStarted: OpenAIClientCodec._out_response,
+    ev.OutputAudio: OpenAIClientCodec._out_response,
+    ev.OutputTranscript: OpenAIClientCodec._out_response,
+    ev.OutputText: OpenAIClientCodec._out_response,
+    ev.OutputDone: OpenAIClientCodec._out_response,
+    ev.ToolCall: OpenAIClientCodec._out_response,
+    ev.ToolCallCancelled: None,  # no OpenAI event (protocols.md §3)
+    ev.ResponseDone: OpenAIClientCodec._out_response,
+    # the client learns from speech_started and the cancelled response.done; the assembler stops the audio
+    ev.Interrupted: OpenAIClientCodec._out_response,
     ev.RateLimits: OpenAIClientCodec._out_rate_limits,
     ev.ProviderError: OpenAIClientCodec._out_provider_error,
     ev.Notice: OpenAIClientCodec._out_notice,
+    ev.Switched: OpenAIClientCodec._out_switched,
 }

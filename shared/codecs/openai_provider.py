@@ -130,6 +130,26 @@ def _tool_wire(tool: ev.Tool) -> tuple[JsonObj, bool]:
     return wire, ok
 
 
+def _json_value(text: str) -> object:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:  # extra values are JSON text by contract; a bare string is still a value
+        return text
+
+
+def _set_path(obj: JsonObj, path: str, value: object) -> bool:
+    """Put ``value`` at a dotted ``path``, creating objects on the way; False when a parent is not an object
+    (e.g. a transcription prompt while transcription is off)."""
+    *parents, leaf = path.split(".")
+    for key in parents:
+        child = obj.setdefault(key, {})
+        if not isinstance(child, dict):
+            return False
+        obj = child
+    obj[leaf] = value
+    return True
+
+
 def _tool_choice(choice: str) -> object:
     # canonical tool_choice is a string: the three modes, or the name of the one function to call
     return choice if choice in ("auto", "none", "required") else {"type": "function", "name": choice}
@@ -248,8 +268,14 @@ class OpenAIProviderCodec:
         session["max_output_tokens"] = cfg.max_output_tokens if cfg.max_output_tokens is not None else "inf"
         if cfg.temperature is not None:
             out.events += self._unsupported("temperature", "OpenAI Realtime GA has no temperature; ignored")
-        for key in sorted(cfg.extra):
-            out.events += self._unsupported(key, "not supported by OpenAI Realtime; ignored")
+        for key in sorted(cfg.extra):  # OpenAI-only fields go back where GA keeps them
+            value = _json_value(cfg.extra[key])
+            if key.startswith(tables.OPENAI_SESSION_TOOL_PREFIX) and isinstance(session["tools"], list):
+                session["tools"].append(value)
+                continue
+            path = tables.OPENAI_SESSION_PASSTHROUGH.get(key)
+            if path is None or not _set_path(session, path, value):
+                out.events += self._unsupported(key, "not supported by OpenAI Realtime; ignored")
         self.config = cfg
         out.wire.append(_wire({"type": "session.update", "session": session}))
         return out
@@ -485,6 +511,10 @@ class OpenAIProviderCodec:
         if o.temperature is not None:
             # Its own param: a session temperature reported earlier must not silence this one.
             out.events += self._unsupported("response.temperature", "OpenAI Realtime GA has no temperature; ignored")
+        for key in sorted(o.extra):  # OpenAI-only options (prompt, reasoning...) go as they came
+            path = tables.OPENAI_RESPONSE_PASSTHROUGH.get(key)
+            if path is None or not _set_path(r, path, _json_value(o.extra[key])):
+                out.events += self._unsupported(key, "not supported by OpenAI Realtime; ignored")
         return r
 
     def _enc_cancel(self, e: ev.ResponseCancel) -> Out:
@@ -734,6 +764,8 @@ _ENCODERS: dict[type, Callable[..., Out]] = {
     ev.ItemDelete: OpenAIProviderCodec._enc_delete,
     ev.ResponseCreate: OpenAIProviderCodec._enc_response_create,
     ev.ResponseCancel: OpenAIProviderCodec._enc_cancel,
+    # never meant for a provider (the transformer hands it to the edge); explicit, so not reported
+    ev.SwitchRequest: lambda codec, e: Out(),
 }
 
 _HANDLERS: dict[str, Callable[[OpenAIProviderCodec, JsonObj], Out]] = {

@@ -20,8 +20,10 @@ __all__ = [
     "GEMINI_TURN_COMPLETE_REASON",
     "GEMINI_VOICES",
     "OPENAI_BETA_SERVER_ALIASES",
+    "OPENAI_RESPONSE_PASSTHROUGH",
     "OPENAI_RESPONSE_STATUS",
     "OPENAI_RETRYABLE_ERRORS",
+    "OPENAI_SESSION_PASSTHROUGH",
     "OPENAI_TO_GEMINI_VOICE",
     "OPENAI_VOICES",
     "eagerness_for",
@@ -236,6 +238,40 @@ def gemini_turn_outcome(reason: str | None) -> Outcome:
 # OpenAI error.type / error.code values worth retrying (protocols.md §1.5 error).
 OPENAI_RETRYABLE_ERRORS: frozenset[str] = frozenset(
     {"server_error", "rate_limit_exceeded", "rate_limit_error", "overloaded_error", "session_expired"}
+)
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI-only fields: the client codecs carry them in SessionConfig.extra / ResponseOptions.extra as
+# {"session.<wire path>": JSON text}; the OpenAI provider codec puts them back where GA keeps them (beta
+# spellings included), every other provider reports them. key -> GA wire path (dots nest).
+
+OPENAI_SESSION_PASSTHROUGH: Mapping[str, str] = MappingProxyType(
+    {
+        "session.tracing": "tracing",
+        "session.truncation": "truncation",
+        "session.prompt": "prompt",
+        "session.include": "include",
+        "session.reasoning": "reasoning",
+        "session.parallel_tool_calls": "parallel_tool_calls",
+        "session.tool_choice": "tool_choice",  # an MCP tool choice (functions have a canonical slot)
+        "session.audio.input.noise_reduction": "audio.input.noise_reduction",
+        "session.input_audio_noise_reduction": "audio.input.noise_reduction",  # beta
+        "session.audio.input.transcription.prompt": "audio.input.transcription.prompt",
+        "session.input_audio_transcription.prompt": "audio.input.transcription.prompt",  # beta
+        "session.audio.input.transcription.keywords": "audio.input.transcription.keywords",
+        "session.audio.input.transcription.languages": "audio.input.transcription.languages",
+        "session.audio.input.transcription.delay": "audio.input.transcription.delay",
+    }
+)
+OPENAI_SESSION_TOOL_PREFIX = "session.tools["  # GA MCP tools, appended to the function tools
+
+OPENAI_RESPONSE_PASSTHROUGH: Mapping[str, str] = MappingProxyType(
+    {
+        "response.prompt": "prompt",
+        "response.reasoning": "reasoning",
+        "response.parallel_tool_calls": "parallel_tool_calls",
+        "response.tool_choice": "tool_choice",  # an MCP tool choice
+    }
 )
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import pydantic
 from google.genai import types as genai_types
+from openai._models import construct_type_unchecked
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
 from openai.types.realtime import RealtimeServerEvent as GAServerEvent
 from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
@@ -76,26 +77,50 @@ def _walk_extras(value: Any, path: str) -> Iterator[str]:
             yield from _walk_extras(v, f"{path}.{k}")
 
 
+# The gateway's own events (no SDK type): exact field sets. The SDKs parse an unknown ``type`` without
+# raising (``validate_openai`` checks that too); these are the only non-OpenAI frames an OpenAI client sees.
+RS_EVENTS: dict[str, frozenset[str]] = {
+    "rs.notice": frozenset({"type", "event_id", "code", "param", "message"}),
+    "rs.switched": frozenset({"type", "event_id", "from", "to", "reason", "gap_ms"}),
+    "switch": frozenset({"type", "event_id", "name"}),  # the seed's own announcement (seed-URL clients)
+}
+# ``session.rs``: which provider serves the session (docs/entry-points.md), tolerated by the SDK types.
+RS_SESSION_KEYS = frozenset({"provider", "model", "notices"})
+
+
+def _check_rs_event(obj: dict[str, Any], beta: bool) -> None:
+    assert set(obj) == RS_EVENTS[obj["type"]], f"{obj['type']} fields {sorted(obj)}"
+    assert all(isinstance(obj[k], str) for k in obj if k != "gap_ms" and obj[k] is not None)
+    union: Any = BetaServerEvent if beta else GAServerEvent
+    parsed = construct_type_unchecked(value=obj, type_=union)  # what the SDK connection's parse_event does
+    assert parsed.type == obj["type"]
+
+
 def validate_openai(frame: str, *, beta: bool) -> dict[str, Any]:
     """Validate one server event against the openai SDK's server event union, strictly.
 
     The SDK models allow unknown fields (``extra="allow"``), so on top of pydantic validation every
     nested model is checked for fields the SDK does not declare: a misspelt field name fails here.
-    One documented exception (protocols.md §1.4): GA ``response.content_part.*`` parts carry
-    ``output_audio``/``output_text`` on the wire while the SDK literal still says ``audio``/``text``.
+    ``response.content_part.*`` parts must say ``audio``/``text`` as the SDK literal (and the real servers)
+    do, in both dialects. The gateway's own additions are checked against :data:`RS_EVENTS` and
+    :data:`RS_SESSION_KEYS`.
     """
     obj = json.loads(frame)
+    if obj.get("type") in RS_EVENTS:
+        _check_rs_event(obj, beta)
+        return obj
     checked = obj
-    if not beta and obj.get("type") in ("response.content_part.added", "response.content_part.done"):
-        part_type = obj["part"]["type"]
-        assert part_type in ("output_audio", "output_text"), f"GA part type {part_type!r}"
-        checked = {**obj, "part": {**obj["part"], "type": part_type.removeprefix("output_")}}
+    if obj.get("type") in ("session.created", "session.updated") and "rs" in obj.get("session", {}):
+        session = dict(obj["session"])
+        rs = session.pop("rs")
+        assert set(rs) <= RS_SESSION_KEYS and isinstance(rs["provider"], str), f"session.rs {rs}"
+        checked = {**obj, "session": session}
     model = (_BETA if beta else _GA).validate_python(checked, strict=True)
     assert model.type == obj["type"], f"validated as {model.type}, sent {obj['type']}"
     extras = list(_walk_extras(model, obj["type"]))
     assert not extras, f"fields unknown to the SDK: {extras}"
     if not beta and obj["type"] in ("session.created", "session.updated") and obj["session"]["type"] == "realtime":
-        full = _RESPONSE_SESSION.validate_python(obj["session"], strict=True)
+        full = _RESPONSE_SESSION.validate_python(checked["session"], strict=True)
         assert not list(_walk_extras(full, "session")), "session has fields unknown to the SDK"
     return obj
 

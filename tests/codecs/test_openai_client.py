@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from openai.resources.beta.realtime.realtime import AsyncRealtimeConnection as BetaConnection
+from openai.resources.realtime.realtime import AsyncRealtimeConnection as GAConnection
 from openai.types.beta.realtime import SessionCreatedEvent as BetaSessionCreated
 from openai.types.realtime import SessionCreatedEvent as GASessionCreated
 
@@ -20,6 +22,7 @@ from shared import audio
 from shared import events as ev
 from shared.codecs.openai_client import OpenAIClientCodec
 from shared.codecs.registry import CLIENT_CODECS, client_codec
+from shared.metrics import NOTICES
 from tests.codecs import Checked, SeqIds, meta, read_frames, validate_openai
 
 DIALECTS = pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
@@ -32,8 +35,11 @@ NAMES = {
         "tr_done": "response.output_audio_transcript.done",
         "text_delta": "response.output_text.delta",
         "text_done": "response.output_text.done",
-        "part_audio": "output_audio",
-        "part_text": "output_text",
+        # response.content_part.* parts say audio/text in both dialects; items say output_* in GA
+        "part_audio": "audio",
+        "part_text": "text",
+        "item_audio": "output_audio",
+        "item_text": "output_text",
     },
     True: {
         "added": "conversation.item.created",
@@ -45,13 +51,16 @@ NAMES = {
         "text_done": "response.text.done",
         "part_audio": "audio",
         "part_text": "text",
+        "item_audio": "audio",
+        "item_text": "text",
     },
 }
 
 
-def make(beta: bool, model: str = "gpt-realtime") -> Checked:
+def make(beta: bool, model: str = "gpt-realtime", *, notices: bool = False, seed: bool = False) -> Checked:
     dialect = "openai_beta" if beta else "openai_ga"
-    codec = OpenAIClientCodec(meta(dialect, model), beta=beta, id_factory=SeqIds())
+    session_meta = msgspec.structs.replace(meta(dialect, model), notices=notices, seed=seed)
+    codec = OpenAIClientCodec(session_meta, beta=beta, id_factory=SeqIds())
     return Checked(codec, lambda frame: validate_openai(frame, beta=beta))
 
 
@@ -79,12 +88,15 @@ def test_validator_rejects_a_misspelt_field() -> None:
         validate_openai(good.replace('"message":"m"', '"message":"m","mesage":"m"'), beta=False)
     with pytest.raises(Exception):  # noqa: B017 - pydantic ValidationError: a required field is missing
         validate_openai('{"type":"input_audio_buffer.committed","event_id":"e"}', beta=True)
-    with pytest.raises(AssertionError, match="GA part type"):
-        validate_openai(
-            '{"type":"response.content_part.added","event_id":"e","response_id":"r","item_id":"i",'
-            '"output_index":0,"content_index":0,"part":{"type":"audio","transcript":""}}',
-            beta=False,
-        )
+    part = (
+        '{"type":"response.content_part.added","event_id":"e","response_id":"r","item_id":"i",'
+        '"output_index":0,"content_index":0,"part":{"type":"audio","transcript":""}}'
+    )
+    validate_openai(part, beta=False)
+    with pytest.raises(Exception):  # noqa: B017 - the SDK literal (and the real GA server) say "audio" there
+        validate_openai(part.replace('"audio"', '"output_audio"'), beta=False)
+    with pytest.raises(AssertionError, match=r"rs\.switched fields"):
+        validate_openai('{"type":"rs.switched","event_id":"e","from":"openai","to":"gemini"}', beta=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,9 +121,16 @@ def test_open_sends_session_created_with_the_dialect_defaults(beta: bool) -> Non
         assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
         assert session["audio"]["output"]["voice"] == "marin"
         vad = session["audio"]["input"]["turn_detection"]
-        assert vad["type"] == "server_vad" and vad["threshold"] == 0.5 and vad["silence_duration_ms"] == 500
+        # as a real gpt-realtime session.created shows them (frames/provider_openai_real_ga_session.jsonl)
+        assert vad["type"] == "server_vad" and vad["threshold"] == 0.5 and vad["silence_duration_ms"] == 200
         assert session["output_modalities"] == ["audio"] and session["max_output_tokens"] == "inf"
         assert session["tools"] == [] and session["tool_choice"] == "auto"
+        assert (session["tracing"], session["truncation"], session["prompt"], session["include"]) == (
+            None,
+            "auto",
+            None,
+            None,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,7 +468,7 @@ def test_audio_turn_has_the_full_event_skeleton_in_order(beta: bool) -> None:
     done = by_type["response.done"]["response"]
     assert done["status"] == "completed" and done["id"] == "resp_1"
     assert done["output"] == [by_type["response.output_item.done"]["item"]]
-    assert done["output"][0]["content"] == [{"type": n["part_audio"], "transcript": "Hello"}]
+    assert done["output"][0]["content"] == [{"type": n["item_audio"], "transcript": "Hello"}]
     assert done["usage"]["total_tokens"] == 30 and done["usage"]["output_token_details"]["audio_tokens"] == 15
     completed = by_type["conversation.item.input_audio_transcription.completed"]
     assert completed["transcript"] == "hi there" and completed["item_id"] == "item_u"
@@ -478,7 +497,7 @@ def test_text_response_uses_text_parts(beta: bool) -> None:
     by_type = {f["type"]: f for f in frames}
     assert by_type[n["text_done"]]["text"] == "Hi you"
     assert by_type["response.content_part.done"]["part"] == {"type": n["part_text"], "text": "Hi you"}
-    assert by_type["response.done"]["response"]["output"][0]["content"] == [{"type": n["part_text"], "text": "Hi you"}]
+    assert by_type["response.done"]["response"]["output"][0]["content"] == [{"type": n["item_text"], "text": "Hi you"}]
 
 
 def test_final_item_without_deltas_is_streamed_once() -> None:
@@ -637,8 +656,8 @@ def test_errors_notices_and_rate_limits(beta: bool) -> None:
     assert out.close is None
     fatal = codec.encode(ev.ProviderError(code="provider_unavailable", message="gone", fatal=True))
     assert errors(fatal)[0]["type"] == "server_error" and fatal.close is not None and fatal.close.code == 1011
-    (notice,) = errors(codec.encode(ev.Notice(code="unsupported_field", message="no", param="session.tracing")))
-    assert (notice["code"], notice["param"]) == ("unsupported_field", "session.tracing")
+    # a provider notice is never an error: nothing for a client that did not opt in
+    assert codec.encode(ev.Notice(code="unsupported_field", message="no", param="session.tracing")).wire == []
     assert codec.encode(ev.GoAway(time_left_ms=5000)).wire == []
     assert codec.encode(ev.SessionReady(provider="gemini")).wire == []
 
@@ -711,7 +730,8 @@ def test_audio_inside_an_item_is_reported_not_silently_dropped() -> None:
     )
     (create,) = out.events
     assert create.item.content == [ev.AudioContent(transcript="hello")]
-    assert [e["param"] for e in errors(out)] == ["item.content[0].audio", "item.content[1]"]
+    assert errors(out) == []  # the real server takes both: approximated, never an error
+    assert [json.loads(f)["type"] for f in out.wire] == ["conversation.item.added", "conversation.item.done"]
 
 
 @DIALECTS
@@ -743,16 +763,16 @@ def test_response_create_options(beta: bool) -> None:
         voice="ash",
         max_output_tokens=50,
         out_of_band=True,
-        metadata={"k": "v"},
         temperature=0.9 if beta else None,
     )
-    assert create == ev.ResponseCreate(options=expected)
+    assert create == ev.ResponseCreate(options=expected)  # metadata stays here: the codec echoes it itself
 
 
-def test_response_create_reports_unsupported_fields_and_still_creates() -> None:
+def test_response_create_passes_openai_only_fields_on_as_extra() -> None:
     out = make(False).feed('{"type":"response.create","response":{"prompt":{"id":"p"},"instructions":"x"}}')
-    assert out.events == [ev.ResponseCreate(options=ev.ResponseOptions(instructions="x"))]
-    assert [(e["code"], e["param"]) for e in errors(out)] == [("unsupported_field", "response.prompt")]
+    options = ev.ResponseOptions(instructions="x", extra={"response.prompt": '{"id":"p"}'})
+    assert out.events == [ev.ResponseCreate(options=options)]
+    assert out.wire == []
 
 
 def test_response_cancel_and_clear() -> None:
@@ -996,3 +1016,191 @@ def test_wire_head_repr_elides_audio() -> None:
 
     head = _HEAD.decode(b'{"type":"input_audio_buffer.append","audio":"QUFBQUFB"}')
     assert "QUFB" not in repr(head) and "<8 chars>" in repr(head)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every Down event has a row; state echoed as the real server does (issue 10)
+
+
+def test_every_canonical_down_event_has_a_row() -> None:
+    assert set(OpenAIClientCodec._OUTBOUND) == set(ev.DOWN_TYPES)
+    # the deliberate silences are explicit (None), and nothing else is silent
+    assert {t for t, h in OpenAIClientCodec._OUTBOUND.items() if h is None} == {ev.GoAway, ev.ToolCallCancelled}
+
+
+@DIALECTS
+def test_response_metadata_is_echoed_in_created_and_done(beta: bool) -> None:
+    codec = make(beta)
+    codec.feed(json.dumps({"type": "response.create", "response": {"metadata": {"client_event_id": "lk_7"}}}))
+    frames = codec.encode_all(
+        ev.ResponseStarted(response_id="r1"),
+        ev.OutputText(response_id="r1", item_id="it1", delta="ok"),
+        ev.ResponseDone(response_id="r1"),
+    )
+    created, done = frames[0], frames[-1]
+    assert created["type"] == "response.created" and done["type"] == "response.done"
+    assert created["response"]["metadata"] == done["response"]["metadata"] == {"client_event_id": "lk_7"}
+    codec.feed('{"type":"response.create"}')
+    assert codec.encode_all(ev.ResponseStarted(response_id="r2"))[0]["response"]["metadata"] is None
+
+
+@DIALECTS
+def test_previous_item_id_is_null_at_the_root(beta: bool) -> None:
+    codec = make(beta)
+    frames = codec.encode_all(ev.InputCommitted(item_id="item_u"))
+    assert [f["previous_item_id"] for f in frames] == [None] * len(frames)
+    out = codec.feed(
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "previous_item_id": "root",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "first"}]},
+            }
+        )
+    )
+    assert json.loads(out.wire[0])["previous_item_id"] is None
+    assert out.events[0].previous_item_id == "root"  # the provider still inserts it at the start
+
+
+@DIALECTS
+def test_retrieve_of_an_item_still_streaming_answers_with_its_current_state(beta: bool) -> None:
+    n = NAMES[beta]
+    codec = make(beta)
+    codec.encode_all(
+        ev.ResponseStarted(response_id="r1"),
+        ev.OutputTranscript(response_id="r1", item_id="it1", delta="Once upon"),
+    )
+    codec.feed('{"type":"conversation.item.retrieve","item_id":"it1"}')
+    item = codec.frames[-1]["item"]
+    assert codec.frames[-1]["type"] == "conversation.item.retrieved"
+    assert (item["status"], item["content"]) == ("in_progress", [{"type": n["item_audio"], "transcript": "Once upon"}])
+
+
+@DIALECTS
+def test_truncate_of_an_item_still_streaming_is_acked_and_forwarded(beta: bool) -> None:
+    codec = make(beta)
+    codec.encode_all(ev.OutputAudio(response_id="r1", item_id="it1", pcm=b"\1\0" * 2400, rate=24_000))
+    out = codec.feed('{"type":"conversation.item.truncate","item_id":"it1","content_index":0,"audio_end_ms":40}')
+    assert out.events == [ev.ItemTruncate(item_id="it1", content_index=0, audio_end_ms=40)]
+    assert codec.frames[-1]["type"] == "conversation.item.truncated" and errors(out) == []
+
+
+@DIALECTS
+def test_content_parts_say_audio_and_text_in_both_dialects(beta: bool) -> None:
+    codec = make(beta)
+    frames = codec.encode_all(
+        ev.OutputTranscript(response_id="r1", item_id="a", delta="x"),
+        ev.OutputText(response_id="r1", item_id="b", delta="y"),
+        ev.ResponseDone(response_id="r1"),
+    )
+    parts = [f["part"]["type"] for f in frames if f["type"].startswith("response.content_part.")]
+    assert parts == ["audio", "text", "audio", "text"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Notices: approximate or ignore, count, log once, rs.notice only when asked (issue 10)
+
+
+def _notice_count(code: str, param: str) -> float:
+    return NOTICES.labels(code, param)._value.get()  # type: ignore[attr-defined]
+
+
+@DIALECTS
+def test_a_per_response_option_equal_to_the_sessions_is_simply_the_session(beta: bool) -> None:
+    codec = make(beta)
+    same = {"modalities": ["text", "audio"], "voice": "alloy"} if beta else {"output_modalities": ["audio"]}
+    out = codec.feed(json.dumps({"type": "response.create", "response": same}))
+    assert out.events == [ev.ResponseCreate()] and out.wire == []
+    other = {"modalities": ["text"]} if beta else {"output_modalities": ["text"]}
+    (create,) = codec.feed(json.dumps({"type": "response.create", "response": other})).events
+    assert create.options == ev.ResponseOptions(output_modalities=["text"])
+
+
+@pytest.mark.parametrize("notices", [False, True], ids=["quiet", "rs_notices"])
+def test_unhonoured_fields_are_counted_and_noticed_only_when_asked(notices: bool) -> None:
+    codec = make(False, notices=notices)
+    param = "response.audio.output.format"
+    before = _notice_count("unsupported_field", param)
+    response = {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}
+    frame = json.dumps({"type": "response.create", "response": response})
+    first, second = codec.feed(frame), codec.feed(frame)
+    assert errors(first) == errors(second) == []
+    assert _notice_count("unsupported_field", param) == before + 2  # counted every time
+    shown = [json.loads(f) for f in first.wire + second.wire]
+    if notices:  # once per session
+        assert [(f["type"], f["code"], f["param"]) for f in shown] == [("rs.notice", "unsupported_field", param)]
+    else:
+        assert shown == []
+    provider = codec.encode(ev.Notice(code="unsupported_field", message="no", param="transcription_model"))
+    again = codec.encode(ev.Notice(code="unsupported_field", message="no", param="transcription_model"))
+    assert [json.loads(f)["param"] for f in provider.wire + again.wire] == (["transcription_model"] if notices else [])
+    assert codec.encode(ev.Notice(code="reconnect_required", message="r")).wire == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Which provider serves the session (issue 10 item 4)
+
+
+@DIALECTS
+def test_the_session_names_its_provider_and_the_model_serving_it(beta: bool) -> None:
+    codec = make(beta, model="gpt-realtime")
+    created = json.loads(codec.open().wire[0])
+    assert created["session"]["rs"] == {"provider": "openai"}
+    codec.encode(ev.SessionReady(provider="gemini", model="gemini-live-2.5-flash"))
+    updated = json.loads(codec.feed(session_update(beta, instructions="x")).wire[0])
+    assert updated["session"]["rs"] == {"provider": "gemini", "model": "gemini-live-2.5-flash"}
+    # GA's session.model is free text; beta's SDK type lists OpenAI models only
+    assert updated["session"]["model"] == ("gpt-realtime" if beta else "gemini-live-2.5-flash")
+    sdk_type = BetaSessionCreated if beta else GASessionCreated
+    parsed = sdk_type.model_validate(created)  # the SDK's own type takes the extra field
+    assert (parsed.session.model_extra or {})["rs"] == {"provider": "openai"}
+
+
+# --------------------------------------------------------------------------------------------------
+# rs.switch / Switched (issue 11)
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ('{"type":"rs.switch","provider":"GEMINI","when":"now"}', ev.SwitchRequest(provider="gemini", when="now")),
+        ('{"type":"rs.switch","provider":"openai"}', ev.SwitchRequest(provider="openai", when="turn_end")),
+        ('{"type":"rs.switch","provider":"Gemini","when":"turn_end"}', ev.SwitchRequest(provider="gemini")),
+    ],
+)
+@DIALECTS
+def test_rs_switch_becomes_a_switch_request(beta: bool, frame: str, expected: ev.SwitchRequest) -> None:
+    out = make(beta).feed(frame)
+    assert out.events == [expected] and out.wire == []
+
+
+@pytest.mark.parametrize(
+    ("frame", "param"),
+    [
+        ('{"type":"rs.switch","provider":"MARS"}', "provider"),
+        ('{"type":"rs.switch","provider":7}', "provider"),
+        ('{"type":"rs.switch"}', "provider"),
+        ('{"type":"rs.switch","provider":"GEMINI","when":"later"}', "when"),
+        ('{"type":"rs.switch","provider":"GEMINI","now":true}', "now"),
+    ],
+)
+def test_a_malformed_rs_switch_is_an_invalid_request_error(frame: str, param: str) -> None:
+    out = make(False).feed(frame)
+    (err,) = errors(out)
+    assert (err["type"], err["param"]) == ("invalid_request_error", param) and out.events == []
+
+
+@pytest.mark.parametrize("seed", [False, True], ids=["openai-url", "seed-url"])
+@DIALECTS
+def test_switched_is_announced_in_the_dialect(beta: bool, seed: bool) -> None:
+    codec = make(beta, seed=seed)
+    out = codec.encode(ev.Switched(from_provider="openai", to_provider="gemini", reason="manual", gap_ms=120))
+    frames = [json.loads(f) for f in out.wire]
+    expected: list[dict[str, Any]] = [{"type": "switch", "name": "GEMINI"}] if seed else []
+    expected.append({"type": "rs.switched", "from": "openai", "to": "gemini", "reason": "manual", "gap_ms": 120})
+    assert [{k: v for k, v in f.items() if k != "event_id"} for f in frames] == expected
+    # the SDK connection parses unknown event types without raising, keeping their type
+    parse = (BetaConnection if beta else GAConnection).parse_event
+    assert [parse(None, f).type for f in out.wire] == [f["type"] for f in frames]  # type: ignore[arg-type]
+    updated = json.loads(codec.feed(session_update(beta, instructions="x")).wire[0])
+    assert updated["session"]["rs"] == {"provider": "gemini"}

@@ -10,11 +10,16 @@ import json
 from pathlib import Path
 
 import pytest
+from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
 
 from shared import events as ev
 from shared.audio import b64decode_any, dominant_hz, tone
+from shared.codecs.base import Out
+from shared.codecs.openai_client import OpenAIClientCodec
 from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.session import SessionMeta
+from tests.codecs import Checked, SeqIds, validate_openai
+from tests.codecs import meta as client_meta
 
 FRAMES = Path(__file__).parent / "frames"
 META = SessionMeta(sid="s1", account="acct", client_session_id="c1", dialect="gemini", provider="openai")
@@ -643,3 +648,159 @@ def test_client_audio_formats_never_reach_openai() -> None:
     # ...while a real change still goes out.
     [update] = wire(codec.encode(ev.SessionConfig(instructions="b", **formats)).wire)
     assert update["session"]["instructions"] == "b"
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI-only fields pass through to OpenAI (issue 10)
+
+
+def test_openai_only_session_fields_go_back_where_ga_keeps_them() -> None:
+    config = ev.SessionConfig(
+        input_transcription=True,
+        extra={
+            "session.tracing": '"auto"',
+            "session.truncation": '{"type":"retention_ratio","retention_ratio":0.5}',
+            "session.include": '["item.input_audio_transcription.logprobs"]',
+            "session.input_audio_noise_reduction": '{"type":"near_field"}',  # beta spelling
+            "session.audio.input.transcription.prompt": '"names: Oslo"',
+            "session.tools[0]": '{"type":"mcp","server_label":"x","server_url":"https://example.invalid"}',
+            "session.type": '"transcription"',  # no GA upstream equivalent here: reported
+        },
+    )
+    codec = OpenAIProviderCodec(META, "gpt-realtime")
+    out = codec.connect(config, [])
+    (update,) = wire(out.wire)
+    session = update["session"]
+    assert session["tracing"] == "auto"
+    assert session["truncation"] == {"type": "retention_ratio", "retention_ratio": 0.5}
+    assert session["include"] == ["item.input_audio_transcription.logprobs"]
+    assert session["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+    assert session["audio"]["input"]["transcription"]["prompt"] == "names: Oslo"
+    assert session["tools"] == [{"type": "mcp", "server_label": "x", "server_url": "https://example.invalid"}]
+    assert [(e.code, e.param) for e in out.events if isinstance(e, ev.Notice)] == [
+        ("unsupported_field", "session.type")
+    ]
+    RealtimeSessionCreateRequest.model_validate(session)  # still a session the SDK (and OpenAI) accepts
+
+
+def test_a_transcription_prompt_without_transcription_is_reported_not_sent() -> None:
+    config = ev.SessionConfig(extra={"session.audio.input.transcription.prompt": '"p"'})
+    out = OpenAIProviderCodec(META, "gpt-realtime").connect(config, [])
+    assert wire(out.wire)[0]["session"]["audio"]["input"]["transcription"] is None
+    assert [e.param for e in out.events if isinstance(e, ev.Notice)] == ["session.audio.input.transcription.prompt"]
+
+
+def test_openai_only_response_options_are_passed_through() -> None:
+    codec = make()
+    options = ev.ResponseOptions(
+        extra={"response.prompt": '{"id":"pmpt_1"}', "response.parallel_tool_calls": "false", "response.x": "1"}
+    )
+    out = codec.encode(ev.ResponseCreate(options=options))
+    (create,) = wire(out.wire)
+    assert create["response"] == {"prompt": {"id": "pmpt_1"}, "parallel_tool_calls": False}
+    assert [e.param for e in out.events if isinstance(e, ev.Notice)] == ["response.x"]
+
+
+# --------------------------------------------------------------------------------------------------
+# REAL OpenAI traffic (headers of the frame files name the public source: repository, path, commit)
+
+REAL = ("real_ga_session", "real_ga_response_end", "real_beta_text")
+
+
+def real_frames(name: str) -> list[bytes]:
+    return [line for line in frames(name) if line and not line.startswith(b"#")]
+
+
+def test_real_frames_differ_from_the_sdk_types_only_where_known() -> None:
+    """What real servers send beyond the SDK's types (the facts the codecs must tolerate): GA transcript
+    deltas carry ``obfuscation`` and GA sessions ``expires_at``; nothing else is unknown."""
+    unknown: set[str] = set()
+    for name in REAL:
+        for line in real_frames(name):
+            try:
+                validate_openai(line.decode(), beta="beta" in name)
+            except AssertionError as exc:
+                unknown.add(str(exc).split(": ", 1)[1])
+    assert unknown == {
+        "['session.created.session.expires_at']",
+        "['session.updated.session.expires_at']",
+        "['response.output_audio_transcript.delta.obfuscation']",
+    }
+
+
+@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("beta", [False, True], ids=["ga-client", "beta-client"])
+def test_real_traffic_through_both_codecs_gives_frames_the_sdk_accepts(name: str, beta: bool) -> None:
+    """Real server frames -> provider codec -> canonical -> client codec: every client frame validates
+    strictly against the SDK's types (Checked), with nothing the provider codec could not read."""
+    provider = make()
+    events = feed_all(provider, real_frames(name))
+    assert not [e for e in events if isinstance(e, ev.Notice)], events
+    client = Checked(
+        OpenAIClientCodec(client_meta("openai_beta" if beta else "openai_ga"), beta=beta, id_factory=SeqIds()),
+        lambda frame: validate_openai(frame, beta=beta),
+    )
+    client.open()
+    for event in events:
+        client.encode(event)
+    assert len(client.frames) > len(events)
+
+
+def test_real_ga_session_maps_to_the_canonical_turns() -> None:
+    events = feed_all(make(), real_frames("real_ga_session"))
+    assert [type(e).__name__ for e in events] == [
+        "SessionReady",
+        "SpeechStarted",
+        "SpeechStopped",
+        "InputCommitted",
+        "ResponseStarted",
+        "OutputTranscript",
+        "RateLimits",
+        "SpeechStarted",
+        "Interrupted",  # the user spoke over the story: server VAD cuts the response in flight
+        "SpeechStopped",
+        "InputCommitted",
+        "ResponseStarted",
+        "OutputTranscript",
+    ]
+    committed = [e for e in events if isinstance(e, ev.InputCommitted)]
+    assert [c.previous_item_id for c in committed] == [None, "item_Ct1OZd4ZkrcbhoRueeC2O"]
+
+
+def test_real_beta_text_response_keeps_the_clients_metadata() -> None:
+    """The real beta server echoed the client's response.create metadata in response.created and
+    response.done; the gateway does the same whatever the provider."""
+    events = feed_all(make(), real_frames("real_beta_text"))
+    done = next(e for e in events if isinstance(e, ev.OutputDone)).item
+    assert isinstance(done, ev.Message) and done.content[0].text.startswith('{\n  "word": "pending"')
+    client = Checked(
+        OpenAIClientCodec(client_meta("openai_beta"), beta=True, id_factory=SeqIds()),
+        lambda frame: validate_openai(frame, beta=True),
+    )
+    metadata = {"request_id": "a68f767f-0d18-4494-9012-f113cf16d43a"}
+    client.feed(json.dumps({"type": "response.create", "response": {"modalities": ["text"], "metadata": metadata}}))
+    frames_out = client.encode_all(*events)
+    assert frames_out[0]["type"] == "response.created" and frames_out[-1]["type"] == "response.done"
+    assert frames_out[0]["response"]["metadata"] == frames_out[-1]["response"]["metadata"] == metadata
+    assert frames_out[-1]["response"]["usage"]["total_tokens"] == 151
+
+
+def test_every_up_event_has_an_encoder_row() -> None:
+    from shared.codecs.openai_provider import _ENCODERS
+
+    assert set(_ENCODERS) == set(ev.UP_TYPES)
+    assert make().encode(ev.SwitchRequest(provider="gemini")) == Out()
+
+
+@pytest.mark.parametrize(("name", "beta"), [("real_ga_response_end", False), ("real_beta_text", True)])
+def test_items_the_client_sees_have_the_real_servers_fields(name: str, beta: bool) -> None:
+    """GA items carry no ``object`` (beta ones do), exactly as in the real captures."""
+    lines = real_frames(name)
+    real = next(json.loads(x) for x in lines if json.loads(x)["type"] == "response.output_item.done")["item"]
+    client = Checked(
+        OpenAIClientCodec(client_meta("openai_beta" if beta else "openai_ga"), beta=beta, id_factory=SeqIds()),
+        lambda frame: validate_openai(frame, beta=beta),
+    )
+    ours = [f for f in client.encode_all(*feed_all(make(), lines)) if f["type"] == "response.output_item.done"]
+    assert set(ours[0]["item"]) == set(real)
+    assert ours[0]["item"]["content"] == real["content"]

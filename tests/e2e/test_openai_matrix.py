@@ -3,15 +3,18 @@
 Every pair runs, through the four real processes and the fakes:
 
 1. a spoken turn detected by server VAD (speech_started/stopped, committed, input transcription, answer);
-2. a text turn with per-response options (honoured, or an ``unsupported_field`` error naming each one);
+2. a text turn with per-response options (honoured, or an ``rs.notice`` naming each one: never an ``error``);
 3. tool calls answered by the client, with a JSON and a non-JSON output;
 4. a barge-in on a slow response (cancelled ``turn_detected``), then ``conversation.item.truncate``;
 5. a configuration change mid-session (Gemini: a reconnect inside the gateway, invisible to the client);
 6. G.711 mu-law and A-law in and out.
 
 Every server frame of every test is checked, from its raw JSON, against the SDK's pydantic server event
-union with no field unknown to the SDK (``tests.codecs.validate_openai``); ``test_raw_socket_frames`` also
-drives a plain WebSocket, without the SDK in between.
+union with no field unknown to the SDK (``tests.codecs.validate_openai``; the gateway's own ``rs.*`` events
+against their own field sets); ``test_raw_socket_frames`` also drives a plain WebSocket, without the SDK in
+between. Any ``error`` event fails: the gateway sends one only for what OpenAI itself would refuse. The SDK
+sessions opt in to notices (``rs_notices=1``); when the edge honours it (``session.rs.notices``), every field
+the provider could not honour is named by one ``rs.notice``, else none is sent.
 
 What the fakes "hear" (services/fakes/common.py): user audio as its duration (``audio 1.0s``), and a server
 VAD segment as the speech plus the prefix padding and the silence that ended it (so a 1 s tone with a
@@ -42,7 +45,7 @@ from shared.codecs import tables
 
 from ..codecs import validate_openai
 from ..conftest import RunningStack
-from .helpers import API_KEY, TIMEOUT_S, WARNING_CODES, b64, dominant_hz, tone, unb64
+from .helpers import API_KEY, TIMEOUT_S, b64, dominant_hz, tone, unb64
 
 pytestmark = pytest.mark.e2e
 
@@ -132,15 +135,25 @@ class Dialect:
         return {"type": "realtime", "instructions": instructions, "audio": {"output": {"voice": voice}}}
 
     def options(self, instructions: str) -> tuple[dict[str, Any], set[str]]:
-        """Per-response options, and the params the gateway must name as unsupported whatever the provider.
+        """Per-response options, and the params the gateway must name as unhonoured whatever the provider.
 
         A per-response output format differing from the session's cannot be honoured (one output format
-        per session); beta's ``temperature`` has no place in OpenAI GA (the upstream) nor Gemini Live.
+        per session); beta's ``temperature`` has no place in OpenAI GA (the upstream) nor Gemini Live. The
+        session's own modalities repeated per response (as Pipecat does) are simply the session's: no notice.
         """
         if self.beta:
-            opts = {"instructions": instructions, "temperature": 0.7, "output_audio_format": "g711_ulaw"}
+            opts = {
+                "instructions": instructions,
+                "temperature": 0.7,
+                "output_audio_format": "g711_ulaw",
+                "modalities": ["text", "audio"],
+            }
             return opts, {"response.output_audio_format", "response.temperature"}
-        opts = {"instructions": instructions, "audio": {"output": {"format": {"type": "audio/pcmu"}}}}
+        opts = {
+            "instructions": instructions,
+            "audio": {"output": {"format": {"type": "audio/pcmu"}}},
+            "output_modalities": ["audio"],
+        }
         return opts, {"response.audio.output.format"}
 
 
@@ -159,7 +172,7 @@ BETA = Dialect(
     item_added="conversation.item.created",
 )
 DIALECTS = {False: GA, True: BETA}
-# Session fields each provider cannot honour, as the client is told (param of the unsupported_field error):
+# Session fields each provider cannot honour, as the client is told (param of the rs.notice):
 # OpenAI GA (the upstream) has no temperature; Gemini Live has no choice of transcription model.
 SESSION_WARNINGS: dict[tuple[bool, str], set[str]] = {
     (False, "openai"): set(),
@@ -183,8 +196,7 @@ class Client:
     """Receives raw frames, validates each strictly against the SDK's union, then parses it as the SDK does.
 
     ``recv_text`` is the transport (the SDK connection's ``recv_bytes`` or a plain socket). An ``error`` event
-    fails the test unless it is a warning naming a field (``unsupported_field`` + ``param``): those are
-    collected in ``warnings``.
+    fails the test; the params of ``rs.notice`` events are collected in ``warnings``.
     """
 
     d: Dialect
@@ -196,12 +208,14 @@ class Client:
     async def recv(self) -> Any:
         raw = await self.recv_text()
         text = raw.decode() if isinstance(raw, bytes) else raw
-        validate_openai(text, beta=self.d.beta)
+        obj = validate_openai(text, beta=self.d.beta)
         self.received += 1
-        event = self.parse(text)
-        if event.type == "error":
-            assert event.error.code in WARNING_CODES and event.error.param, f"error event: {event}"
-            self.warnings.append(event.error.param)
+        event = self.parse(text)  # the SDK's parse: an rs.* type parses too, keeping its type
+        assert event.type == obj["type"]
+        assert event.type != "error", f"error event: {event}"
+        if obj["type"] == "rs.notice":
+            assert obj["code"] and obj["message"], obj
+            self.warnings.append(obj["param"])
         return event
 
     async def until(self, event_type: str, timeout: float = TIMEOUT_S) -> list[Any]:
@@ -219,6 +233,10 @@ class SdkSession:
     conn: Any
     client: Client
     d: Dialect
+    notices: bool  # the edge honoured rs_notices=1 (session.rs.notices): unhonoured fields are named
+
+    def expect_warnings(self, params: set[str]) -> set[str]:
+        return params if self.notices else set()
 
     async def configure(self, session: dict[str, Any]) -> Any:
         await self.conn.session.update(session=session)
@@ -242,11 +260,13 @@ async def sdk_session(running: RunningStack, provider: str, beta: bool) -> Async
     d = DIALECTS[beta]
     openai_client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"{running.ws_base}/v1")
     connect = openai_client.beta.realtime.connect if beta else openai_client.realtime.connect
-    async with connect(model=d.model, extra_query={"rs_core": provider}) as conn:
+    async with connect(model=d.model, extra_query={"rs_core": provider, "rs_notices": "1"}) as conn:
         client = Client(d, conn.recv_bytes, conn.parse_event)
         created = await asyncio.wait_for(client.recv(), TIMEOUT_S)
         assert created.type == "session.created"
-        yield SdkSession(conn, client, d)
+        rs = (created.session.model_extra or {})["rs"]  # the SDK keeps the gateway's field
+        assert rs["provider"] == provider
+        yield SdkSession(conn, client, d, notices=rs.get("notices", False))
 
 
 def _user_text(text: str) -> dict[str, Any]:
@@ -335,18 +355,23 @@ async def _spoken_vad_turn(s: SdkSession, n: int) -> None:
 
 
 async def _options_turn(s: SdkSession, running: RunningStack, provider: str, n: int, marker: str) -> None:
-    """Per-response options: honoured by the provider, or named in an ``unsupported_field`` error."""
+    """Per-response options: honoured by the provider, or named in an ``rs.notice``."""
     d = s.d
     instructions = f"Be brief {marker}"
     options, unsupported = d.options(instructions)
+    metadata = {"client_event_id": f"lk_{marker}"}  # LiveKit finds its reply by this
+    options = {**options, "metadata": metadata}
     if provider == "gemini":  # Gemini Live has no per-response instructions
         unsupported = unsupported | {"response.instructions"}
     before = len(s.client.warnings)
     events = await s.say(f"options {marker}", options)
-    assert set(s.client.warnings[before:]) == unsupported
+    assert set(s.client.warnings[before:]) == s.expect_warnings(unsupported)
     assert _transcripts(d, events) == [f"turn {n}: options {marker}"]
     _assert_tone(_audio(d, events), RATE)  # the session's format, not the per-response one
     assert events[-1].response.status == "completed"
+    created = _of(events, "response.created")
+    assert [c.response.metadata for c in created] == [metadata]
+    assert events[-1].response.metadata == metadata and events[-1].response.id == created[0].response.id
     if provider == "openai":  # the instructions reached the provider with this response only
         fake = await _fake_session(
             running, provider, marker, lambda f: f"options {marker}" in json.dumps(f["response_log"])
@@ -486,7 +511,7 @@ async def test_session_scenario(running: RunningStack, provider: str, beta: bool
 
         await _spoken_vad_turn(s, 1)
         # Session-level fields the provider cannot take are named, never dropped silently.
-        assert set(s.client.warnings) == SESSION_WARNINGS[beta, provider]
+        assert set(s.client.warnings) == s.expect_warnings(SESSION_WARNINGS[beta, provider])
 
         await _options_turn(s, running, provider, 2, marker)
         await _tool_turn(
