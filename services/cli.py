@@ -94,7 +94,7 @@ def dev(argv: list[str]) -> None:
     # its provider real exactly like an exported one.
     base_env = {**dotenv, **os.environ}
     logs = args.logs or Path(tempfile.gettempdir()) / f"rtswitch-dev-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    stack = Stack(logs, base_env=base_env)
+    stack = Stack(logs, base_env=base_env, auto_switch=True)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -178,6 +178,7 @@ class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
 class AssignReply(msgspec.Struct, frozen=True, kw_only=True):
     instance: str
     boot: str = ""  # this process incarnation: a restarted instance under the same name is another one
+    providers: list[str] = []  # a worker's providers: whether it can switch a session itself
     ok: bool = True
     error: str | None = None
 

@@ -266,13 +266,20 @@ class Proc:
 class Stack:
     """Processes started for one run; ``stop()`` ends all of them, newest first."""
 
-    def __init__(self, workdir: Path | None = None, *, base_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, base_env: Mapping[str, str] | None = None, auto_switch: bool = False
+    ) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="rtswitch-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
         self.env: dict[str, str] = dict(os.environ if base_env is None else base_env)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
+        if not auto_switch:
+            # Test, bench and chaos stacks measure and count per provider: a session the policy moved to the
+            # other provider (a slow turn on a loaded machine) would look lost. Tests of the switch, and
+            # ``rtswitch dev``, turn it on (RS_AUTO_SWITCH, on by default in the product).
+            self.env.setdefault("RS_AUTO_SWITCH", "false")
         root = str(Path(__file__).resolve().parents[2])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH", "")) if p)
         self.nats_url = ""

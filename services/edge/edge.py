@@ -331,6 +331,7 @@ class Edge:
                 await self._refuse_in_dialect(None, ws, meta.dialect, "service_unavailable", str(exc))
                 return
             live.transformer, live.worker = transformer.instance, worker.instance
+            self.worker_providers[worker.instance] = tuple(worker.providers)  # before its first beat reaches us
             ASSIGN_SECONDS.observe(time.perf_counter() - started)
             self.sessions[sid] = live
             self.liveness.attach(sid, {
@@ -514,6 +515,7 @@ class Edge:
             live.meta = meta
             if role == "worker":
                 live.worker, live.worker_epoch = instance, epoch
+                self.worker_providers[instance] = tuple(reply.providers)
             else:
                 live.transformer, live.transformer_epoch = instance, epoch
             if self.sessions.get(sid) is live:

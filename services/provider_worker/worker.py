@@ -221,7 +221,8 @@ class ProviderWorker:
             await self.nc.subscribe(Subjects.ctl(sid), cb=functools.partial(self._on_ctl, session)),
         ]
         await self.nc.flush()
-        await msg.respond(bus.encode(bus.AssignReply(instance=self.instance, boot=BOOT)))
+        reply = bus.AssignReply(instance=self.instance, boot=BOOT, providers=list(self.providers))
+        await msg.respond(bus.encode(reply))
         # The resume runs in the session's task: the edge is answered as soon as the session is ours.
         session.task = asyncio.create_task(self._start(session, req.resume))
         log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "provider": req.meta.provider})

@@ -1,0 +1,318 @@
+"""The switch: a live conversation moves between providers, by hand and by policy, through the four real
+processes and both fakes. The history must reach the new provider (its fake's /debug/sessions) and the
+fakes' ``turn <n>`` count, which counts the user turns the provider holds, must go on.
+
+Its own stack: fault knobs on the fakes and the fleet breaker would otherwise reach other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import websockets
+from openai import AsyncOpenAI
+
+from services.dev.stack import Stack, free_port
+from services.fakes.common import debug_sessions, reset_knobs, set_knobs
+
+from ..conftest import Infra
+from .helpers import API_KEY, GEMINI_WS_PATH, TIMEOUT_S, seed_url
+
+pytestmark = pytest.mark.e2e
+
+OTHER = {"openai": "gemini", "gemini": "openai"}
+
+
+@dataclass
+class SwitchStack:
+    stack: Stack
+    edge_port: int
+    admin_port: int
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.edge_port}"
+
+    def fake_port(self, provider: str) -> int:
+        return self.stack.fake_ports[provider]
+
+
+@pytest.fixture(scope="module")
+def switching(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchStack]:
+    stack = Stack(tmp_path_factory.mktemp("switch"), auto_switch=True)
+    stack.env["REDIS_URL"] = infra.redis_url
+    try:
+        stack.start_nats()  # a bus of its own: the breaker state travels on it
+        stack.start_fakes()
+        port, admin = free_port(), free_port()
+        stack.env.update({
+            "PORT": str(port), "HOST": "127.0.0.1", "RS_ADMIN_PORT": str(admin),
+            "SWITCH_LATENCY_THRESHOLD_MS": "300", "SWITCH_FAILURE_COUNT": "2", "RS_STALL_MS": "800",
+            # Short enough for a test to see a breaker open and close, long enough not to flap within one.
+            "RS_BREAKER_SESSIONS": "3", "RS_BREAKER_WINDOW_S": "20", "RS_BREAKER_OPEN_S": "15",
+            "RS_SWITCH_COOLDOWN_S": "30", "RS_SWITCH_MIN_DWELL_S": "0",
+        })
+        for command, instance in (
+            ("checkpoint", "sw-ckpt"), ("transformer", "sw-tr"), ("provider-worker", "sw-wk"), ("edge", "sw-edge"),
+        ):
+            stack.start_instance(command, instance)
+        yield SwitchStack(stack, port, admin)
+    finally:
+        stack.stop()
+
+
+def _marker() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def _fake_session(port: int, marker: str, *, min_items: int) -> dict[str, Any]:
+    """The fake's open upstream session holding ``marker`` with at least ``min_items`` items."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            for session in await debug_sessions(port, include_closed=True):
+                texts = " ".join(str(item.get("text") or "") for item in session["items"])
+                if marker in texts and len(session["items"]) >= min_items:
+                    return session
+            await asyncio.sleep(0.05)
+
+
+def _user_texts(session: dict[str, Any]) -> list[str]:
+    return [str(i.get("text")) for i in session["items"] if i.get("role") == "user"]
+
+
+# -- Gemini dialect -------------------------------------------------------------------------------
+
+
+async def _gemini_connect(fs: SwitchStack, provider: str, client_sid: str) -> websockets.ClientConnection:
+    url = f"{fs.ws_base}{GEMINI_WS_PATH}?key={API_KEY}&rs_core={provider}&rs_u_sessid={client_sid}&rs_notices=1"
+    ws = await websockets.connect(url, max_size=None)
+    await ws.send(json.dumps({"setup": {
+        "model": "models/gemini-live-2.5-flash-preview",
+        "generationConfig": {"responseModalities": ["AUDIO"]},
+        "outputAudioTranscription": {},
+        "realtimeInputConfig": {"automaticActivityDetection": {"disabled": True}},
+    }}))
+    assert "setupComplete" in json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+    return ws
+
+
+async def _gemini_say(ws: websockets.ClientConnection, text: str) -> tuple[str, list[dict[str, Any]]]:
+    """One text turn: its transcript, and every other top-level message seen meanwhile."""
+    await ws.send(json.dumps({"clientContent": {
+        "turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": True}}))
+    transcript: list[str] = []
+    others: list[dict[str, Any]] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            msg = json.loads(await ws.recv())
+            content = msg.get("serverContent")
+            if content is None:
+                others.append(msg)
+                continue
+            if "outputTranscription" in content:
+                transcript.append(content["outputTranscription"]["text"])
+            if content.get("turnComplete"):
+                return "".join(transcript), others
+
+
+async def _gemini_until(ws: websockets.ClientConnection, key: str) -> dict[str, Any]:
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            msg = json.loads(await ws.recv())
+            if key in msg:
+                return msg
+
+
+@pytest.mark.parametrize("start", ["openai", "gemini"])
+async def test_gemini_dialect_manual_switch_keeps_the_conversation(switching: SwitchStack, start: str) -> None:
+    marker, target = _marker(), OTHER[start]
+    ws = await _gemini_connect(switching, start, f"gsw-{marker}")
+    try:
+        transcript, _ = await _gemini_say(ws, f"one {marker}")
+        assert transcript == f"turn 1: one {marker}"
+        await ws.send(json.dumps({"rsSwitch": {"provider": target.upper(), "when": "now"}}))
+        announced = (await _gemini_until(ws, "rsSwitched"))["rsSwitched"]
+        assert (announced["from"], announced["to"], announced["reason"]) == (start, target, "manual")
+        transcript, _ = await _gemini_say(ws, f"two {marker}")
+        assert transcript == f"turn 2: two {marker}"  # the new provider holds turn 1
+    finally:
+        await ws.close()
+    moved = await _fake_session(switching.fake_port(target), f"two {marker}", min_items=4)
+    assert _user_texts(moved) == [f"one {marker}", f"two {marker}"]
+
+
+# -- OpenAI dialect -------------------------------------------------------------------------------
+
+
+def _sdk(fs: SwitchStack, provider: str, client_sid: str) -> Any:
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"{fs.ws_base}/v1")
+    return client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": provider, "rs_u_sessid": client_sid})
+
+
+async def _sdk_until(conn: Any, *types: str) -> list[Any]:
+    seen: list[Any] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            event = await conn.recv()
+            seen.append(event)
+            assert event.type != "error", event
+            if event.type in types:
+                return seen
+
+
+async def _sdk_say(conn: Any, text: str) -> str:
+    await conn.conversation.item.create(
+        item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    await conn.response.create()
+    events = await _sdk_until(conn, "response.done")
+    return "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
+
+
+async def _manual_turns(conn: Any) -> None:
+    await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+    await _sdk_until(conn, "session.updated")
+
+
+@pytest.mark.parametrize("start", ["openai", "gemini"])
+async def test_openai_sdk_manual_switch_keeps_the_conversation(switching: SwitchStack, start: str) -> None:
+    marker, target = _marker(), OTHER[start]
+    async with _sdk(switching, start, f"osw-{marker}") as conn:
+        await _manual_turns(conn)
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        await conn.send({"type": "rs.switch", "provider": target.upper(), "when": "turn_end"})  # type: ignore[arg-type]
+        switched = (await _sdk_until(conn, "rs.switched"))[-1]
+        assert (switched.to, switched.reason) == (target, "manual")  # type: ignore[attr-defined]
+        assert await _sdk_say(conn, f"two {marker}") == f"turn 2: two {marker}"
+    moved = await _fake_session(switching.fake_port(target), f"two {marker}", min_items=4)
+    assert _user_texts(moved) == [f"one {marker}", f"two {marker}"]
+
+
+async def test_seed_client_hears_the_seeds_own_switch_event(switching: SwitchStack) -> None:
+    marker = _marker()
+    async with websockets.connect(seed_url(switching.ws_base, f"seed-{marker}", "OPENAI", "OPENAI")) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(json.dumps({"type": "rs.switch", "provider": "gemini", "when": "now"}))
+        seen: list[str] = []
+        async with asyncio.timeout(TIMEOUT_S):
+            while "rs.switched" not in seen:
+                event = json.loads(await ws.recv())
+                seen.append(event["type"])
+                if event["type"] == "switch":
+                    assert event["name"] == "GEMINI"
+        assert seen.index("switch") < seen.index("rs.switched")
+
+
+# -- the operator's switch --------------------------------------------------------------------------
+
+
+def _admin_switch(fs: SwitchStack, client_sid: str, body: dict[str, Any], key: str = API_KEY) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{fs.admin_port}/admin/sessions/{client_sid}/switch", data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+async def test_admin_switch_answers_when_done_and_the_next_answer_comes_from_the_other_provider(
+    switching: SwitchStack,
+) -> None:
+    marker = _marker()
+    client_sid = f"adm-{marker}"
+    async with _sdk(switching, "openai", client_sid) as conn:
+        await _manual_turns(conn)
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        loop = asyncio.get_running_loop()
+        assert (await loop.run_in_executor(None, _admin_switch, switching, client_sid, {"provider": "x"}))[0] == 400
+        bad_key = await loop.run_in_executor(
+            None, lambda: _admin_switch(switching, client_sid, {"provider": "gemini"}, key="nobody:wrong"))
+        assert bad_key[0] == 403
+        assert (await loop.run_in_executor(
+            None, _admin_switch, switching, "no-such-session", {"provider": "gemini"}))[0] == 404
+        status, body = await loop.run_in_executor(
+            None, _admin_switch, switching, client_sid, {"provider": "GEMINI", "when": "now"})
+        assert status == 200, body
+        assert body["provider"] == "gemini" and body["reason"] == "manual" and body["gap_ms"] >= 0
+        switched = (await _sdk_until(conn, "rs.switched"))[-1]
+        assert switched.to == "gemini"  # type: ignore[attr-defined]
+        assert await _sdk_say(conn, f"two {marker}") == f"turn 2: two {marker}"
+    moved = await _fake_session(switching.fake_port("gemini"), f"two {marker}", min_items=4)
+    assert _user_texts(moved) == [f"one {marker}", f"two {marker}"]
+
+
+# -- policy ------------------------------------------------------------------------------------------
+
+
+async def _metric(fs: SwitchStack, name: str, **labels: str) -> float:
+    def read() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{fs.admin_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    text = await asyncio.get_running_loop().run_in_executor(None, read)
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_latency_switches_after_exactly_n_slow_turns_and_not_before(switching: SwitchStack) -> None:
+    marker = _marker()
+    port = switching.fake_port("openai")
+    before = await _metric(switching, "rs_switches_total", reason="latency")
+    async with _sdk(switching, "openai", f"lat-{marker}") as conn:
+        await _manual_turns(conn)
+        fake = None
+        try:
+            assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+            fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
+            await set_knobs(port, session=fake, first_audio_delay_ms=600)  # over the 300 ms threshold
+            assert await _sdk_say(conn, f"two {marker}") == f"turn 2: two {marker}"  # slow 1 of 2: stays
+            assert await _metric(switching, "rs_switches_total", reason="latency") == before
+            assert await _sdk_say(conn, f"three {marker}") == f"turn 3: three {marker}"  # slow 2 of 2
+            switched = (await _sdk_until(conn, "rs.switched"))[-1]
+            assert (switched.to, switched.reason) == ("gemini", "latency")  # type: ignore[attr-defined]
+            assert await _sdk_say(conn, f"four {marker}") == f"turn 4: four {marker}"
+        finally:
+            if fake is not None:
+                with contextlib.suppress(RuntimeError):  # gone with its connection once switched away
+                    await reset_knobs(port, session=fake)
+    moved = await _fake_session(switching.fake_port("gemini"), f"four {marker}", min_items=8)
+    assert len(_user_texts(moved)) == 4
+
+
+async def test_stall_ends_the_response_and_switches_within_the_stall_limit(switching: SwitchStack) -> None:
+    marker = _marker()
+    port = switching.fake_port("gemini")
+    async with _sdk(switching, "gemini", f"stall-{marker}") as conn:
+        await _manual_turns(conn)
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
+        try:
+            await set_knobs(port, session=fake, stall_on="response")
+            await conn.conversation.item.create(item={
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
+            await conn.response.create()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            seen = await _sdk_until(conn, "response.done")
+            assert seen[-1].response.status == "failed"
+            assert loop.time() - started < 0.8 + 0.2 + 0.5  # RS_STALL_MS + 200 ms, and the first audio's wait
+            switched = (await _sdk_until(conn, "rs.switched"))[-1]
+            assert (switched.to, switched.reason) == ("openai", "stall")  # type: ignore[attr-defined]
+        finally:
+            with contextlib.suppress(RuntimeError):  # gone with its connection once switched away
+                await reset_knobs(port, session=fake)
+        assert (await _sdk_say(conn, f"three {marker}")).endswith(f"three {marker}")
+    moved = await _fake_session(switching.fake_port("openai"), f"three {marker}", min_items=4)
+    assert _user_texts(moved)[0] == f"one {marker}"
