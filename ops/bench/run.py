@@ -1,4 +1,4 @@
-"""Benchmark of the design targets (design.md section 10) on this machine with the fake providers.
+"""Benchmark of the design targets (docs/architecture.md, targets) on this machine with the fake providers.
 
 ``python -m ops.bench.run [--sessions 1,20,100] [--seconds 10] [--json out.json]``
 

@@ -7,12 +7,12 @@ speak, was it interrupted). It never does I/O, never reads the clock, and never 
 ``open``/``feed``/``encode``.
 
 Gemini has no in-band error: a bad client frame closes the socket with 1007 and a short fixed reason
-(protocols.md §2.4); the reason names a field at most, never a payload.
+(the Gemini Live API reference); the reason names a field at most, never a payload.
 
 Choices where the contract is silent:
 
-- Keys are normalised snake -> camel at every level before dispatch (the SDK mixes them, protocols.md
-  §2.3), except inside user data: function ``args``/``response``, JSON Schemas, ``labels``; a Gemini
+- Keys are normalised snake -> camel at every level before dispatch (the SDK mixes them), except inside
+  user data: function ``args``/``response``, JSON Schemas, ``labels``; a Gemini
   ``Schema`` (``parameters``) is normalised by :mod:`shared.codecs.gemini_schema`, which knows which keys
   are property names.
 - ``setup`` fields with no canonical slot, and unknown ones (newer SDKs), go to ``SessionConfig.extra``
@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 JSON = Any
 IdFactory = Callable[[str], str]  # prefix ("item") -> new id
 
-OUTPUT_RATE = 24_000  # Gemini Live speaks 24 kHz PCM16 (protocols.md §2.4)
+OUTPUT_RATE = 24_000  # Gemini Live speaks 24 kHz PCM16 (the Gemini Live API reference)
 OUTPUT_MIME = "audio/pcm;rate=24000"
 INPUT_DEFAULT_RATE = 16_000  # a mime type without rate= (e.g. the seed's media_chunks) means 16 kHz
 MAX_REASON_BYTES = 123  # a WebSocket close reason fits in 123 bytes
@@ -748,7 +748,7 @@ class GeminiClientCodec:
             log.exception("encode failed", extra={"sid": self.meta.sid, "exc_type": type(exc).__name__})
             return Out()
         if out.wire and not self._ready_sent:
-            # The SDK drops any first frame that is not setupComplete (protocols.md §2.1) and blocks.
+            # The SDK drops any first frame that is not setupComplete (the Gemini Live API reference) and blocks.
             self._ready_sent = True
             out.wire.insert(0, _SETUP_COMPLETE)
         return out
@@ -834,7 +834,7 @@ class GeminiClientCodec:
             args = msgspec.json.decode(e.arguments) if e.arguments.strip() else {}
         except msgspec.DecodeError:
             args = None
-        if not isinstance(args, dict):  # Gemini args are an object (protocols.md §2.4); keep the text
+        if not isinstance(args, dict):  # Gemini args are an object (the Gemini Live API reference); keep the text
             args = {"arguments": e.arguments}
         call = {"id": e.call_id, "name": e.name, "args": args}
         return Out(wire=[_wire({"toolCall": {"functionCalls": [call]}})])

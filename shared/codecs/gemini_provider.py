@@ -1,6 +1,6 @@
 """Gemini Live (BidiGenerateContent) upstream <-> canonical events. Sans-I/O, one per upstream connection.
 
-Gemini differs from the canonical (OpenAI-shaped) model in ways this codec absorbs (protocols.md §2, §3):
+Gemini differs from the canonical (OpenAI-shaped) model in ways this codec absorbs (the Gemini Live API reference):
 
 - one ``setup`` per connection, answered by ``setupComplete``: frames produced before it arrives are held
   and released by ``feed(setupComplete)`` (history first); a later config change sets ``needs_reconnect``;
@@ -56,7 +56,7 @@ class _Malformed(Exception):
 
 
 # --------------------------------------------------------------------------------------------------
-# Key casing: the server may use either spelling at every level (protocols.md §2.3/§2.4). Lookups try
+# Key casing: the server may use either spelling at every level (the Gemini Live API reference). Lookups try
 # camelCase, then snake_case; user data (function ``args``) is never re-keyed.
 
 _CAMEL_PART = re.compile(r"_([a-z0-9])")
@@ -284,7 +284,7 @@ class GeminiProviderCodec:
         setup["realtimeInputConfig"] = self._input_config(cfg.turn_detection, out)
         if cfg.input_transcription:
             setup["inputAudioTranscription"] = {}
-        # Always on: OpenAI clients need the transcript of spoken output (protocols.md §3 "modalities").
+        # Always on: OpenAI clients need the transcript of spoken output (docs/codec-contract.md "modalities").
         setup["outputAudioTranscription"] = {}
         setup["sessionResumption"] = {"handle": self.resumption_handle} if self.resumption_handle else {}
         for param, reported in _SETUP_UNSUPPORTED.items():
@@ -422,7 +422,7 @@ class GeminiProviderCodec:
             return out
         self._audio_since_commit = True
         if not self._vad and not self._activity_open:
-            # manual turns: Gemini wants audio inside activityStart ... activityEnd (protocols.md §2.2)
+            # manual turns: Gemini wants audio inside activityStart ... activityEnd (the Gemini Live API reference)
             self._activity_open = True
             self._send(out, [_wire({"realtimeInput": {"activityStart": {}}})])
         if pcm:
@@ -858,7 +858,7 @@ class GeminiProviderCodec:
         out = Out()
         for part in _gl(turn, "parts"):
             if _g(part, "thought") is True:
-                continue  # thinking is not output (protocols.md §3 "text out")
+                continue  # thinking is not output (docs/codec-contract.md "text out")
             kind = next((k for k in _PARTS if _g(part, k) is not None), None)
             if kind is None:
                 names = ",".join(sorted(_camel(k) for k in part))
@@ -926,7 +926,7 @@ class GeminiProviderCodec:
 
     def _on_generation_complete(self, flag: object, content: JsonObj) -> Out:
         # OutputDone waits for turnComplete: outputTranscription may still trail generationComplete
-        # (no ordering guarantee, protocols.md §2.4) and the item must carry the whole transcript.
+        # (no ordering guarantee, the Gemini Live API reference) and the item must carry the whole transcript.
         # Remembered for a barge-in that follows: the Interrupted event says the model had finished.
         if self._resp is not None:
             self._resp.generated = True
@@ -969,7 +969,7 @@ _SETUP_UNSUPPORTED: dict[str, Callable[[ev.SessionConfig], bool]] = {
     "transcription_language": lambda c: c.input_transcription and c.transcription_language is not None,
 }
 
-# ResponseOptions fields Gemini cannot take per response (protocols.md §3 "cannot be mapped").
+# ResponseOptions fields Gemini cannot take per response (docs/codec-contract.md "cannot be mapped").
 _RESPONSE_UNSUPPORTED: dict[str, Callable[[ev.ResponseOptions], bool]] = {
     "instructions": lambda o: o.instructions is not None,
     "output_modalities": lambda o: o.output_modalities is not None,
@@ -997,7 +997,7 @@ _ENCODERS: dict[type, Callable[..., Out]] = {
     ev.ResponseCancel: GeminiProviderCodec._enc_cancel,
 }
 
-# Top-level server keys (protocols.md §2.4), in processing order for frames carrying several:
+# Top-level server keys (the Gemini Live API reference), in processing order for frames carrying several:
 # usage before serverContent so a turnComplete in the same frame reports it; VAD signals before the
 # interrupted they may announce.
 _TOP_LEVEL: dict[str, Callable[[GeminiProviderCodec, object], Out]] = {
@@ -1036,7 +1036,7 @@ _CONTENT_IGNORED: frozenset[str] = frozenset(
         "turnCompleteReason",  # read by the turnComplete handler
         "interimInputTranscription",  # provisional text, superseded by inputTranscription
         "waitingForInput",  # implied by turnComplete
-        "interactionStatus",  # sent with turnComplete (protocols.md §2.4)
+        "interactionStatus",  # sent with turnComplete (the Gemini Live API reference)
         "groundingMetadata",  # search grounding: no canonical field
         "urlContextMetadata",
     }

@@ -3,7 +3,7 @@
 Gemini function declarations carry ``parameters`` as a Gemini ``Schema``: UPPERCASE ``type``
 (``STRING``, ``OBJECT``, ...), ``nullable`` instead of a ``"null"`` type, ``example`` instead of
 ``examples``, ``defs``/``ref`` instead of ``$defs``/``$ref``, and, from the Python SDK, keys in either
-camelCase or snake_case (protocols.md §2.3: the SDK mixes them). OpenAI tools carry plain JSON Schema.
+camelCase or snake_case (the Gemini Live API reference: the SDK mixes them). OpenAI tools carry plain JSON Schema.
 
 Both converters are pure functions on JSON values. They never raise on a keyword they cannot map: the
 keyword is left out and its path (``/properties/city/exclusiveMinimum``) appended to ``lossy`` when the

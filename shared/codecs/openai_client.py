@@ -927,7 +927,7 @@ def _beta_response_fields(s: _Session) -> dict[str, JSON]:
 
 
 def _ga_session_kind(session: Mapping[str, JSON]) -> str:
-    kind = _required(session, "type", "session.type")  # GA requires it (protocols.md §1.2)
+    kind = _required(session, "type", "session.type")  # GA requires it (the OpenAI Realtime API reference)
     return _enum(kind, "session.type", ("realtime", "transcription"))
 
 
@@ -963,7 +963,7 @@ _USER_PARTS: Mapping[tuple[str, str], str] = {
     ("system", "text"): "input_text",
     ("system", "audio"): "input_text",
 }
-# Inside response.content_part.added/.done both real servers say "audio"/"text" (protocols.md §1.4).
+# Inside response.content_part.added/.done both real servers say "audio"/"text" (the OpenAI Realtime API reference).
 _CONTENT_PART_TYPES: Mapping[str, str] = {"audio": "audio", "text": "text"}
 
 _GA_REALTIME, _GA_TRANSCRIPTION = _ga_session_fields()
@@ -1543,7 +1543,7 @@ class OpenAIClientCodec:
 
     def _out_switched(self, e: ev.Switched) -> Out:
         """Seed-URL clients get the seed's own ``{"type": "switch", "name": "GEMINI"}``; every OpenAI-dialect
-        client gets ``rs.switched`` (unknown types do not break the SDKs: protocols.md §1.4)."""
+        client gets ``rs.switched`` (unknown types do not break the SDKs: the OpenAI Realtime API reference)."""
         self._provider = e.to_provider
         wire: list[str] = []
         if self.meta.seed:
@@ -1588,7 +1588,7 @@ OpenAIClientCodec._OUTBOUND = {
     ev.OutputText: OpenAIClientCodec._out_response,
     ev.OutputDone: OpenAIClientCodec._out_response,
     ev.ToolCall: OpenAIClientCodec._out_response,
-    ev.ToolCallCancelled: None,  # no OpenAI event (protocols.md §3)
+    ev.ToolCallCancelled: None,  # no OpenAI event (docs/codec-contract.md)
     ev.ResponseDone: OpenAIClientCodec._out_response,
     # the client learns from speech_started and the cancelled response.done; the assembler stops the audio
     ev.Interrupted: OpenAIClientCodec._out_response,

@@ -1,6 +1,6 @@
 """OpenAI Realtime (GA) upstream <-> canonical events. Sans-I/O, one instance per upstream connection.
 
-The upstream is always spoken in GA (no ``OpenAI-Beta`` header, protocols.md §1.1); :meth:`feed` also
+The upstream is always spoken in GA (no ``OpenAI-Beta`` header, the OpenAI Realtime API reference); :meth:`feed` also
 accepts the beta event names and both content-part spellings (``audio``/``output_audio``, §1.4) so a
 beta-speaking upstream or a proxy in between does not break it.
 
@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_TRANSCRIPTION_MODEL", "IdFactory", "OpenAIProviderCodec"]
 IdFactory = Callable[[str], str]  # prefix ("resp", "item", ...) -> a new unique id
 JsonObj = dict[str, object]
 
-INPUT_RATE = 24_000  # GA audio/pcm is 24 kHz only (protocols.md §1.3)
+INPUT_RATE = 24_000  # GA audio/pcm is 24 kHz only (the OpenAI Realtime API reference)
 OUTPUT_RATE = 24_000
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 MAX_ITEM_ID = 32  # OpenAI rejects longer item ids
@@ -94,7 +94,7 @@ def _objs(d: JsonObj, key: str) -> list[JsonObj]:
     return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
 
 
-# Content parts: GA and beta spellings both accepted on the way in (protocols.md §1.4).
+# Content parts: GA and beta spellings both accepted on the way in (the OpenAI Realtime API reference).
 _PART_IN: Mapping[str, Callable[[JsonObj], ev.Content]] = {
     "output_audio": lambda p: ev.AudioContent(transcript=_opt_str(p, "transcript")),
     "audio": lambda p: ev.AudioContent(transcript=_opt_str(p, "transcript")),
@@ -282,7 +282,7 @@ class OpenAIProviderCodec:
 
     @staticmethod
     def _modalities(modalities: Sequence[str] | None) -> list[str]:
-        # GA takes exactly one output modality; "audio" includes its transcript (protocols.md §1.3)
+        # GA takes exactly one output modality; "audio" includes its transcript (the OpenAI Realtime API reference)
         return ["text"] if modalities == ["text"] else ["audio"]
 
     def _turn_detection(self, td: ev.TurnDetection | None, out: Out) -> JsonObj | None:
@@ -437,7 +437,7 @@ class OpenAIProviderCodec:
         return Out(wire=self._clear())
 
     def _enc_activity_start(self, e: ev.ActivityStart) -> Out:
-        # Gemini manual turn start: whatever is buffered belongs to no turn (protocols.md §3)
+        # Gemini manual turn start: whatever is buffered belongs to no turn (docs/codec-contract.md)
         return Out(wire=self._clear())
 
     def _end_turn(self) -> list[str]:
@@ -813,7 +813,7 @@ _IGNORED: frozenset[str] = frozenset(
         "conversation.item.input_audio_transcription.segment",
         # the idle timeout is followed by the usual committed/response events
         "input_audio_buffer.timeout_triggered",
-        # WebRTC/SIP only (protocols.md §1.5)
+        # WebRTC/SIP only (the OpenAI Realtime API reference)
         "output_audio_buffer.started",
         "output_audio_buffer.stopped",
         "output_audio_buffer.cleared",

@@ -4,8 +4,8 @@ Codecs look things up here instead of branching on names: a new voice, status or
 row. Functions below are thin lookups over the tables (plus the few numeric conversions a table cannot
 hold, e.g. a VAD threshold band). Everything is read-only module data.
 
-Sources: ``/work/shared/protocols.md`` §1.3 (OpenAI session), §1.5 (server events), §2.2 (Gemini setup
-enums), §2.4 (usage), §3 (mapping sketch); google-genai ``types.py`` for the Gemini enums.
+Sources: the OpenAI Realtime API reference (session, server events), the Gemini Live API reference (setup
+enums, usage), docs/codec-contract.md (the mapping); google-genai ``types.py`` for the Gemini enums.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------------
-# Voices (protocols.md §1.3: OpenAI GA voices; §2.5: the 30 Gemini prebuilt voices)
+# Voices (the OpenAI Realtime API reference: OpenAI GA voices; the Gemini Live API reference: its 30 voices)
 
 OPENAI_VOICES: frozenset[str] = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
@@ -183,7 +183,7 @@ def eagerness_for(end_sensitivity: str | None) -> str | None:
 
 Outcome = tuple[str, str | None]  # (canonical ResponseDone.status, reason)
 
-# OpenAI response.status -> canonical status (protocols.md §1.5 response object). in_progress never
+# OpenAI response.status -> canonical status (the OpenAI Realtime API reference response object). in_progress never
 # ends a response; treat it as completed rather than invent a failure.
 OPENAI_RESPONSE_STATUS: Mapping[str, str] = MappingProxyType(
     {
@@ -235,7 +235,7 @@ def gemini_turn_outcome(reason: str | None) -> Outcome:
     return ("completed", reason.lower())
 
 
-# OpenAI error.type / error.code values worth retrying (protocols.md §1.5 error).
+# OpenAI error.type / error.code values worth retrying (the OpenAI Realtime API reference error).
 OPENAI_RETRYABLE_ERRORS: frozenset[str] = frozenset(
     {"server_error", "rate_limit_exceeded", "rate_limit_error", "overloaded_error", "session_expired"}
 )
@@ -275,7 +275,7 @@ OPENAI_RESPONSE_PASSTHROUGH: Mapping[str, str] = MappingProxyType(
 )
 
 # --------------------------------------------------------------------------------------------------
-# OpenAI beta server event names -> GA names (protocols.md §1.5). The codecs dispatch on GA names.
+# OpenAI beta server event names -> GA names (the OpenAI Realtime API reference). The codecs dispatch on GA names.
 
 OPENAI_BETA_SERVER_ALIASES: Mapping[str, str] = MappingProxyType(
     {

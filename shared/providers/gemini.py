@@ -19,7 +19,7 @@ DEFAULT_URL = (
 
 
 class GeminiProvider:
-    """Gemini Live over WebSocket (protocols.md §2.1): key in ``x-goog-api-key``, model in ``setup``.
+    """Gemini Live over WebSocket (the Gemini Live API reference): key in ``x-goog-api-key``, model in ``setup``.
 
     One ``setup`` per connection, so config changes need a reconnect (the codec's ``needs_reconnect``) and
     the config must be known before the first frame (``config_before_connect=True``).

@@ -22,7 +22,7 @@ class OpenAICodec(TakesConfigLive, OpenAIProviderCodec):
 
 
 class OpenAIProvider:
-    """OpenAI Realtime GA over WebSocket (protocols.md §1.1): ``?model=`` in the URL, Bearer key, no
+    """OpenAI Realtime GA over WebSocket (the OpenAI Realtime API reference): ``?model=`` in the URL, Bearer key, no
     ``OpenAI-Beta`` header (its absence selects GA)."""
 
     name: ClassVar[str] = "openai"

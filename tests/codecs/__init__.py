@@ -143,7 +143,7 @@ GEMINI_TOP_KEYS = frozenset(
 
 def validate_gemini(frame: str) -> genai_types.LiveServerMessage:
     """Validate one server message the way the SDK reads it: camelCase top-level keys it knows
-    (protocols.md §2.4), and google-genai's ``LiveServerMessage`` (``extra="forbid"`` at every level)."""
+    (the Gemini Live API reference), and google-genai's ``LiveServerMessage`` (``extra="forbid"`` at every level)."""
     obj = json.loads(frame)
     assert isinstance(obj, dict) and obj, "empty message"
     for key in obj:

@@ -1,4 +1,4 @@
-"""Gemini Live client codec, protocols.md §2.2-2.5. Pure: no network, no event loop.
+"""Gemini Live client codec, the Gemini Live API reference Pure: no network, no event loop.
 
 Every frame the codec produces here goes through :class:`tests.codecs.Checked` with
 :func:`tests.codecs.validate_gemini`: camelCase top-level keys the SDK maps, and google-genai's own

@@ -1,4 +1,4 @@
-"""GeminiProviderCodec: canonical <-> Gemini Live, from recorded frames (protocols.md §2.2-§2.5).
+"""GeminiProviderCodec: canonical <-> Gemini Live, from recorded frames (the Gemini Live API reference).
 
 No network, no event loop: frames in, events out.
 """

@@ -9,7 +9,7 @@ from google.genai import types as genai_types
 
 from shared.codecs.gemini_schema import gemini_to_json_schema, json_schema_to_gemini, normalize_gemini_key
 
-# What the google-genai SDK sends for a function's parameters (protocols.md §2.3)
+# What the google-genai SDK sends for a function's parameters (the Gemini Live API reference)
 SDK_PARAMETERS = {"properties": {"city": {"type": "STRING"}}, "required": ["city"], "type": "OBJECT"}
 
 ROUND_TRIPS: list[dict[str, Any]] = [

@@ -1,4 +1,4 @@
-"""OpenAI Realtime client codec (GA and beta), protocols.md §1.2-1.6. Pure: no network, no event loop.
+"""OpenAI Realtime client codec (GA and beta), the OpenAI Realtime API reference Pure: no network, no event loop.
 
 Every frame the codec produces here goes through :class:`tests.codecs.Checked`, which validates it
 against the openai SDK's own server event types (strictly: unknown field names fail).
@@ -389,7 +389,7 @@ def test_reprs_never_show_audio() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# encode(): full response ordering (protocols.md §1.6)
+# encode(): full response ordering (the OpenAI Realtime API reference)
 
 
 def _audio_turn(resp: str = "resp_1", item: str = "item_a") -> list[ev.Event]:

@@ -1,4 +1,4 @@
-"""OpenAIProviderCodec: canonical <-> OpenAI Realtime GA, from recorded frames (protocols.md §1.5, §1.6).
+"""OpenAIProviderCodec: canonical <-> OpenAI Realtime GA, from recorded frames (the OpenAI Realtime API reference).
 
 No network, no event loop: frames in, events out.
 """

@@ -55,9 +55,18 @@ async def test_bad_upgrades_are_refused_and_nothing_reaches_the_bus(running: Run
                     pass
             assert info.value.response.status_code == status, url
             assert info.value.response.body.strip(), "a refusal carries a short reason"
-        await nc.flush()
-        await asyncio.sleep(0.2)  # a stray publish would have arrived by now; nothing else to wait on
-        assert seen == []
+        # A good session afterwards: once its own first frame is on the bus, whatever the refused upgrades
+        # could have published (before they were answered) would have arrived too. Only its traffic is there.
+        good = f"after-{uuid.uuid4().hex[:8]}"
+        good_subjects = f"rs.s.{session_key(ACCOUNT, good)}."
+        async with websockets.connect(seed_url(running.ws_base, good, "OPENAI", "OPENAI")) as ws:
+            await asyncio.wait_for(ws.recv(), 10)  # session.created: attached
+            await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            async with asyncio.timeout(10):
+                while not any(subject.startswith(good_subjects) and subject.endswith(".cin") for subject in seen):
+                    await asyncio.sleep(0.01)
+        assert [s for s in seen if not (s.startswith(good_subjects) or s.startswith("rs.assign."))] == []
+        assert sum(s.startswith("rs.assign.") for s in seen) == 2  # the good session's transformer and worker
     finally:
         await nc.close()
 

@@ -509,8 +509,9 @@ async def test_worker_killed_between_turns_then_a_spoken_turn(
             await _next(conn, "response.done")
             await _say(conn, f"text {k} {marker}")
             await _next(conn, "response.done")
+        before = await _route_epoch(store, sid)
         await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
-        await asyncio.sleep(0.5)
+        await _route_moves(store, sid, "worker", before)  # the next turn goes to the replacement
         await conn.input_audio_buffer.append(audio=b64(tone(440, 600, 24_000)))
         await conn.input_audio_buffer.commit()
         await conn.response.create()

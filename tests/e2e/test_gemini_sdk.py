@@ -1,6 +1,6 @@
 """The official google-genai SDK as a drop-in client of the edge, over TLS, on both providers.
 
-The SDK always speaks ``wss://`` (protocols.md §2.1, §4.2), so this module runs its own stack with a
+The SDK always speaks ``wss://`` (the Gemini Live API reference), so this module runs its own stack with a
 TLS edge (a trustme CA, cert for 127.0.0.1), its own bus and its own fakes: slowing the fakes for the
 interruption test affects no other module. The provider is chosen the two ways an SDK user can:
 ``setup.model`` (``gemini…`` -> gemini) and an ``X-RS-Core`` header through ``HttpOptions.headers``.
@@ -38,7 +38,7 @@ MODEL = "gemini-live-2.5-flash-preview"
 IN_RATE = 16_000
 OUT_RATE = 24_000
 CHUNK = IN_RATE * 2 // 50  # 20 ms of 16 kHz PCM16
-# Top-level keys a Gemini server message may carry (protocols.md §2.4): all the SDK maps.
+# Top-level keys a Gemini server message may carry (the Gemini Live API reference): all the SDK maps.
 SERVER_KEYS = frozenset({
     "setupComplete", "serverContent", "toolCall", "toolCallCancellation", "usageMetadata", "goAway",
     "sessionResumptionUpdate", "voiceActivityDetectionSignal", "voiceActivity",
