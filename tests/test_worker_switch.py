@@ -90,4 +90,7 @@ async def test_the_switched_announcement_is_the_first_event_on_down(worker: tupl
             kinds.append(signal.kind)
             if signal.kind == "turn":
                 assert 0 < signal.value_ms < 5_000
-    assert kinds == ["busy", "turn", "idle"]
+            if signal.kind == "ready":
+                assert signal.value_ms == switched.gap_ms
+    # "ready" first: the switched upstream is up (the edge's switch completes on it), then the turn.
+    assert kinds == ["ready", "busy", "turn", "idle"]
