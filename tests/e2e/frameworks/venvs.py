@@ -47,9 +47,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("RTSWITCH_FRAMEWORKS_CACHE") or Path.home() / ".cache" / "rtswitch-frameworks")
 
 
-def venv_key(name: str) -> str:
+def venv_key(name: str, requirements: Path) -> str:
     digest = hashlib.sha256()
-    digest.update((REQUIREMENTS / f"{name}.txt").read_bytes())
+    digest.update(requirements.read_bytes())
     digest.update(f"{sys.version_info.major}.{sys.version_info.minor}".encode())
     return f"{name}-py{sys.version_info.major}{sys.version_info.minor}-{digest.hexdigest()[:16]}"
 
@@ -70,31 +70,31 @@ def unreachable_reason(pip_output: str) -> str | None:
     return None
 
 
-def ensure(name: str) -> Path:
-    """The python of ``name``'s venv, built first if no cached one matches its requirements."""
-    root = cache_root()
-    venv = root / venv_key(name)
+def ensure(
+    name: str,
+    *,
+    requirements: Path | None = None,
+    root: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Path:
+    """The python of ``name``'s venv, built first if no cached one matches its requirements.
+
+    ``requirements`` defaults to ``requirements/<name>.txt``, ``root`` to ``cache_root()``; ``env`` is pip's
+    environment (default: ours).
+    """
+    requirements = requirements or REQUIREMENTS / f"{name}.txt"
+    root = root or cache_root()
+    venv = root / venv_key(name, requirements)
     if _ready(venv):
         return _python(venv)
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=root))
     try:
         subprocess.run([sys.executable, "-m", "venv", str(scratch)], check=True, capture_output=True)
-        pip = [
-            str(_python(scratch)),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--retries",
-            "2",
-            "--timeout",
-            "30",
-            "-r",
-            str(REQUIREMENTS / f"{name}.txt"),
-        ]
-        proc = subprocess.run(pip, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+        retries = ["--retries", "2", "--timeout", "30"]  # an unreachable index fails in seconds, not minutes
+        pip = [str(_python(scratch)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *retries]
+        pip += ["-r", str(requirements)]
+        proc = subprocess.run(pip, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=env)
         if proc.returncode != 0:
             output = proc.stdout + proc.stderr
             reason = unreachable_reason(output)

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import struct
 import sys
 import time
@@ -65,7 +66,8 @@ class _Capture(logging.Handler):
         text = f"{record.name}: {record.getMessage()}"
         if record.exc_info and record.exc_info[1] is not None:
             text += f" [{type(record.exc_info[1]).__name__}: {record.exc_info[1]}]"
-        self.sink.append(text[:2000])
+        # A pydantic union error lists every member: keep what failed, not the list.
+        self.sink.append(re.sub(r"tagged-union\[[^\]]*\]", "tagged-union[...]", text)[:2000])
 
 
 CAPTURE = _Capture()
