@@ -28,16 +28,35 @@ import subprocess
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from services.dev.stack import free_port
 
 from ...conftest import RunningStack
 from . import venvs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1_200)]  # a cold venv build takes minutes
 
-SCRIPTS = {"agents": "agents_client.py", "livekit": "livekit_client.py", "pipecat": "pipecat_client.py"}
+
+@dataclass(frozen=True)
+class Framework:
+    venv: str  # requirements/<venv>.txt
+    script: str  # clients/<script>
+    dialect: str  # what the framework speaks: "openai" (ws://.../v1/realtime) or "gemini" (Gemini Live over TLS)
+
+
+FRAMEWORKS = {
+    "agents": Framework("agents", "agents_client.py", "openai"),
+    "livekit": Framework("livekit", "livekit_client.py", "openai"),
+    "pipecat": Framework("pipecat", "pipecat_client.py", "openai"),
+    # Bonus: the same frameworks' Gemini Live plugins against our Gemini endpoint (google-genai underneath,
+    # which always dials wss://: a TLS edge whose CA the client trusts through SSL_CERT_FILE).
+    "livekit_google": Framework("livekit", "livekit_client.py", "gemini"),
+    "pipecat_gemini": Framework("pipecat", "pipecat_client.py", "gemini"),
+}
 PROVIDERS = ("openai", "gemini")
 SCENARIOS = ("text", "audio", "tool")
 RUN_TIMEOUT_S = 200  # three scenarios of at most 25 s each, plus the framework's import time
@@ -47,10 +66,14 @@ AUDIO_REPLY = re.compile(r"^turn 1: audio \d+\.\ds$")
 TOOL_NAME = "get_weather"
 TOOL_ARGS = {"text": "Please call get_weather for Paris."}
 # Pipecat JSON-encodes a tool's result before sending it, so the fakes quote it back.
-TOOL_REPLY = {
+TOOL_REPLY: dict[str, str | re.Pattern[str]] = {
     "agents": "turn 1: tool get_weather returned sunny, 21 C",
     "livekit": "turn 1: tool get_weather returned sunny, 21 C",
     "pipecat": 'turn 1: tool get_weather returned "sunny, 21 C"',
+    # LiveKit's Google plugin sends {"output": ...}: the Gemini fake unwraps it, the OpenAI side gets the JSON.
+    "livekit_google": re.compile(r'^turn 1: tool get_weather returned (sunny, 21 C|\{"output": ?"sunny, 21 C"\})$'),
+    # Pipecat's Gemini Live service wraps it as {"value": ...}; each fake prints that JSON its own way.
+    "pipecat_gemini": re.compile(r'^turn 1: tool get_weather returned \{"value": ?"sunny, 21 C"\}$'),
 }
 TONE_HZ, HZ_TOLERANCE = 440.0, 15.0
 
@@ -128,7 +151,7 @@ KNOWN: dict[tuple[str, str, str], tuple[Bug, ...]] = {
 
 
 def _cases() -> Iterator[Any]:
-    for framework in SCRIPTS:
+    for framework in FRAMEWORKS:
         for provider in PROVIDERS:
             for scenario in SCENARIOS:
                 bugs = KNOWN.get((framework, provider, scenario), ())
@@ -144,8 +167,40 @@ def unexplained(found: list[str], bugs: tuple[Bug, ...]) -> list[str]:
 @pytest.fixture(scope="session")
 def framework_venvs() -> Iterator[dict[str, Future[Any]]]:
     """All venvs build at once (pip mostly waits on the network); each test waits only for its own."""
-    with ThreadPoolExecutor(max_workers=len(SCRIPTS)) as pool:
-        yield {name: pool.submit(venvs.ensure, name) for name in SCRIPTS}
+    names = sorted({f.venv for f in FRAMEWORKS.values()})
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        yield {name: pool.submit(venvs.ensure, name) for name in names}
+
+
+@dataclass(frozen=True)
+class TlsEdge:
+    base: str
+    ca_file: Path
+
+
+@pytest.fixture(scope="session")
+def tls_edge(running: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> TlsEdge:
+    """A second edge on the same bus, serving TLS with a throwaway CA (stopped with the stack)."""
+    import trustme
+
+    workdir = tmp_path_factory.mktemp("fw_tls")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = workdir / "edge.crt", workdir / "edge.key", workdir / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    running.stack.start_service(
+        "edge",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        env={"PORT": str(port), "RS_INSTANCE_ID": "fw-tls-edge"},
+        name="fw-tls-edge",
+    )
+    return TlsEdge(f"https://127.0.0.1:{port}", ca_file)
 
 
 _RESULTS: dict[tuple[str, str], dict[str, Any]] = {}
@@ -153,30 +208,39 @@ _RESULTS: dict[tuple[str, str], dict[str, Any]] = {}
 
 def _python_for(framework: str, framework_venvs: dict[str, Future[Any]]) -> str:
     try:
-        return str(framework_venvs[framework].result())
+        return str(framework_venvs[FRAMEWORKS[framework].venv].result())
     except venvs.IndexUnreachable as exc:
         pytest.skip(str(exc))
     except venvs.InstallFailed as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
-def _client_run(framework: str, provider: str, python: str, running: RunningStack) -> dict[str, Any]:
+def _client_run(framework: str, provider: str, python: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     """The script's JSON for this framework and provider: run once, shared by its three scenarios' tests."""
     key = (framework, provider)
+    fw = FRAMEWORKS[framework]
     if key not in _RESULTS:
+        # Only what a process needs: no provider keys, no PYTHONPATH pointing into the gateway's packages.
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+        if fw.dialect == "gemini":
+            edge: TlsEdge = request.getfixturevalue("tls_edge")
+            base = edge.base
+            env["SSL_CERT_FILE"] = str(edge.ca_file)
+        else:
+            base = request.getfixturevalue("running").ws_base
+        argv = [python, str(venvs.CLIENTS / fw.script), "--base", base, "--provider", provider]
         proc = subprocess.run(
-            [python, str(venvs.CLIENTS / SCRIPTS[framework]), "--base", running.ws_base, "--provider", provider],
+            [*argv, "--dialect", fw.dialect],
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT_S,
             cwd=venvs.CLIENTS,
-            # Only what a process needs: no provider keys, no PYTHONPATH pointing into the gateway's packages.
-            env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
+            env=env,
         )
         marker = "\n@@RESULT@@"
         if marker not in proc.stdout:
             pytest.fail(
-                f"{SCRIPTS[framework]} printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                f"{fw.script} printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                 f"{proc.stderr[-6000:]}",
                 pytrace=False,
             )
@@ -197,7 +261,8 @@ def problems(framework: str, scenario: str, result: dict[str, Any]) -> list[str]
     if scenario == "audio" and (len(answers) != 1 or not AUDIO_REPLY.match(answers[0])):
         found.append(f"answers {answers!r}, expected one matching {AUDIO_REPLY.pattern!r}")
     if scenario == "tool":
-        if answers != [TOOL_REPLY[framework]]:
+        want = TOOL_REPLY[framework]
+        if len(answers) != 1 or not (want.match(answers[0]) if isinstance(want, re.Pattern) else answers[0] == want):
             found.append(f"answers {answers!r}, expected [{TOOL_REPLY[framework]!r}]")
         calls = [(c["name"], json.loads(c["arguments"])) for c in result["tool_calls"]]
         if calls != [(TOOL_NAME, TOOL_ARGS)]:
@@ -215,9 +280,10 @@ def test_framework(
     scenario: str,
     running: RunningStack,
     framework_venvs: dict[str, Future[Any]],
+    request: pytest.FixtureRequest,
 ) -> None:
     python = _python_for(framework, framework_venvs)
-    result = _client_run(framework, provider, python, running)[scenario]
+    result = _client_run(framework, provider, python, request)[scenario]
     found = problems(framework, scenario, result)
     bugs = KNOWN.get((framework, provider, scenario), ())
     if bugs and (other := unexplained(found, bugs)):

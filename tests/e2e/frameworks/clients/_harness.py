@@ -131,6 +131,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--base", required=True, help="ws://127.0.0.1:<port> of the edge")
     p.add_argument("--provider", required=True, choices=("openai", "gemini"))
     p.add_argument("--scenarios", default="text,audio,tool")
+    p.add_argument(
+        "--dialect",
+        default="openai",
+        choices=("openai", "gemini"),
+        help="the framework's OpenAI plugin (--base ws://...) or its Gemini Live one (--base https://..., TLS)",
+    )
     return p.parse_args()
 
 
