@@ -261,6 +261,14 @@ class GeminiProviderCodec:
             self._last_item_id = history[-1].id
         return out
 
+    def _same_setup(self, a: ev.SessionConfig, b: ev.SessionConfig) -> bool:
+        """Whether Gemini would get the same ``setup`` for both (the comparison reports nothing)."""
+        reported = set(self._reported)
+        try:
+            return self._setup(a, Out()) == self._setup(b, Out())
+        finally:
+            self._reported = reported
+
     def _setup(self, cfg: ev.SessionConfig, out: Out) -> JsonObj:
         model = self.model if self.model.startswith("models/") else f"models/{self.model}"
         gen: JsonObj = {"responseModalities": ["TEXT"] if cfg.output_modalities == ["text"] else ["AUDIO"]}
@@ -396,8 +404,11 @@ class GeminiProviderCodec:
             self.config = e  # connect() will send it
             return Out()
         current = self.pending_config or self.config
-        if current is not None and e.for_provider() == current.for_provider():
-            return Out()  # nothing Gemini sees changed (a client audio format is not ours): no reconnect
+        if current is not None and (e.for_provider() == current.for_provider() or self._same_setup(e, current)):
+            # Nothing Gemini sees changed (a client audio format, an OpenAI-only field such as ``tracing``):
+            # no reconnect, which would cut an answer in flight for nothing.
+            self.config = e if self.pending_config is None else self.config
+            return Out()
         # Gemini takes exactly one setup per connection (anchor §3.6 #6): the worker must reconnect.
         self.pending_config = e
         if self.needs_reconnect:

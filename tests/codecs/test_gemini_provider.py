@@ -860,3 +860,14 @@ def test_some_models_end_a_tool_call_turn_with_finished_and_turn_complete() -> N
     codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id="c1", output="{}")))
     after = feed_all(codec, [AUDIO_PART, b'{"serverContent":{"turnComplete":true}}'])
     assert kinds(after) == ["ResponseStarted", "OutputAudio", "OutputDone", "ResponseDone"]
+
+
+def test_a_config_change_gemini_would_not_see_costs_no_reconnect() -> None:
+    # The Agents SDK sends session.update with OpenAI-only fields (tracing) while an answer streams: the setup
+    # Gemini would get is the same, so nothing is reconnected (a reconnect would cut the answer).
+    codec = GeminiProviderCodec(META, "gemini-live-2.5-flash-preview")
+    codec.connect(ev.SessionConfig(instructions="a"), [])
+    codec.feed(SETUP_COMPLETE)
+    out = codec.encode(ev.SessionConfig(instructions="a", extra={"tracing": "auto"}))
+    assert out.wire == [] and out.events == [] and not codec.needs_reconnect
+    assert [e.code for e in codec.encode(ev.SessionConfig(instructions="b")).events] == ["reconnect_required"]
