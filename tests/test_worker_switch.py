@@ -90,4 +90,4 @@ async def test_the_switched_announcement_is_the_first_event_on_down(worker: tupl
             kinds.append(signal.kind)
             if signal.kind == "turn":
                 assert 0 < signal.value_ms < 5_000
-    assert kinds == ["busy", "turn", "idle"]
+    assert kinds == ["ready", "busy", "turn", "idle"]  # ready: the switch above, announced first
