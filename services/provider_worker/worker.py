@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
 CHECKPOINT_POLL_S = 0.02  # one Redis GET per session per poll while a checkpoint lags
+HANDOVER_POLL_S = 0.002  # ... at a make-before-break cutover, where the client hears the wait (a few polls)
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 SHORT_LIVED_S = 3.0  # a connection lost sooner than this after its setup backs off, even a planned rotation
@@ -308,7 +309,7 @@ class ProviderWorker:
                 return  # the same switch again: already under way
             await self._abandon(session)  # superseded (a recycle gives way to a switch, which is a fresh one)
         if ctl.when == "turn_end" and session.state is Upstream.OPEN and session.ws is not None:
-            self._begin(session, ctl, recycle=ctl.provider == session.meta.provider)  # make-before-break
+            self._begin(session, ctl, recycle=False)  # make-before-break; the edge waits for its ready signal
             return
         # Now (the old upstream is failing), or it is not up: break-before-make, as before.
         session.switch_order = ctl
@@ -317,23 +318,26 @@ class ProviderWorker:
 
     # -- make-before-break -----------------------------------------------------------------------
 
-    def _begin(self, session: _Session, ctl: bus.Control, *, recycle: bool, deadline_s: float | None = None) -> None:
-        """Open the new upstream now; ``_plan`` cuts over at the turn end (``deadline_s``: a recycle
-        cannot wait longer than this for it)."""
+    def _begin(self, session: _Session, ctl: bus.Control, *, recycle: bool, deadline_s: float | None = None,
+               delay_s: float = 0.0) -> None:
+        """Open the new upstream now (after ``delay_s``: a recycle's backoff); ``_plan`` cuts over at the
+        turn end (``deadline_s``: a recycle cannot wait longer than this for it)."""
         plan = SwitchPlan(to=ctl.provider, reason=ctl.reason, recycle=recycle, started_ms=int(time.time() * 1000))
         move = session.mbb = _Move(plan=plan, ctl=ctl)
-        move.tasks.append(asyncio.create_task(self._prepare(session, move)))
+        move.tasks.append(asyncio.create_task(self._prepare(session, move, delay_s)))
         if deadline_s is not None:
             move.tasks.append(asyncio.create_task(self._deadline(session, move, deadline_s)))
         log.info("preparing upstream", extra={"sid": session.meta.sid, "to": ctl.provider, "reason": ctl.reason,
                                               "recycle": recycle, "busy": session.open_response is not None})
 
-    async def _prepare(self, session: _Session, move: _Move) -> None:
+    async def _prepare(self, session: _Session, move: _Move, delay_s: float = 0.0) -> None:
         """Dial the target, send its setup and the history as of now (the checkpoint's snapshot), and
         keep reading it (pings answered, frames decoded and kept) until the cutover."""
         assert self.store is not None
         loop = asyncio.get_running_loop()
         prepared: _Prepared | None = None
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         try:
             provider = self.providers[move.plan.to]
             meta = msgspec.structs.replace(session.meta, provider=move.plan.to)
@@ -343,9 +347,11 @@ class ProviderWorker:
             config = session.config or snapshot.config or ev.SessionConfig()
             url, headers = provider.endpoint(model)
             codec = provider.codec(meta, model)
+            dialled = loop.time()
             ws = await websockets.connect(
                 url, additional_headers=headers, max_size=None, compression=None, open_timeout=10,
                 ping_interval=20, ping_timeout=20, close_timeout=CLOSE_TIMEOUT_S)
+            connect_ms = round((loop.time() - dialled) * 1000, 1)
             prepared = _Prepared(provider=provider, meta=meta, model=model, config=config,
                                  items=frozenset(item.id for item in snapshot.items), codec=codec, ws=ws,
                                  opened_at=loop.time())
@@ -374,7 +380,7 @@ class ProviderWorker:
         move.prepared = prepared
         prepared.reader = asyncio.create_task(self._read_prepared(session, move, prepared))
         log.info("upstream prepared", extra={
-            "sid": session.meta.sid, "to": move.plan.to, "items": len(prepared.items),
+            "sid": session.meta.sid, "to": move.plan.to, "items": len(prepared.items), "connect_ms": connect_ms,
             "prepare_ms": round((time.time() * 1000) - move.plan.started_ms)})
         await self._plan(session, PlanSignal.PREPARED)
 
@@ -494,8 +500,11 @@ class ProviderWorker:
         session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
         log.info("switching", extra={"sid": session.meta.sid, "from": previous, "to": ctl.provider,
                                      "reason": ctl.reason, "state": session.state.value})
+        if session.handover is not None:  # a make-before-break cutover under way loses to this one
+            self._tasks.spawn(_close_quietly(session.handover.ws))
+            session.handover = session.handover_plan = None
         if session.state in (Upstream.CONNECTING, Upstream.OPEN, Upstream.ROTATING, Upstream.RECONFIGURING,
-                             Upstream.ABANDONED, Upstream.SWITCHING):
+                             Upstream.ABANDONED, Upstream.SWITCHING, Upstream.HANDOVER):
             session.to(Trigger.SWITCH)
             if session.ws is not None:
                 with contextlib.suppress(Exception):
@@ -551,7 +560,8 @@ class ProviderWorker:
             self._stream = (reconnects, await stream_id(self.nc))
         return self._stream[1]
 
-    async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S) -> bool:
+    async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S,
+                                poll_s: float = CHECKPOINT_POLL_S) -> bool:
         """Wait until the checkpoint has folded this session's events already in the stream, so that the
         snapshot (history, commit point) and the replay agree: from a stale commit point, input the
         restored history already holds would be sent again (a duplicate turn). The checkpoint records the
@@ -584,7 +594,7 @@ class ProviderWorker:
             if loop.time() >= deadline:
                 log.warning("checkpoint behind", extra={"sid": sid, "target": target, "folded": folded})
                 return False
-            await asyncio.sleep(CHECKPOINT_POLL_S)
+            await asyncio.sleep(poll_s)
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)
@@ -871,19 +881,23 @@ class ProviderWorker:
         handed, session.handover = session.handover, None
         plan, session.handover_plan = session.handover_plan, None
         if handed is not None and plan is not None:
-            ws, codec = await self._take_over(session, handed, plan)
+            taken = await self._take_over(session, handed, plan)
+            if taken is None:
+                return  # switched elsewhere while cutting over: the loop dials that one
+            ws, codec = taken
         else:
             ws, codec = await self._dial(session)
             if ws is None:
                 return
         loop = asyncio.get_running_loop()
+        aging: asyncio.Task[None] | None = None
         try:
             if session.state is Upstream.CONNECTING:  # no await between the empty check and this line
                 session.to(Trigger.OPENED)
                 session.input_loss = InputLoss.NONE
             max_age = age_left_s(session.opened_at or loop.time(), session.provider.max_session_s, loop.time())
             if max_age is not None:
-                self._tasks.spawn(self._recycle_when_old(session, ws, max_age))
+                aging = asyncio.create_task(self._recycle_when_old(session, ws, max_age))
             while True:
                 remaining = session.stall.remaining(loop.time())
                 if remaining is None or session.state is not Upstream.OPEN:
@@ -918,6 +932,8 @@ class ProviderWorker:
                 if session.state is Upstream.HANDOVER:
                     return  # the turn end a make-before-break waited for: the prepared one takes over
         finally:
+            if aging is not None:
+                aging.cancel()  # a recycle by age is this connection's
             if session.state is Upstream.HANDOVER:
                 self._tasks.spawn(_close_quietly(ws, "switch"))  # its closing handshake is not waited for
             else:
@@ -986,21 +1002,31 @@ class ProviderWorker:
         return ws, codec
 
     async def _take_over(self, session: _Session, handed: _Prepared,
-                         plan: SwitchPlan) -> tuple[ClientConnection, ProviderCodec]:
+                         plan: SwitchPlan) -> tuple[ClientConnection, ProviderCodec] | None:
         """Make the prepared upstream the session's: the items the last turn added (it has the history up
         to its preparation), the uncommitted input, the input queued meanwhile, each once; then the
         announcement (a switch) and what it sent while it waited."""
         assert self.store is not None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
-            await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
+            # The last turn's items are in the log once the checkpoint folded its end: polled closely,
+            # this wait is most of the gap the client hears.
+            await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
+            folded = loop.time()
             snapshot = await self.store.snapshot(session.meta.sid)
             if session.codec is not None:
                 await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
+            read = loop.time()
+            if session.state is not Upstream.CONNECTING:  # a switch "now" came meanwhile (``_cutover``)
+                await _close_quietly(handed.ws)
+                return None
             self._drop_known(session, snapshot)
             previous = session.meta.provider
             session.provider, session.meta, session.model = handed.provider, handed.meta, handed.model
             session.codec, session.ws, session.opened_at = handed.codec, handed.ws, handed.opened_at
-            session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
+            if not plan.recycle:  # a new provider: nothing to back off from (a recycle keeps its streak)
+                session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
             session.clock, session.speech_ends = InputClock(), {}
             session.stall = StallWatch(session.stall.limit_s)
             config = session.config or snapshot.config
@@ -1023,7 +1049,9 @@ class ProviderWorker:
                 await self._signal(session, "ready", value_ms=gap_ms)
             log.info("cut over", extra={"sid": session.meta.sid, "from": previous, "to": session.meta.provider,
                                         "recycle": plan.recycle, "gap_ms": gap_ms, "added_items": len(delta),
-                                        "pending": len(session.pending)})
+                                        "pending": len(session.pending),
+                                        "checkpoint_ms": round((folded - began) * 1000, 1),
+                                        "read_ms": round((read - folded) * 1000, 1)})
             for out in handed.outs:
                 await self._apply(session, out)
             handed.outs.clear()
@@ -1071,7 +1099,12 @@ class ProviderWorker:
             return False
         ctl = bus.Control(kind="switch", epoch=session.epoch, provider=session.meta.provider, reason=reason,
                           when="turn_end")
-        self._begin(session, ctl, recycle=True, deadline_s=deadline_s)
+        # A provider that ends every connection right after its setup must not be redialled in a loop:
+        # the same backoff as any planned replacement (immediate after a connection that lived).
+        loop = asyncio.get_running_loop()
+        lived = None if session.opened_at is None else loop.time() - session.opened_at
+        delay = session.backoff.after(lived_s=lived, planned=True, rand=random.random())
+        self._begin(session, ctl, recycle=True, deadline_s=deadline_s, delay_s=delay)
         return True
 
     async def _stalled(self, session: _Session) -> None:

@@ -165,7 +165,9 @@ async def test_turn_end_switch_mid_response_connects_first_and_cuts_over_at_the_
                 await reset_knobs(mbb.port(start), session=old)
         assert (switched.to, switched.reason) == (target, "manual")  # type: ignore[attr-defined]
         print(f"\n{start} -> {target}: gap from the turn end to the new upstream ready {switched.gap_ms} ms")  # type: ignore[attr-defined]
-        assert switched.gap_ms < 50  # type: ignore[attr-defined]
+        # Generous for a loaded 2-core machine (10-40 ms usual: the checkpoint folding the turn's end and
+        # the stream read); a break-before-make switch adds the connect, setup and history on top.
+        assert switched.gap_ms < 100  # type: ignore[attr-defined]
         text, _ = await _say(conn, f"three {marker}")
         assert text.endswith(f"three {marker}")
     new = (await _sessions_with(mbb.port(target), f"three {marker}", count=1, min_items=5))[-1]
