@@ -184,7 +184,13 @@ async def test_turn_end_switch_mid_response_connects_first_and_cuts_over_at_the_
     assert old_session["closed_at"] is not None and old_session["closed_at"] >= new["created_at"]
 
 
-async def test_switch_to_a_provider_that_cannot_be_had_keeps_the_old_upstream(mbb: MbbStack) -> None:
+@pytest.mark.parametrize("fault", [
+    {"refuse": 503, "refuse_count": 1},  # cannot connect
+    {"close_after": 1, "close_code": 1011},  # connects, then drops before the turn end
+], ids=["refused", "dropped"])
+async def test_switch_to_a_provider_that_cannot_be_had_keeps_the_old_upstream(
+    mbb: MbbStack, fault: dict[str, Any],
+) -> None:
     marker = _marker()
     async with mbb.sdk("openai", f"mbbf-{marker}") as conn:
         await _manual_turns(conn)
@@ -192,7 +198,7 @@ async def test_switch_to_a_provider_that_cannot_be_had_keeps_the_old_upstream(mb
         old = (await _sessions_with(mbb.port("openai"), f"one {marker}", count=1, min_items=2))[-1]["id"]
         try:
             await set_knobs(mbb.port("openai"), session=old, response_ms=800, pace=1.0)
-            await set_knobs(mbb.port("gemini"), refuse=503, refuse_count=1)
+            await set_knobs(mbb.port("gemini"), **fault)
             await conn.conversation.item.create(item={
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
             await conn.response.create()
