@@ -186,7 +186,7 @@ async def test_turn_end_switch_mid_response_connects_first_and_cuts_over_at_the_
 
 @pytest.mark.parametrize("fault", [
     {"refuse": 503, "refuse_count": 1},  # cannot connect
-    {"close_after": 1, "close_code": 1011},  # connects, then drops before the turn end
+    {"session_cap_s": 0.2},  # connects, then is ended (1011) before the turn end
 ], ids=["refused", "dropped"])
 async def test_switch_to_a_provider_that_cannot_be_had_keeps_the_old_upstream(
     mbb: MbbStack, fault: dict[str, Any],
