@@ -96,6 +96,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     admin_port: int | None = None  # /metrics and /healthz on their own port; None: on the client port
     reattach_budget_ms: int = 30_000  # the edge gives a session up (and tells its client) after this long
     stall_ms: int = 2_000  # a response open and no upstream bytes this long: ended, and the upstream replaced
+    openai_max_session_s: float = 3_300.0  # recycled at a turn boundary before OpenAI's 60-minute session cap
     max_frame_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     instance_id: str = ""
@@ -106,6 +107,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             "OPENAI_API_KEY": self.openai_api_key,
             "OPENAI_REALTIME_URL": self.openai_realtime_url,
             "OPENAI_MODEL": self.openai_model,
+            "RS_OPENAI_MAX_SESSION_S": str(self.openai_max_session_s),
             "GEMINI_API_KEY": self.gemini_api_key,
             "GEMINI_LIVE_URL": self.gemini_live_url,
             "GEMINI_MODEL": self.gemini_model,
@@ -234,6 +236,7 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("RS_ADMIN_PORT", "admin_port", _int_range(1, 65_535)),
     ("RS_REATTACH_BUDGET_MS", "reattach_budget_ms", _int_range(100, 600_000)),
     ("RS_STALL_MS", "stall_ms", _int_range(100, 600_000)),
+    ("RS_OPENAI_MAX_SESSION_S", "openai_max_session_s", _float_range(0.5, 3_600.0)),
     ("RS_MAX_FRAME_BYTES", "max_frame_bytes", _int_range(1024, 64 * 1024 * 1024)),
     ("LOG_LEVEL", "log_level", str.upper),
     ("RS_INSTANCE_ID", "instance_id", str),

@@ -55,7 +55,8 @@ def test_a_go_away_or_a_reconfiguration_may_come_during_the_setup() -> None:
 
 
 def test_fatal_and_drop_end_it_from_anywhere_live() -> None:
-    for state in (U.IDLE, U.CONNECTING, U.OPEN, U.ROTATING, U.RECONFIGURING, U.ABANDONED, U.SWITCHING, U.BACKOFF):
+    for state in (U.IDLE, U.CONNECTING, U.OPEN, U.ROTATING, U.RECONFIGURING, U.ABANDONED, U.SWITCHING, U.HANDOVER,
+                  U.BACKOFF):
         assert step(state, T.FATAL) is U.FAILED
         assert step(state, T.DROP) is U.CLOSED
     assert step(U.FAILED, T.DROP) is U.CLOSED
@@ -243,3 +244,16 @@ def test_a_switch_wins_over_any_other_reason_to_close_and_redials() -> None:
         U.CONNECTING, U.OPEN, U.ROTATING, U.SWITCHING, U.SWITCHING]
     with pytest.raises(IllegalTransition):
         step(U.BACKOFF, T.SWITCH)  # nothing to close: the worker just dials the new provider
+
+
+def test_a_handover_goes_from_open_straight_to_the_prepared_connection() -> None:
+    # Make-before-break: no BACKOFF between the old connection and the prepared one.
+    assert _run(T.DIAL, T.OPENED, T.HAND_OVER, T.DIAL, T.OPENED) == [
+        U.CONNECTING, U.OPEN, U.HANDOVER, U.CONNECTING, U.OPEN]
+    assert not U.HANDOVER.sends  # input waits for the new upstream during the cutover
+    assert step(U.HANDOVER, T.LOST) is U.BACKOFF
+    assert step(U.HANDOVER, T.SWITCH) is U.SWITCHING  # a switch "now" arriving meanwhile
+    assert step(U.HANDOVER, T.GOING_AWAY) is U.HANDOVER
+    for state in (U.IDLE, U.CONNECTING, U.ROTATING, U.SWITCHING, U.BACKOFF):
+        with pytest.raises(IllegalTransition):
+            step(state, T.HAND_OVER)  # only a live, open connection is handed over

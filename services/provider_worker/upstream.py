@@ -45,6 +45,7 @@ class Upstream(enum.Enum):
     RECONFIGURING = "reconfiguring"  # closed by us: the provider takes this config only at setup
     ABANDONED = "abandoned"  # closed by us because it failed (a response stalled): a loss
     SWITCHING = "switching"  # closed by us: the session moves to another provider (or a fresh connection)
+    HANDOVER = "handover"  # a prepared upstream takes over (make-before-break): input waits for it
     BACKOFF = "backoff"  # lost; waiting before the next connect
     FAILED = "failed"  # given up: the client was told (fatal)
     CLOSED = "closed"  # the session was dropped
@@ -63,13 +64,15 @@ class Trigger(enum.Enum):
     STALLED = "stalled"  # a response open and no bytes: give it up now
     RECONFIGURE = "reconfigure"
     SWITCH = "switch"  # the edge moved the session to another provider: connect there now
+    HAND_OVER = "hand_over"  # cut over to an upstream already connected and set up (make-before-break)
     LOST = "lost"  # the socket ended (or never opened)
     FATAL = "fatal"
     DROP = "drop"
 
 
 _U, _T = Upstream, Trigger
-_LIVE = (_U.IDLE, _U.CONNECTING, _U.OPEN, _U.ROTATING, _U.RECONFIGURING, _U.ABANDONED, _U.SWITCHING, _U.BACKOFF)
+_LIVE = (_U.IDLE, _U.CONNECTING, _U.OPEN, _U.ROTATING, _U.RECONFIGURING, _U.ABANDONED, _U.SWITCHING, _U.HANDOVER,
+         _U.BACKOFF)
 _CLOSING = (_U.ROTATING, _U.RECONFIGURING, _U.ABANDONED)  # closed by us: the first reason sticks
 TRANSITIONS: dict[tuple[Upstream, Trigger], Upstream] = {
     (_U.IDLE, _T.DIAL): _U.CONNECTING,
@@ -87,6 +90,12 @@ TRANSITIONS: dict[tuple[Upstream, Trigger], Upstream] = {
     **{(state, _T.SWITCH): _U.SWITCHING for state in (_U.CONNECTING, _U.OPEN, *_CLOSING, _U.SWITCHING)},
     **{(_U.SWITCHING, trigger): _U.SWITCHING for trigger in (_T.GOING_AWAY, _T.STALLED, _T.RECONFIGURE)},
     (_U.SWITCHING, _T.LOST): _U.BACKOFF,
+    # Make-before-break: the old socket is closed on the way, the prepared one is the next connection.
+    (_U.OPEN, _T.HAND_OVER): _U.HANDOVER,
+    (_U.HANDOVER, _T.DIAL): _U.CONNECTING,
+    (_U.HANDOVER, _T.LOST): _U.BACKOFF,
+    (_U.HANDOVER, _T.SWITCH): _U.SWITCHING,
+    **{(_U.HANDOVER, trigger): _U.HANDOVER for trigger in (_T.GOING_AWAY, _T.STALLED, _T.RECONFIGURE)},
     # Already being replaced: the next connection takes the new config anyway.
     **{(state, trigger): state for state in _CLOSING for trigger in (_T.GOING_AWAY, _T.STALLED, _T.RECONFIGURE)},
     **{(state, _T.LOST): _U.BACKOFF for state in _CLOSING},

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
@@ -31,6 +32,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from services.provider_worker import replay
+from services.provider_worker.switchplan import Action, Phase, SwitchPlan, age_left_s, delta_items
+from services.provider_worker.switchplan import Signal as PlanSignal
 from services.provider_worker.upstream import (
     Backoff,
     IllegalTransition,
@@ -58,7 +61,7 @@ from shared.metrics import (
     UPSTREAM_RECONNECTS,
     UPSTREAM_ROTATIONS,
 )
-from shared.providers import Provider, ProviderNotConfigured, installed_providers, load_provider
+from shared.providers import AppendsHistory, Provider, ProviderNotConfigured, installed_providers, load_provider
 from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id, stream_id
 from shared.session import SessionMeta
 from shared.store import Snapshot, Store
@@ -72,6 +75,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_WAIT_S = 3.0
 PENDING_LIMIT = 3_000  # events held while upstream connects: ~60 s of 20 ms audio frames
 CHECKPOINT_POLL_S = 0.02  # one Redis GET per session per poll while a checkpoint lags
+HANDOVER_POLL_S = 0.002  # ... at a make-before-break cutover, where the client hears the wait (a few polls)
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 SHORT_LIVED_S = 3.0  # a connection lost sooner than this after its setup backs off, even a planned rotation
@@ -114,6 +118,37 @@ class InputClock:
         return self._marks[0][1] if self._marks else None
 
 
+@dataclass
+class _Prepared:
+    """An upstream dialled, set up and given the history while the old one still answers."""
+
+    provider: Provider
+    meta: SessionMeta
+    model: str
+    config: ev.SessionConfig
+    items: frozenset[str]  # ids of the history it was given
+    codec: ProviderCodec
+    ws: ClientConnection
+    opened_at: float
+    outs: list[Out] = field(default_factory=list)  # what it sent meanwhile, decoded: published after the cutover
+    reader: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Move:
+    """A make-before-break move under way: the pure plan, the order it carries out, what is prepared."""
+
+    plan: SwitchPlan
+    ctl: bus.Control
+    prepared: _Prepared | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def _close_quietly(ws: ClientConnection, reason: str = "") -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(1000, reason)
+
+
 class _Session:
     def __init__(self, meta: SessionMeta, epoch: int, transformer_epoch: int, provider: Provider,
                  stall_s: float) -> None:
@@ -145,6 +180,10 @@ class _Session:
         # What the session ran on before a switch still being connected: taken back if the new one fails.
         self.switch_revert: tuple[Provider, SessionMeta, str] | None = None
         self.wake = asyncio.Event()  # cuts a backoff wait short (a switch: dial the new provider now)
+        self.mbb: _Move | None = None  # a make-before-break switch or recycle under way
+        self.handover: _Prepared | None = None  # the prepared upstream the next connection takes over
+        self.handover_plan: SwitchPlan | None = None  # ... and the plan that chose it (the gap, announce or not)
+        self.recv_timeout: asyncio.Timeout | None = None  # the upstream read's: a handover ends the read now
         self.resume_snapshot: Snapshot | None = None  # what a replacement's resume read, for its first connect
         self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
         self.subs: list[Subscription] = []
@@ -264,9 +303,181 @@ class ProviderWorker:
         if ctl.provider not in self.providers or session.closed:
             await self._signal(session, "failure", reason="switch_failed")
             return
+        move = session.mbb
+        if move is not None and move.plan.active:
+            if move.ctl.provider == ctl.provider and not move.plan.recycle and ctl.when == "turn_end":
+                return  # the same switch again: already under way
+            await self._abandon(session)  # superseded (a recycle gives way to a switch, which is a fresh one)
+        if ctl.when == "turn_end" and session.state is Upstream.OPEN and session.ws is not None:
+            self._begin(session, ctl, recycle=False)  # make-before-break; the edge waits for its ready signal
+            return
+        # Now (the old upstream is failing), or it is not up: break-before-make, as before.
         session.switch_order = ctl
         if ctl.when == "now" or session.open_response is None:
             await self._cutover(session)
+
+    # -- make-before-break -----------------------------------------------------------------------
+
+    def _begin(self, session: _Session, ctl: bus.Control, *, recycle: bool, deadline_s: float | None = None,
+               delay_s: float = 0.0) -> None:
+        """Open the new upstream now (after ``delay_s``: a recycle's backoff); ``_plan`` cuts over at the
+        turn end (``deadline_s``: a recycle cannot wait longer than this for it)."""
+        plan = SwitchPlan(to=ctl.provider, reason=ctl.reason, recycle=recycle, started_ms=int(time.time() * 1000))
+        move = session.mbb = _Move(plan=plan, ctl=ctl)
+        move.tasks.append(asyncio.create_task(self._prepare(session, move, delay_s)))
+        if deadline_s is not None:
+            move.tasks.append(asyncio.create_task(self._deadline(session, move, deadline_s)))
+        log.info("preparing upstream", extra={"sid": session.meta.sid, "to": ctl.provider, "reason": ctl.reason,
+                                              "recycle": recycle, "busy": session.open_response is not None})
+
+    async def _prepare(self, session: _Session, move: _Move, delay_s: float = 0.0) -> None:
+        """Dial the target, send its setup and the history as of now (the checkpoint's snapshot), and
+        keep reading it (pings answered, frames decoded and kept) until the cutover."""
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        prepared: _Prepared | None = None
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        try:
+            provider = self.providers[move.plan.to]
+            meta = msgspec.structs.replace(session.meta, provider=move.plan.to)
+            model = provider.model_for(meta.model)
+            await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
+            snapshot = await self.store.snapshot(session.meta.sid)
+            config = session.config or snapshot.config or ev.SessionConfig()
+            url, headers = provider.endpoint(model)
+            codec = provider.codec(meta, model)
+            dialled = loop.time()
+            ws = await websockets.connect(
+                url, additional_headers=headers, max_size=None, compression=None, open_timeout=10,
+                ping_interval=20, ping_timeout=20, close_timeout=CLOSE_TIMEOUT_S)
+            connect_ms = round((loop.time() - dialled) * 1000, 1)
+            prepared = _Prepared(provider=provider, meta=meta, model=model, config=config,
+                                 items=frozenset(item.id for item in snapshot.items), codec=codec, ws=ws,
+                                 opened_at=loop.time())
+            setup = codec.connect(config, snapshot.items)
+            for frame in setup.wire:
+                await ws.send(frame)
+            prepared.outs.append(Out(events=setup.events, close=setup.close))
+            PROVIDER_CONNECTS.labels(move.plan.to).inc()
+        except asyncio.CancelledError:
+            if prepared is not None:
+                self._tasks.spawn(_close_quietly(prepared.ws))
+            raise
+        except Exception as exc:  # any failure to come up is the same answer: keep the old one
+            log.warning("prepared upstream failed", extra={"sid": session.meta.sid, "to": move.plan.to,
+                                                           "error": repr(exc)})
+            if prepared is not None:
+                self._tasks.spawn(_close_quietly(prepared.ws))
+            if isinstance(exc, InvalidStatus):
+                PROVIDER_ERRORS.labels(move.plan.to, f"http_{exc.response.status_code}").inc()
+            if session.mbb is move:
+                await self._plan(session, PlanSignal.PREPARE_FAILED)
+            return
+        if session.mbb is not move or session.closed:
+            self._tasks.spawn(_close_quietly(prepared.ws))
+            return
+        move.prepared = prepared
+        prepared.reader = asyncio.create_task(self._read_prepared(session, move, prepared))
+        log.info("upstream prepared", extra={
+            "sid": session.meta.sid, "to": move.plan.to, "items": len(prepared.items), "connect_ms": connect_ms,
+            "prepare_ms": round((time.time() * 1000) - move.plan.started_ms)})
+        await self._plan(session, PlanSignal.PREPARED)
+
+    async def _read_prepared(self, session: _Session, move: _Move, prepared: _Prepared) -> None:
+        """Until the cutover cancels it (``recv`` is cancel-safe): decode what the new upstream sends."""
+        try:
+            while True:
+                frame = await prepared.ws.recv()
+                out = prepared.codec.feed(frame)
+                for wire in out.wire:  # e.g. Gemini's held history, released by setupComplete
+                    await prepared.ws.send(wire)
+                prepared.outs.append(Out(events=out.events, close=out.close))
+        except (OSError, websockets.WebSocketException) as exc:
+            log.warning("prepared upstream lost", extra={"sid": session.meta.sid, "error": repr(exc)})
+        except Exception:
+            log.exception("codec failed on a prepared upstream's frame", extra={"sid": session.meta.sid})
+        if session.mbb is move:
+            await self._plan(session, PlanSignal.NEW_LOST)
+
+    async def _deadline(self, session: _Session, move: _Move, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if session.mbb is move:
+            await self._plan(session, PlanSignal.DEADLINE)
+
+    async def _plan(self, session: _Session, signal: PlanSignal) -> None:
+        """Feed the plan one signal and carry out what it says."""
+        move = session.mbb
+        if move is None:
+            return
+        busy = session.open_response is not None
+        action = move.plan.on(signal, busy=busy, now_ms=int(time.time() * 1000))
+        if action is Action.WAIT:
+            return
+        log.info("switch plan", extra={"sid": session.meta.sid, "signal": signal.value, "action": action.value,
+                                       "phase": move.plan.phase.value, "recycle": move.plan.recycle})
+        if action is Action.CUT_OVER:
+            if session.state is Upstream.OPEN and session.ws is not None and move.prepared is not None:
+                await self._hand_over(session, move)
+                return
+            action = Action.FALL_BACK  # the old one is already going: the loop moves the session itself
+        await self._abandon(session)
+        if move.plan.recycle:
+            if signal is PlanSignal.DEADLINE:
+                await self._rotate(session)  # break-before-make now: the provider ends the old one anyway
+            elif action is Action.GIVE_UP:
+                session.rotate_by = asyncio.get_running_loop().time()  # break-before-make at the turn end
+                if session.open_response is None:
+                    await self._rotate(session)
+            return
+        if action is Action.GIVE_UP:
+            await self._signal(session, "failure", reason="switch_failed")
+            return
+        # FALL_BACK: the old upstream died before the cutover; the loop dials the target (the old way).
+        session.switch_order = msgspec.structs.replace(move.ctl, when="now")
+        if session.state not in (Upstream.OPEN, Upstream.CONNECTING):
+            await self._cutover(session)
+
+    async def _abandon(self, session: _Session) -> None:
+        """Drop the move under way and whatever it prepared."""
+        move, session.mbb = session.mbb, None
+        if move is None:
+            return
+        if move.plan.active:
+            move.plan.phase = Phase.DONE
+        current = asyncio.current_task()
+        for task in move.tasks:
+            if task is not current:
+                task.cancel()
+        prepared = move.prepared
+        if prepared is not None:
+            if prepared.reader is not None and prepared.reader is not current:
+                prepared.reader.cancel()
+            self._tasks.spawn(_close_quietly(prepared.ws))
+
+    async def _hand_over(self, session: _Session, move: _Move) -> None:
+        """The cutover: stop reading the prepared upstream (its frames stay queued on its socket), queue
+        input from now on (HANDOVER), close the old upstream without waiting for its closing handshake;
+        the upstream loop's next connection is the prepared one (``_run_upstream``)."""
+        prepared = move.prepared
+        assert prepared is not None
+        session.mbb = None
+        current = asyncio.current_task()
+        for task in (*move.tasks, prepared.reader):
+            if task is not None and task is not current:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        session.handover = prepared
+        session.handover_plan = move.plan
+        session.to(Trigger.HAND_OVER)
+        if session.recv_timeout is not None:  # the upstream loop waits on the old socket: end that wait now
+            session.recv_timeout.reschedule(asyncio.get_running_loop().time())
+        await self._end_cut_response(session)  # a recycle's deadline mid-response: never left hanging
+        old = session.ws
+        if old is not None:
+            self._tasks.spawn(_close_quietly(old, "switch"))
+        session.wake.set()
 
     async def _cutover(self, session: _Session) -> None:
         """Point the session at the new provider and end the current connection on purpose; the upstream
@@ -289,8 +500,11 @@ class ProviderWorker:
         session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
         log.info("switching", extra={"sid": session.meta.sid, "from": previous, "to": ctl.provider,
                                      "reason": ctl.reason, "state": session.state.value})
+        if session.handover is not None:  # a make-before-break cutover under way loses to this one
+            self._tasks.spawn(_close_quietly(session.handover.ws))
+            session.handover = session.handover_plan = None
         if session.state in (Upstream.CONNECTING, Upstream.OPEN, Upstream.ROTATING, Upstream.RECONFIGURING,
-                             Upstream.ABANDONED, Upstream.SWITCHING):
+                             Upstream.ABANDONED, Upstream.SWITCHING, Upstream.HANDOVER):
             session.to(Trigger.SWITCH)
             if session.ws is not None:
                 with contextlib.suppress(Exception):
@@ -346,7 +560,8 @@ class ProviderWorker:
             self._stream = (reconnects, await stream_id(self.nc))
         return self._stream[1]
 
-    async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S) -> bool:
+    async def _await_checkpoint(self, sid: str, timeout_s: float = CHECKPOINT_WAIT_S,
+                                poll_s: float = CHECKPOINT_POLL_S) -> bool:
         """Wait until the checkpoint has folded this session's events already in the stream, so that the
         snapshot (history, commit point) and the replay agree: from a stale commit point, input the
         restored history already holds would be sent again (a duplicate turn). The checkpoint records the
@@ -379,7 +594,7 @@ class ProviderWorker:
             if loop.time() >= deadline:
                 log.warning("checkpoint behind", extra={"sid": sid, "target": target, "folded": folded})
                 return False
-            await asyncio.sleep(CHECKPOINT_POLL_S)
+            await asyncio.sleep(poll_s)
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)
@@ -387,6 +602,9 @@ class ProviderWorker:
             return
         session.to(Trigger.DROP)
         SESSIONS.labels("worker").set(len(self.sessions))
+        await self._abandon(session)
+        if session.handover is not None:
+            await _close_quietly(session.handover.ws)
         for sub in session.subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -478,14 +696,26 @@ class ProviderWorker:
             # client is not told, the connection is replaced at a turn boundary (below, or _plan_rotation's deadline).
             for e in events:
                 if isinstance(e, ev.GoAway):
-                    self._plan_rotation(session, e.time_left_ms)
+                    self._go_away(session, e.time_left_ms)
             events = [e for e in events if not isinstance(e, ev.GoAway)]
         if events:
             await self._publish(session, events)
+        move = session.mbb
+        if move is not None and move.plan.phase is Phase.READY and session.open_response is None:
+            await self._plan(session, PlanSignal.TURN_END)  # the turn end a make-before-break waits for
         if session.rotate_by is not None and session.open_response is None:
             await self._rotate(session)
         if session.switch_order is not None and session.open_response is None:
             await self._cutover(session)  # the turn end a switch was waiting for
+
+    def _go_away(self, session: _Session, time_left_ms: int) -> None:
+        """The provider ends this connection in ``time_left_ms`` (Gemini goAway): a recycle, make-before-
+        break at the turn end, at the latest ``ROTATE_MARGIN_S`` before the end; else the old rotation."""
+        if session.mbb is None and self._recycle(
+                session, reason="go_away", deadline_s=max(0.0, time_left_ms / 1000 - ROTATE_MARGIN_S)):
+            log.info("provider going away", extra={"sid": session.meta.sid, "time_left_ms": time_left_ms})
+            return
+        self._plan_rotation(session, time_left_ms)
 
     def _plan_rotation(self, session: _Session, time_left_ms: int) -> None:
         loop = asyncio.get_running_loop()
@@ -524,6 +754,8 @@ class ProviderWorker:
                 session.open_response = event.response_id
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
+                if session.mbb is not None:
+                    session.mbb.plan.turn_ended(int(time.time() * 1000))
                 session.turns.response_done(event.response_id)
             elif isinstance(event, ev.OutputAudio):
                 ms = session.turns.first_audio(event.response_id, now)
@@ -598,6 +830,8 @@ class ProviderWorker:
                 session.ws = None
             if session.closed:
                 return
+            if session.state is Upstream.HANDOVER and session.handover is not None:
+                continue  # make-before-break: the next connection is the prepared one, no loss, no wait
             closing = session.state
             session.to(Trigger.LOST)
             if failure is not None:
@@ -613,6 +847,8 @@ class ProviderWorker:
                 log.warning("switch failed", extra={"sid": session.meta.sid, "to": to, "reason": reason})
                 await self._signal(session, "failure", reason="switch_failed")
                 continue
+            if session.mbb is not None:
+                await self._plan(session, PlanSignal.OLD_LOST)  # lost before the cutover: the old way
             if session.switch_order is not None:
                 await self._cutover(session)  # the connection ended while a switch waited for the turn end
             lived = None if session.opened_at is None else loop.time() - session.opened_at
@@ -639,9 +875,75 @@ class ProviderWorker:
                 await asyncio.wait_for(session.wake.wait(), delay)  # a backoff, cut short by a switch
 
     async def _run_upstream(self, session: _Session) -> None:
-        """One upstream connection, from connect to close."""
+        """One upstream connection, from connect (or a make-before-break handover) to close."""
         assert self.store is not None
         session.to(Trigger.DIAL)
+        handed, session.handover = session.handover, None
+        plan, session.handover_plan = session.handover_plan, None
+        if handed is not None and plan is not None:
+            taken = await self._take_over(session, handed, plan)
+            if taken is None:
+                return  # switched elsewhere while cutting over: the loop dials that one
+            ws, codec = taken
+        else:
+            ws, codec = await self._dial(session)
+            if ws is None:
+                return
+        loop = asyncio.get_running_loop()
+        aging: asyncio.Task[None] | None = None
+        try:
+            if session.state is Upstream.CONNECTING:  # no await between the empty check and this line
+                session.to(Trigger.OPENED)
+                session.input_loss = InputLoss.NONE
+            max_age = age_left_s(session.opened_at or loop.time(), session.provider.max_session_s, loop.time())
+            if max_age is not None:
+                aging = asyncio.create_task(self._recycle_when_old(session, ws, max_age))
+            while True:
+                remaining = session.stall.remaining(loop.time())
+                if remaining is None or session.state is not Upstream.OPEN:
+                    # Nothing to watch (no response open, or the socket is closing on purpose): wake up now
+                    # and then anyway, a response may open from our side (a codec's synthetic events).
+                    remaining = session.stall.limit_s
+                try:
+                    async with asyncio.timeout(remaining) as session.recv_timeout:
+                        frame = await ws.recv()
+                except TimeoutError:
+                    if session.state is Upstream.HANDOVER:
+                        return  # cut over from another task (``_hand_over``): the prepared one takes it
+                    if session.stall.remaining(loop.time()) == 0 and session.state is Upstream.OPEN:
+                        await self._stalled(session)
+                        return
+                    continue
+                except ConnectionClosedOK:
+                    return
+                finally:
+                    session.recv_timeout = None
+                session.stall.bytes_in(loop.time())
+                FRAMES.labels("worker", "provider_in").inc()
+                try:
+                    out = codec.feed(frame)
+                except Exception:
+                    log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
+                    out = Out(events=[_INTERNAL_ERROR])
+                for event in out.events:
+                    if isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
+                        await self._signal(session, "failure", reason=failure)
+                await self._apply(session, out)
+                if session.state is Upstream.HANDOVER:
+                    return  # the turn end a make-before-break waited for: the prepared one takes over
+        finally:
+            if aging is not None:
+                aging.cancel()  # a recycle by age is this connection's
+            if session.state is Upstream.HANDOVER:
+                self._tasks.spawn(_close_quietly(ws, "switch"))  # its closing handshake is not waited for
+            else:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+
+    async def _dial(self, session: _Session) -> tuple[ClientConnection | None, ProviderCodec]:
+        """Connect (the history, the uncommitted input and the queued input sent); None: switched or
+        dropped while dialling (the socket is closed again)."""
+        assert self.store is not None
         provider = session.provider
         # The history must hold everything this session already said (a provider reconnect, a Gemini
         # reconfiguration, a client back on the same session moments after it left): let the checkpoint
@@ -660,31 +962,25 @@ class ProviderWorker:
                 await asyncio.wait_for(session.config_seen.wait(), self.config.gemini_setup_wait_ms / 1000)
             config = session.config
         config = config or ev.SessionConfig()
-        # The config the codec starts with already covers queued config events, and the history already
-        # holds items the checkpoint folded after they were queued: neither may be sent twice.
-        in_history = {item.id for item in snapshot.items}
-        session.pending = collections.deque(
-            e for e in session.pending
-            if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in in_history)
-        )
+        self._drop_known(session, snapshot)
         url, headers = provider.endpoint(session.model)
         # History is always restored from our own log, never from a Gemini resumption handle: a handle
         # only covers what the provider had consumed at its last update, so items sent after it (or queued
         # while reconnecting) would be lost, and the log is the source of truth anyway.
         codec = session.codec = provider.codec(session.meta, session.model)
-        async with websockets.connect(
+        ws = await websockets.connect(
             url, additional_headers=headers, max_size=None, compression=None, open_timeout=10,
             ping_interval=20, ping_timeout=20, close_timeout=CLOSE_TIMEOUT_S,
-        ) as ws:
-            session.ws = ws
-            loop = asyncio.get_running_loop()
-            session.opened_at = loop.time()
-            if session.state is Upstream.SWITCHING:
-                return  # switched while dialling: the loop dials the new provider
-            if session.closed:
-                # Dropped while connecting, and the cancellation got lost on the way (Python 3.11's
-                # asyncio.wait_for, used by nats-py requests, can swallow one): never serve a dropped session.
-                return
+        )
+        session.ws = ws
+        session.opened_at = asyncio.get_running_loop().time()
+        if session.state is Upstream.SWITCHING or session.closed:
+            # Switched while dialling (the loop dials the new provider), or dropped while connecting and
+            # the cancellation got lost on the way (Python 3.11's asyncio.wait_for, used by nats-py
+            # requests, can swallow one): never serve a dropped session.
+            await _close_quietly(ws)
+            return None, codec
+        try:
             PROVIDER_CONNECTS.labels(session.meta.provider).inc()
             log.info("upstream connect", extra={
                 "sid": session.meta.sid, "items": len(snapshot.items), "pending": len(session.pending),
@@ -696,48 +992,120 @@ class ProviderWorker:
             session.stall = StallWatch(session.stall.limit_s)
             setup = codec.connect(config, snapshot.items)
             await self._apply(session, Out(wire=setup.wire))
-            if session.switch is not None:
-                # A switch: the new upstream has the history; this is the first event on down.
-                req, session.switch = session.switch, None
-                switched = switched_event(req.switch_from, req.switch_reason, req.switch_started_ms,
-                                          session.meta.provider, int(time.time() * 1000))
-                if switched is not None:
-                    await self._publish(session, [switched])
-                    await self._signal(session, "ready", value_ms=switched.gap_ms)
-                session.switch_revert = None
+            await self._announce(session)
             await self._apply(session, Out(events=setup.events, close=setup.close))
             while session.pending:
                 await self._encode(session, session.pending.popleft())
-            if session.state is Upstream.CONNECTING:  # no await between the empty check and this line
-                session.to(Trigger.OPENED)
-                session.input_loss = InputLoss.NONE
-            while True:
-                remaining = session.stall.remaining(loop.time())
-                if remaining is None or session.state is not Upstream.OPEN:
-                    # Nothing to watch (no response open, or the socket is closing on purpose): wake up now
-                    # and then anyway, a response may open from our side (a codec's synthetic events).
-                    remaining = session.stall.limit_s
-                try:
-                    async with asyncio.timeout(remaining):
-                        frame = await ws.recv()
-                except TimeoutError:
-                    if session.stall.remaining(loop.time()) == 0 and session.state is Upstream.OPEN:
-                        await self._stalled(session)
-                        return
-                    continue
-                except ConnectionClosedOK:
-                    return
-                session.stall.bytes_in(loop.time())
-                FRAMES.labels("worker", "provider_in").inc()
-                try:
-                    out = codec.feed(frame)
-                except Exception:
-                    log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
-                    out = Out(events=[_INTERNAL_ERROR])
-                for event in out.events:
-                    if isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
-                        await self._signal(session, "failure", reason=failure)
+        except BaseException:
+            await _close_quietly(ws)
+            raise
+        return ws, codec
+
+    async def _take_over(self, session: _Session, handed: _Prepared,
+                         plan: SwitchPlan) -> tuple[ClientConnection, ProviderCodec] | None:
+        """Make the prepared upstream the session's: the items the last turn added (it has the history up
+        to its preparation), the uncommitted input, the input queued meanwhile, each once; then the
+        announcement (a switch) and what it sent while it waited."""
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            # The last turn's items are in the log once the checkpoint folded its end: polled closely,
+            # this wait is most of the gap the client hears.
+            await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
+            folded = loop.time()
+            snapshot = await self.store.snapshot(session.meta.sid)
+            if session.codec is not None:
+                await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
+            read = loop.time()
+            if session.state is not Upstream.CONNECTING:  # a switch "now" came meanwhile (``_cutover``)
+                await _close_quietly(handed.ws)
+                return None
+            self._drop_known(session, snapshot)
+            previous = session.meta.provider
+            session.provider, session.meta, session.model = handed.provider, handed.meta, handed.model
+            session.codec, session.ws, session.opened_at = handed.codec, handed.ws, handed.opened_at
+            if not plan.recycle:  # a new provider: nothing to back off from (a recycle keeps its streak)
+                session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
+            session.clock, session.speech_ends = InputClock(), {}
+            session.stall = StallWatch(session.stall.limit_s)
+            config = session.config or snapshot.config
+            if config is not None and config != handed.config:
+                await self._encode(session, config)  # changed while it was being prepared
+            delta = delta_items(handed.items, snapshot.items)
+            if isinstance(handed.codec, AppendsHistory):
+                await self._apply(session, handed.codec.append_history(delta))
+            else:
+                for item in delta:
+                    await self._encode(session, ev.ItemCreate(item=item))
+            now_ms = int(time.time() * 1000)
+            gap_ms = plan.gap_ms(now_ms)
+            if plan.recycle:
+                UPSTREAM_ROTATIONS.labels(session.meta.provider).inc()  # ours: the client is told nothing
+            else:
+                switched = ev.Switched(from_provider=previous, to_provider=session.meta.provider,
+                                       reason=plan.reason or "manual", gap_ms=gap_ms)
+                await self._publish(session, [switched])
+                await self._signal(session, "ready", value_ms=gap_ms)
+            log.info("cut over", extra={"sid": session.meta.sid, "from": previous, "to": session.meta.provider,
+                                        "recycle": plan.recycle, "gap_ms": gap_ms, "added_items": len(delta),
+                                        "pending": len(session.pending),
+                                        "checkpoint_ms": round((folded - began) * 1000, 1),
+                                        "read_ms": round((read - folded) * 1000, 1)})
+            for out in handed.outs:
                 await self._apply(session, out)
+            handed.outs.clear()
+            while session.pending:
+                await self._encode(session, session.pending.popleft())
+        except BaseException:
+            await _close_quietly(handed.ws)
+            raise
+        return handed.ws, handed.codec
+
+    async def _announce(self, session: _Session) -> None:
+        """A (break-before-make) switch: the new upstream has the history; Switched is the first event."""
+        if session.switch is None:
+            return
+        req, session.switch = session.switch, None
+        switched = switched_event(req.switch_from, req.switch_reason, req.switch_started_ms,
+                                  session.meta.provider, int(time.time() * 1000))
+        if switched is not None:
+            await self._publish(session, [switched])
+            await self._signal(session, "ready", value_ms=switched.gap_ms)
+        session.switch_revert = None
+
+    @staticmethod
+    def _drop_known(session: _Session, snapshot: Snapshot) -> None:
+        """The config the codec starts with already covers queued config events, and the history already
+        holds items the checkpoint folded after they were queued: neither may be sent twice."""
+        in_history = {item.id for item in snapshot.items}
+        session.pending = collections.deque(
+            e for e in session.pending
+            if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in in_history)
+        )
+
+    async def _recycle_when_old(self, session: _Session, ws: ClientConnection, delay_s: float) -> None:
+        """The provider's session length (OpenAI): at ``max_session_s`` the connection is recycled,
+        make-before-break, at the next turn boundary."""
+        await asyncio.sleep(delay_s)
+        if session.ws is ws and not session.closed:
+            log.info("upstream at its maximum age", extra={"sid": session.meta.sid,
+                                                           "max_s": session.provider.max_session_s})
+            self._recycle(session, reason="max_age", deadline_s=None)
+
+    def _recycle(self, session: _Session, *, reason: str, deadline_s: float | None) -> bool:
+        """A fresh connection to the same provider, make-before-break (False: not possible now)."""
+        if session.mbb is not None or session.state is not Upstream.OPEN or session.switch_order is not None:
+            return False
+        ctl = bus.Control(kind="switch", epoch=session.epoch, provider=session.meta.provider, reason=reason,
+                          when="turn_end")
+        # A provider that ends every connection right after its setup must not be redialled in a loop:
+        # the same backoff as any planned replacement (immediate after a connection that lived).
+        loop = asyncio.get_running_loop()
+        lived = None if session.opened_at is None else loop.time() - session.opened_at
+        delay = session.backoff.after(lived_s=lived, planned=True, rand=random.random())
+        self._begin(session, ctl, recycle=True, deadline_s=deadline_s, delay_s=delay)
+        return True
 
     async def _stalled(self, session: _Session) -> None:
         """A response open and nothing from the provider for ``RS_STALL_MS``: end the response towards the

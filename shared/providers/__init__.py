@@ -10,14 +10,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
-from shared.codecs.base import ProviderCodec
+from shared import events as ev
+from shared.codecs.base import Out, ProviderCodec
 from shared.session import SessionMeta
 
 __all__ = [
+    "AppendsHistory",
     "Capabilities",
     "Provider",
     "ProviderNotConfigured",
@@ -36,6 +38,16 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     config_before_connect: bool = False  # needs the session config in its first frame (Gemini setup)
 
 
+@runtime_checkable
+class AppendsHistory(Protocol):
+    """A codec that can add items to the provider's conversation on a live connection, as history (no
+    answer asked): a make-before-break cutover sends the items the last turn added this way to an
+    upstream prepared before that turn ended. Codecs without it get one ``ItemCreate`` per item."""
+
+    def append_history(self, items: list[ev.Item]) -> Out:
+        ...
+
+
 class UnknownProvider(LookupError):
     pass
 
@@ -50,6 +62,9 @@ class Provider(Protocol):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     default_model: ClassVar[str]
+    # A connection older than this is replaced at the next turn boundary, before the provider's own cap
+    # ends it (OpenAI's session length); None: the provider announces its end itself (Gemini goAway).
+    max_session_s: float | None
 
     def __init__(self, settings: Mapping[str, str]) -> None:
         """``settings`` is the process environment (already validated config values as strings)."""

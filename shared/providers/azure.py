@@ -41,6 +41,7 @@ class AzureProvider:
     name: ClassVar[str] = "azure"
     default_model: ClassVar[str] = OpenAIProvider.default_model  # what deployments usually serve
     capabilities: ClassVar[Capabilities] = OpenAIProvider.capabilities  # same protocol, same abilities
+    max_session_s: float | None = None  # no recycle by age configured for Azure (its cap is its own)
 
     def __init__(self, settings: Mapping[str, str]) -> None:
         # Never raises: a worker without Azure settings still starts and serves its other providers.

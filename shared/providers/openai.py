@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import ClassVar
 from urllib.parse import urlencode
 
-from shared.codecs.base import ProviderCodec, TakesConfigLive
+from shared import events as ev
+from shared.codecs.base import Out, ProviderCodec, TakesConfigLive
 from shared.codecs.openai_provider import OpenAIProviderCodec
 from shared.providers import Capabilities
 from shared.session import SessionMeta
@@ -14,11 +15,28 @@ from shared.session import SessionMeta
 __all__ = ["OpenAICodec", "OpenAIProvider"]
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime"
+# OpenAI ends a Realtime session after 60 minutes: ours are recycled at a turn boundary a little before.
+DEFAULT_MAX_SESSION_S = 55 * 60.0
 
 
 class OpenAICodec(TakesConfigLive, OpenAIProviderCodec):
     """The OpenAI GA codec with the contract's ``needs_reconnect`` default: OpenAI applies a
     ``session.update`` on the live connection. (Here, not in the codec module, which another owner keeps.)"""
+
+    def append_history(self, items: list[ev.Item]) -> Out:
+        """One ``conversation.item.create`` per item, appended (the ``AppendsHistory`` protocol)."""
+        out = Out()
+        skipped = 0
+        for item in items:
+            frame = self._item_create(item, None)
+            if frame is None:
+                skipped += 1
+            else:
+                out.wire.append(frame)
+        if skipped:
+            out.events.append(ev.Notice(
+                code="history_item_skipped", message=f"{skipped} history item(s) had no text or transcript to replay"))
+        return out
 
 
 class OpenAIProvider:
@@ -33,6 +51,7 @@ class OpenAIProvider:
         self._api_key = settings.get("OPENAI_API_KEY", "")
         self._url = settings.get("OPENAI_REALTIME_URL") or DEFAULT_URL
         self._model = settings.get("OPENAI_MODEL") or self.default_model
+        self.max_session_s: float | None = float(settings.get("RS_OPENAI_MAX_SESSION_S") or DEFAULT_MAX_SESSION_S)
 
     def __repr__(self) -> str:  # never the key
         return f"OpenAIProvider(url={self._url!r}, model={self._model!r})"

@@ -1,0 +1,113 @@
+"""Make-before-break, sans I/O: when a prepared upstream takes a session over. Time is an argument.
+
+A switch (another provider) or a recycle (a fresh connection to the same one: Gemini ``goAway``, the
+OpenAI session length) opens the new upstream while the old one still answers, and cuts over at the turn
+end. :class:`SwitchPlan` decides; the worker dials, sends and closes (services/provider_worker/worker.py).
+
+    PREPARING --prepared, idle--> CUTOVER            (cut over at once: nothing is being answered)
+    PREPARING --prepared, busy--> READY --turn end--> CUTOVER
+    PREPARING / READY --the new one failed--> DONE   (give up: keep the old upstream)
+    PREPARING / READY --the old one died----> DONE   (fall back: dial the new provider the old way)
+    READY --deadline--> CUTOVER;  PREPARING --deadline--> DONE (fall back)   (a recycle before the cap)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shared import events as ev
+
+__all__ = ["TRANSITIONS", "Action", "Phase", "Signal", "SwitchPlan", "age_left_s", "delta_items"]
+
+
+class Phase(enum.Enum):
+    PREPARING = "preparing"  # the new upstream is being dialled, set up and given the history
+    READY = "ready"  # set up, waiting for the old upstream's response to end
+    CUTOVER = "cutover"  # being handed the session (the rest of the history, the input), the old one closed
+    DONE = "done"  # given up or fallen back: the plan no longer acts
+
+
+class Signal(enum.Enum):
+    PREPARED = "prepared"  # connected, setup and history sent
+    PREPARE_FAILED = "prepare_failed"  # could not connect (or set up)
+    TURN_END = "turn_end"  # the old upstream's response ended
+    NEW_LOST = "new_lost"  # the prepared upstream closed before the cutover
+    OLD_LOST = "old_lost"  # the old upstream ended before the cutover
+    DEADLINE = "deadline"  # a recycle cannot wait any longer (the provider ends the old one soon)
+
+
+class Action(enum.Enum):
+    WAIT = "wait"
+    CUT_OVER = "cut_over"  # hand the session to the prepared upstream now
+    GIVE_UP = "give_up"  # close the prepared one; a switch says switch_failed, the session stays
+    FALL_BACK = "fall_back"  # close the prepared one; the session is moved break-before-make instead
+
+
+_P, _S, _A = Phase, Signal, Action
+_ANY = (False, True)
+# (phase, signal, a response open) -> (next phase, action). What is not here changes nothing (WAIT).
+TRANSITIONS: dict[tuple[Phase, Signal, bool], tuple[Phase, Action]] = {
+    (_P.PREPARING, _S.PREPARED, False): (_P.CUTOVER, _A.CUT_OVER),
+    (_P.PREPARING, _S.PREPARED, True): (_P.READY, _A.WAIT),
+    (_P.READY, _S.TURN_END, False): (_P.CUTOVER, _A.CUT_OVER),
+    **{(phase, _S.PREPARE_FAILED, busy): (_P.DONE, _A.GIVE_UP) for phase in (_P.PREPARING,) for busy in _ANY},
+    **{(phase, _S.NEW_LOST, busy): (_P.DONE, _A.GIVE_UP) for phase in (_P.PREPARING, _P.READY) for busy in _ANY},
+    **{(phase, _S.OLD_LOST, busy): (_P.DONE, _A.FALL_BACK) for phase in (_P.PREPARING, _P.READY) for busy in _ANY},
+    **{(_P.READY, _S.DEADLINE, busy): (_P.CUTOVER, _A.CUT_OVER) for busy in _ANY},
+    **{(_P.PREPARING, _S.DEADLINE, busy): (_P.DONE, _A.FALL_BACK) for busy in _ANY},
+}
+
+
+@dataclass
+class SwitchPlan:
+    """One make-before-break move of a session's upstream to ``to`` (``recycle``: the same provider).
+
+    ``started_ms``: wall clock of the request. The gap the client hears is counted from the end of the
+    turn the cutover waited for (``turn_ended``), or from the cutover when nothing was being answered."""
+
+    to: str
+    reason: str
+    recycle: bool
+    started_ms: int
+    phase: Phase = Phase.PREPARING
+    turn_end_ms: int | None = None
+    cutover_ms: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.phase in (Phase.PREPARING, Phase.READY)
+
+    def turn_ended(self, now_ms: int) -> None:
+        """The old upstream's response ended (only the first end after the request counts)."""
+        if self.active and self.turn_end_ms is None:
+            self.turn_end_ms = now_ms
+
+    def on(self, signal: Signal, *, busy: bool, now_ms: int) -> Action:
+        """Apply one signal (``busy``: the old upstream has a response open right now)."""
+        if signal is Signal.TURN_END:
+            self.turn_ended(now_ms)
+        phase, action = TRANSITIONS.get((self.phase, signal, busy), (self.phase, Action.WAIT))
+        self.phase = phase
+        if action is Action.CUT_OVER:
+            self.cutover_ms = now_ms
+        return action
+
+    def gap_ms(self, now_ms: int) -> int:
+        """What the client heard: from the turn end (else the cutover) to ``now_ms``, the new one ready."""
+        start = self.turn_end_ms if self.turn_end_ms is not None else self.cutover_ms
+        return max(0, now_ms - start) if start is not None else 0
+
+
+def delta_items(prepared: Iterable[str], items: list[ev.Item]) -> list[ev.Item]:
+    """The items of ``items`` (the history at the cutover, in order) the prepared upstream was not given."""
+    known = set(prepared)
+    return [item for item in items if item.id not in known]
+
+
+def age_left_s(opened_at: float, max_age_s: float | None, now: float) -> float | None:
+    """Seconds until a connection opened at ``opened_at`` reaches ``max_age_s`` (0: now; None: no cap)."""
+    if max_age_s is None or max_age_s <= 0:
+        return None
+    return max(0.0, opened_at + max_age_s - now)

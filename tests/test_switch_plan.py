@@ -1,0 +1,113 @@
+"""The make-before-break plan (services/provider_worker/switchplan.py), with literal inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.provider_worker.switchplan import (
+    TRANSITIONS,
+    Action,
+    Phase,
+    Signal,
+    SwitchPlan,
+    age_left_s,
+    delta_items,
+)
+from shared import events as ev
+
+
+def _plan(recycle: bool = False) -> SwitchPlan:
+    return SwitchPlan(to="gemini", reason="manual", recycle=recycle, started_ms=1_000)
+
+
+def test_prepared_while_the_old_one_answers_waits_for_the_turn_end() -> None:
+    plan = _plan()
+    assert plan.on(Signal.PREPARED, busy=True, now_ms=1_030) is Action.WAIT
+    assert plan.phase is Phase.READY
+    assert plan.on(Signal.TURN_END, busy=False, now_ms=2_000) is Action.CUT_OVER
+    assert plan.phase is Phase.CUTOVER
+    assert plan.gap_ms(2_012) == 12  # from the turn end
+
+
+def test_prepared_between_turns_cuts_over_at_once_and_counts_the_gap_from_the_cutover() -> None:
+    plan = _plan()
+    assert plan.on(Signal.PREPARED, busy=False, now_ms=1_030) is Action.CUT_OVER
+    assert plan.gap_ms(1_035) == 5
+
+
+def test_a_turn_that_ends_before_the_new_upstream_is_ready_counts_from_its_end() -> None:
+    plan = _plan()
+    plan.turn_ended(1_010)  # the response ended while the new one was still dialling
+    assert plan.on(Signal.PREPARED, busy=False, now_ms=1_040) is Action.CUT_OVER
+    assert plan.gap_ms(1_045) == 35
+    plan.turn_ended(1_050)  # no longer active: the first end stays
+    assert plan.turn_end_ms == 1_010
+
+
+def test_a_new_response_before_the_new_upstream_is_ready_is_waited_for() -> None:
+    plan = _plan()
+    plan.turn_ended(1_010)
+    assert plan.on(Signal.PREPARED, busy=True, now_ms=1_040) is Action.WAIT
+    assert plan.on(Signal.TURN_END, busy=False, now_ms=3_000) is Action.CUT_OVER
+
+
+def test_a_turn_end_with_another_response_already_open_waits() -> None:
+    plan = _plan()
+    plan.on(Signal.PREPARED, busy=True, now_ms=1_030)
+    assert plan.on(Signal.TURN_END, busy=True, now_ms=2_000) is Action.WAIT
+    assert plan.phase is Phase.READY
+
+
+@pytest.mark.parametrize("phase", [Phase.PREPARING, Phase.READY])
+def test_the_new_upstream_failing_gives_up_and_the_old_one_stays(phase: Phase) -> None:
+    plan = _plan()
+    plan.phase = phase
+    signal = Signal.PREPARE_FAILED if phase is Phase.PREPARING else Signal.NEW_LOST
+    assert plan.on(signal, busy=True, now_ms=1_500) is Action.GIVE_UP
+    assert plan.phase is Phase.DONE and not plan.active
+
+
+@pytest.mark.parametrize("phase", [Phase.PREPARING, Phase.READY])
+def test_the_old_upstream_dying_first_falls_back_to_break_before_make(phase: Phase) -> None:
+    plan = _plan()
+    plan.phase = phase
+    assert plan.on(Signal.OLD_LOST, busy=True, now_ms=1_500) is Action.FALL_BACK
+
+
+def test_a_recycle_deadline_cuts_over_mid_response_when_ready_else_falls_back() -> None:
+    ready = _plan(recycle=True)
+    ready.on(Signal.PREPARED, busy=True, now_ms=1_030)
+    assert ready.on(Signal.DEADLINE, busy=True, now_ms=9_000) is Action.CUT_OVER
+    preparing = _plan(recycle=True)
+    assert preparing.on(Signal.DEADLINE, busy=True, now_ms=9_000) is Action.FALL_BACK
+
+
+def test_a_finished_plan_ignores_everything() -> None:
+    plan = _plan()
+    plan.on(Signal.PREPARED, busy=False, now_ms=1_030)
+    for signal in Signal:
+        for busy in (False, True):
+            assert plan.on(signal, busy=busy, now_ms=2_000) is Action.WAIT
+            assert plan.phase is Phase.CUTOVER
+
+
+def test_every_transition_leaves_an_active_phase() -> None:
+    assert {phase for phase, _, _ in TRANSITIONS} == {Phase.PREPARING, Phase.READY}
+
+
+def _msg(item_id: str, text: str) -> ev.Message:
+    return ev.Message(id=item_id, role="user", content=[ev.TextContent(text=text)])
+
+
+def test_the_delta_is_what_the_prepared_upstream_was_not_given_in_history_order() -> None:
+    items = [_msg("a", "one"), _msg("b", "two"), _msg("c", "aside"), _msg("d", "reply")]
+    assert [i.id for i in delta_items(frozenset({"a", "b"}), items)] == ["c", "d"]
+    assert delta_items({"a", "b", "c", "d"}, items) == []
+    assert [i.id for i in delta_items((), items)] == ["a", "b", "c", "d"]
+
+
+def test_the_age_left_of_a_connection() -> None:
+    assert age_left_s(100.0, 3_300.0, 200.0) == 3_200.0
+    assert age_left_s(100.0, 3.0, 200.0) == 0.0  # overdue: now
+    assert age_left_s(100.0, None, 200.0) is None
+    assert age_left_s(100.0, 0.0, 200.0) is None
