@@ -176,6 +176,7 @@ class _Session:
         self.stall = StallWatch(stall_s)  # of the current provider connection
         self.turns = TurnTimer()
         self.switch: bus.AssignRequest | None = None  # a switch to announce once the first upstream is ready
+        self.reconfigure_at_turn_end = False  # a config the provider takes only on a new connection, mid-answer
         self.switch_order: bus.Control | None = None  # a switch waiting for the turn end (``_cutover``)
         # What the session ran on before a switch still being connected: taken back if the new one fails.
         self.switch_revert: tuple[Provider, SessionMeta, str] | None = None
@@ -680,7 +681,16 @@ class ProviderWorker:
             out = Out(events=[_INTERNAL_ERROR])
         await self._apply(session, out)
         if session.codec.needs_reconnect and session.ws is not None and session.state is not Upstream.SWITCHING:
-            # The provider cannot take this change live (Gemini: one setup per connection).
+            # The provider cannot take this change live (Gemini: one setup per connection). Not in the middle
+            # of an answer (the reconnect would cut it, as a client's mid-answer session.update did): at its end.
+            if session.open_response is None:
+                await self._reconfigure(session)
+            else:
+                session.reconfigure_at_turn_end = True
+
+    async def _reconfigure(self, session: _Session) -> None:
+        session.reconfigure_at_turn_end = False
+        if session.ws is not None and session.state is Upstream.OPEN:
             session.to(Trigger.RECONFIGURE)
             await session.ws.close(1000, "reconfigure")
 
@@ -707,6 +717,8 @@ class ProviderWorker:
             await self._rotate(session)
         if session.switch_order is not None and session.open_response is None:
             await self._cutover(session)  # the turn end a switch was waiting for
+        if session.reconfigure_at_turn_end and session.open_response is None:
+            await self._reconfigure(session)  # the turn end a new configuration was waiting for
 
     def _go_away(self, session: _Session, time_left_ms: int) -> None:
         """The provider ends this connection in ``time_left_ms`` (Gemini goAway): a recycle, make-before-

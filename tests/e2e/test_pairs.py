@@ -201,3 +201,51 @@ async def test_seed_url_openai_style_on_gemini(running: RunningStack) -> None:
     assert "response.audio.delta" in types and "response.output_audio.delta" not in types
     transcripts = [e["transcript"] for e in seen if e["type"] == "response.audio_transcript.done"]
     assert transcripts == [f"turn 1: hi {marker}"]
+
+
+async def test_a_config_change_mid_answer_on_gemini_waits_for_the_turn_end(running: RunningStack) -> None:
+    """Gemini takes a new configuration only on a new connection. A session.update while an answer streams
+    (the Agents SDK sends one) must not cut the answer: the reconnect waits for the turn end."""
+    from services.fakes.common import set_knobs
+
+    marker = uuid.uuid4().hex[:10]
+    port = running.fake_ports["gemini"]
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"{running.ws_base}/v1")
+    async with client.realtime.connect(model="gpt-realtime", extra_query={"rs_core": "gemini"}) as conn:
+        await conn.session.update(session=_session(False, transcription=False))  # type: ignore[arg-type]
+        await _until(conn, "session.updated")
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"one {marker}"}]})
+        await conn.response.create()
+        await _until(conn, "response.done")
+        fake = await fake_session_with(running.fake_http("gemini"), marker, min_items=2)
+        await set_knobs(port, session=fake["id"], response_ms=1500, pace=1.0)  # a 1.5 s answer, in real time
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
+        await conn.response.create()
+        await _until(conn, "response.output_audio.delta")  # the answer is streaming
+        await conn.session.update(session={"type": "realtime", "instructions": f"be brief {marker}"})
+        events = await _until(conn, "response.done")
+        assert events[-1].response.status == "completed"
+        audio = b"".join(unb64(e.delta) for e in events if e.type == "response.output_audio.delta")
+        assert len(audio) > 24_000 * 2 * 1.0  # most of the 1.5 s (the first delta came before the update)
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"three {marker}"}]})
+        await conn.response.create()
+        events = await _until(conn, "response.done")
+        assert events[-1].response.status == "completed"
+    # The connection ended only after the answer, and the next one has the new instructions and the history.
+    from services.fakes.common import debug_sessions
+
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            sessions = [s for s in await debug_sessions(port, include_closed=True)
+                        if any(marker in str(i.get("text")) for i in s["items"])]
+            if any(f"be brief {marker}" in json.dumps(s["config"]) for s in sessions):
+                break
+            await asyncio.sleep(0.05)
+    first = min(sessions, key=lambda s: s["created_at"])
+    assert first["close_reason"] == "reconfigure" and first["items"][-1]["audio_ms"] == 1500
+    last = max(sessions, key=lambda s: s["created_at"])
+    said = [i["text"] for i in last["items"] if i["role"] == "user"]
+    assert said == [f"one {marker}", f"two {marker}", f"three {marker}"]
