@@ -524,6 +524,8 @@ class GeminiClientCodec:
             msg = msgspec.json.decode(frame)
         except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter on bad UTF-8
             return Out(close=Close(1007, "invalid JSON"))
+        except RecursionError:  # nested deeper than any message: unreadable, as the real server has it
+            return Out(close=Close(1007, "invalid JSON: nested too deeply"))
         if not isinstance(msg, dict) or len(msg) != 1:
             return Out(close=Close(1007, "expected one message field per frame"))
         raw_key, body = next(iter(msg.items()))

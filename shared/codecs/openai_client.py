@@ -42,9 +42,9 @@ Choices where the contract is silent (also in the module summary of the tests):
   hold no audio): the item goes Up with its transcript, noticed. ``input_image`` and ``item_reference``
   parts: same treatment, the part is left out.
 - ``previous_item_id`` is null at the root (a client's ``"root"`` is acknowledged as null, as the server does).
-- ``conversation.item.delete``/``truncate`` of an id the store does not know are still forwarded (the
-  store is lost when a session moves to another transformer; the provider knows better). ``retrieve``
-  answers an output item still streaming with its current state, else from the store; an unknown id is
+- ``conversation.item.delete``/``truncate`` of an id the store does not know are an ``error``
+  (``item_not_found``) and nothing else, as the real server answers (the store is rebuilt from the
+  checkpoint when a session moves to another transformer). ``retrieve`` answers an output item still streaming with its current state, else from the store; an unknown id is
   an ``error``.
 - ``Interrupted`` produces no frame (the client learns from ``speech_started`` and the cancelled
   ``response.done``); output deltas of that response arriving later are not sent, and resampler audio
@@ -1264,6 +1264,8 @@ class OpenAIClientCodec:
             return Out(wire=[self._error("invalid_event", f"Invalid event: {exc}")])
         except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter on bad UTF-8
             return Out(wire=[self._error("invalid_json", "The event is not valid JSON.")])
+        except RecursionError:  # nesting deeper than any event has: refused like any unreadable JSON
+            return Out(wire=[self._error("invalid_json", "The event is not valid JSON: nested too deeply.")])
         handler = self._inbound.get(head.type)
         if handler is None:
             return Out(
@@ -1373,12 +1375,19 @@ class OpenAIClientCodec:
             raise _Reject("item_not_found", "No conversation item with this 'item_id'.", "item_id")
         return Out(wire=[self._frame("conversation.item.retrieved", item=self.render_item(item))])
 
+    def _known_item(self, item_id: str) -> None:
+        """The real server refuses a truncate/delete of an id it does not hold with just an error (no ack
+        first). Our store is rebuilt from the checkpoint on a resume, so it knows what the provider knows."""
+        if self._responses.current_item(item_id) is None and item_id not in self._items:
+            raise _Reject("item_not_found", f"Item with item_id '{item_id}' not found.", "item_id")
+
     def _on_item_truncate(self, head: _Head, frame: str | bytes) -> Out:
         msg = self._body(frame)
         _only(msg, frozenset({"type", "event_id", "item_id", "content_index", "audio_end_ms"}))
         item_id = _str(_required(msg, "item_id"), "item_id")
         content_index = _int(_required(msg, "content_index"), "content_index")
         audio_end_ms = _int(_required(msg, "audio_end_ms"), "audio_end_ms")
+        self._known_item(item_id)
         ack = self._frame(
             "conversation.item.truncated", item_id=item_id, content_index=content_index, audio_end_ms=audio_end_ms
         )
@@ -1391,6 +1400,7 @@ class OpenAIClientCodec:
         msg = self._body(frame)
         _only(msg, frozenset({"type", "event_id", "item_id"}))
         item_id = _str(_required(msg, "item_id"), "item_id")
+        self._known_item(item_id)
         self._items.pop(item_id, None)
         if self._last_item_id == item_id:
             self._last_item_id = next(reversed(self._items), None)
