@@ -44,8 +44,8 @@ Choices where the contract is silent (also in the module summary of the tests):
 - ``previous_item_id`` is null at the root (a client's ``"root"`` is acknowledged as null, as the server does).
 - ``conversation.item.delete``/``truncate`` of an id the store does not know are an ``error``
   (``item_not_found``) and nothing else, as the real server answers (the store is rebuilt from the
-  checkpoint when a session moves to another transformer). ``retrieve`` answers an output item still streaming with its current state, else from the store; an unknown id is
-  an ``error``.
+  checkpoint when a session moves to another transformer). ``retrieve`` answers an output item still
+  streaming with its current state, else from the store; an unknown id is an ``error``.
 - ``Interrupted`` produces no frame (the client learns from ``speech_started`` and the cancelled
   ``response.done``); output deltas of that response arriving later are not sent, and resampler audio
   still pending for it is dropped.
