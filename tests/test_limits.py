@@ -41,9 +41,11 @@ def test_flood_gate_tells_once_per_flood() -> None:
     verdicts = [gate.admit(0.0) for _ in range(5)]
     assert verdicts == ["pass", "pass", "refuse", "drop", "drop"]
     assert gate.dropped == 3
-    assert gate.admit(1.0) == "pass"  # a token back: the flood is over
-    assert gate.admit(1.0) == "refuse"  # the next flood is told again
-    assert gate.dropped == 4
+    # Still flooding: the rate lets one through now and then, which does not make it a new flood.
+    assert [gate.admit(0.9), gate.admit(0.9), gate.admit(1.5), gate.admit(1.6)] == ["drop", "drop", "pass", "drop"]
+    assert gate.dropped == 6
+    # A quiet second (no drop): the next flood is told again.
+    assert [gate.admit(3.0), gate.admit(3.0), gate.admit(3.0), gate.admit(3.0)] == ["pass", "pass", "refuse", "drop"]
 
 
 def test_flood_gate_off() -> None:

@@ -54,26 +54,28 @@ class TokenBucket:
         return False
 
 
-class FloodGate:
-    """One connection's rate limit: over the limit, frames are dropped, and only the first of each flood
-    is answered (an error per dropped frame would be a flood back)."""
+FLOOD_QUIET_S = 1.0  # a flood is over after this long without a dropped frame; the next one is told again
 
-    __slots__ = ("_bucket", "_told", "dropped")
+
+class FloodGate:
+    """One connection's rate limit: over the limit, frames are dropped, and only the first of each flood is
+    answered (an error per dropped frame would be a flood back). During a flood the bucket still lets a
+    frame through now and then (its rate): that does not end the flood, a quiet second does."""
+
+    __slots__ = ("_bucket", "_last_drop", "dropped")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self._bucket = TokenBucket(rate, burst, now) if rate > 0 else None
-        self._told = False
+        self._last_drop: float | None = None
         self.dropped = 0
 
     def admit(self, now: float) -> Verdict:
         if self._bucket is None or self._bucket.take(now):
-            self._told = False  # the flood is over: the next one is told again
             return "pass"
         self.dropped += 1
-        if self._told:
-            return "drop"
-        self._told = True
-        return "refuse"
+        fresh = self._last_drop is None or now - self._last_drop >= FLOOD_QUIET_S
+        self._last_drop = now
+        return "refuse" if fresh else "drop"
 
 
 def frame_verdict(size: int, limit: int) -> Verdict:
