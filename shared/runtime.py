@@ -20,6 +20,8 @@ from nats.aio.msg import Msg
 
 from shared import bus
 from shared.config import Config
+from shared.startup import announced, redact
+from shared.startup import say as _say
 from shared.store import Store
 
 __all__ = [
@@ -158,26 +160,14 @@ class StartupError(Exception):
     the message says what to change; the process exits with status 2 and no traceback."""
 
 
-def redact(url: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host``: URLs are printed, passwords are not."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in creds:
-        return url
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-
-
-def _say(service: str, text: str) -> None:
-    print(f"{service}: {text}", file=sys.stderr, flush=True)
-
-
 async def _first_contact(
     service: str, what: str, url: str, attempt: Callable[[], Awaitable[None]]
 ) -> None:
     """Call ``attempt`` until it succeeds, with backoff; the operator hears the URL before the first try
     and each failure (then every 10th): a missing NATS or Redis is never a silent wait."""
     tries = 0
-    _say(service, f"connecting to {what} at {redact(url)}")
+    if what != "NATS" or not announced(service):  # main() may have said it before its imports
+        _say(service, f"connecting to {what} at {redact(url)}")
     while True:
         try:
             await attempt()
@@ -221,6 +211,7 @@ async def _start(service: Service, config: Config, stack: contextlib.AsyncExitSt
     stack.push_async_callback(_drain, nc)
     try:
         version = bus.check_server_version(nc)
+        bus.check_frame_limit(nc, config.max_frame_bytes)  # one number for the edge and the bus
     except RuntimeError as exc:
         raise StartupError(str(exc)) from None
     log.info("nats connected", extra={"server_version": version, "max_payload": nc.max_payload})

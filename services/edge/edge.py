@@ -54,7 +54,7 @@ from shared.metrics import (
     SESSIONS,
 )
 from shared.providers import installed_providers
-from shared.runtime import StartupError, TaskSet, instance_id
+from shared.runtime import TaskSet, instance_id
 from shared.session import Dialect, SessionMeta, session_key
 from shared.store import Store
 
@@ -124,10 +124,6 @@ class Edge:
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
-        try:
-            bus.check_frame_limit(nc, self.config.max_frame_bytes)  # one number for the edge and the bus
-        except RuntimeError as exc:
-            raise StartupError(str(exc)) from None
         await bus.ensure_stream(nc, first_seq=await store.stream_floor())
         self._reconnects = nc.stats["reconnects"]
         tls: ssl.SSLContext | None = None
