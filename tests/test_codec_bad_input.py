@@ -54,3 +54,37 @@ def test_openai_known_item_delete_is_acknowledged(dialect: Dialect) -> None:
 def test_gemini_deep_nesting_closes_1007() -> None:
     out = _codec("gemini").feed(b'{"clientContent":' + NESTED + b"}")
     assert out.close is not None and out.close.code == 1007
+
+
+@pytest.mark.parametrize("dialect", ["openai_ga", "openai_beta"])
+def test_provider_trouble_is_a_server_error_in_words(dialect: Dialect) -> None:
+    from shared import events as ev
+
+    codec = _codec(dialect)
+    trouble = ev.ProviderError(code="provider_reconnect_failed", message="openai unavailable (gaierror)")
+    [frame] = codec.encode(trouble).wire
+    error = json.loads(frame)["error"]
+    assert error["type"] == "server_error"  # not the client's fault
+    assert error["message"] == "openai unavailable (the provider's host name could not be resolved)"
+    [frame] = codec.encode(ev.ProviderError(
+        code="provider_unavailable", message="gemini unavailable (ConnectionRefusedError)", fatal=True)).wire
+    assert json.loads(frame)["error"]["message"] == "gemini unavailable (the provider refused the connection)"
+    [frame] = codec.encode(ev.ProviderError(code="provider_unavailable", message="x (BrandNewError)", fatal=True)).wire
+    assert json.loads(frame)["error"]["message"] == "x (a network error reaching the provider)"
+
+
+@pytest.mark.parametrize("dialect", ["openai_ga", "openai_beta"])
+def test_a_client_error_from_the_provider_stays_invalid_request(dialect: Dialect) -> None:
+    from shared import events as ev
+
+    [frame] = _codec(dialect).encode(ev.ProviderError(
+        code="response_cancel_not_active", message="there is no response in progress to cancel")).wire
+    error = json.loads(frame)["error"]
+    assert (error["type"], error["message"]) == ("invalid_request_error", "there is no response in progress to cancel")
+
+
+def test_gemini_provider_trouble_closes_1011() -> None:
+    from shared import events as ev
+
+    out = _codec("gemini").encode(ev.ProviderError(code="provider_reconnect_failed", message="(gaierror)"))
+    assert out.close is not None and out.close.code == 1011 and "gaierror" not in out.close.reason

@@ -78,6 +78,7 @@ import msgspec
 
 from shared import audio
 from shared import events as ev
+from shared.codecs import provider_trouble
 from shared.codecs.base import Close, Out
 from shared.codecs.openai_response import ResponseAssembler, ResponseNames
 from shared.metrics import NOTICES
@@ -1536,10 +1537,11 @@ class OpenAIClientCodec:
         return Out(wire=[self._frame("rate_limits.updated", rate_limits=limits)])
 
     def _out_provider_error(self, e: ev.ProviderError) -> Out:
-        server = e.fatal or e.retryable or e.code in _SERVER_ERROR_CODES
+        server = (e.fatal or e.retryable or e.code in _SERVER_ERROR_CODES
+                  or provider_trouble.is_provider_trouble(e.code))
         frame = self._error(
             e.code,
-            e.message,
+            provider_trouble.readable(e.message) if server else e.message,
             param=e.param,
             client_event_id=e.client_event_id,
             type_="server_error" if server else "invalid_request_error",
