@@ -49,6 +49,7 @@ __all__ = [
     "encode",
     "ensure_stream",
     "last_in_stream",
+    "parse_version",
     "part",
     "replay",
     "replay_seq",

@@ -300,7 +300,8 @@ class Edge:
                 return
             first = raw.encode() if isinstance(raw, str) else raw
             if frame_verdict(len(first), self.config.max_frame_bytes) != "pass":
-                await _send_refusal(ws, refusal_of("gemini", "too_big", self._too_big(len(first))))
+                end = refusal_of("gemini", "too_big", self._too_big(len(first)))
+                await ws.close(end.close_code or 1009, end.close_reason)
                 return
             try:
                 setup = read_gemini_setup(first)
