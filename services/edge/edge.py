@@ -287,6 +287,14 @@ class Edge:
 
     async def _handle(self, ws: ServerConnection) -> None:
         route: Route = ws.rs_route  # type: ignore[attr-defined]
+        # Counted from the upgrade on: a Gemini connection that never sends its setup holds a seat too.
+        self.accounts.open(route.account)
+        try:
+            await self._handle_route(ws, route)
+        finally:
+            self.accounts.close(route.account)
+
+    async def _handle_route(self, ws: ServerConnection, route: Route) -> None:
         first: bytes | None = None
         provider = route.provider
         model = route.model
@@ -330,13 +338,11 @@ class Edge:
             notices=route.notices,
         )
         self.live += 1
-        self.accounts.open(route.account)
         SESSIONS.labels("edge").set(self.live)
         try:
             await self._run_session(ws, meta, first)
         finally:
             self.live -= 1
-            self.accounts.close(route.account)
             SESSIONS.labels("edge").set(self.live)
 
     async def _run_session(self, ws: ServerConnection, meta: SessionMeta, first: bytes | None) -> None:
