@@ -175,3 +175,27 @@ async def test_gemini_bad_input_corpus(
         if code is not None:
             assert ws.close_reason, name  # the client hears why
     assert logs.new_failures() == []
+
+
+async def test_a_large_item_is_echoed_whole(running: RunningStack) -> None:
+    """A legal 700 KB text item: GA echoes it twice (added, done), more than one bus message holds; the
+    transformer sends the frames in messages of their own and the client gets both."""
+    logs = _Logs(running)
+    text = "x" * 700_000
+    url = f"{running.ws_base}/v1/realtime?model=gpt-realtime&rs_core=openai"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"}, max_size=None) as ws:
+        assert (await _next_json(ws))["type"] == "session.created"
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "id": "item_big", "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))
+        seen = []
+        async with asyncio.timeout(TIMEOUT_S):
+            while len(seen) < 2:
+                msg = await _next_json(ws)
+                assert msg["type"] != "error", msg
+                if msg["type"] in ("conversation.item.added", "conversation.item.done"):
+                    assert msg["item"]["content"][0]["text"] == text
+                    seen.append(msg["type"])
+        assert seen == ["conversation.item.added", "conversation.item.done"]
+        await ws.send('{"type": "conversation.item.delete", "item_id": "item_big"}')
+        assert (await _next_json(ws))["type"] == "conversation.item.deleted"
+    assert logs.new_failures() == []
