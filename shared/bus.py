@@ -40,12 +40,16 @@ __all__ = [
     "Subjects",
     "SwitchCommand",
     "SwitchResult",
+    "Takeover",
     "age_of",
+    "check_frame_limit",
+    "check_server_version",
     "connect",
     "decode",
     "encode",
     "ensure_stream",
     "last_in_stream",
+    "parse_version",
     "part",
     "replay",
     "replay_seq",
@@ -59,6 +63,11 @@ STREAM = "RS_SESSIONS"
 CHECKPOINT_CONSUMER = "checkpoint"
 REPLAY_MAX_S = 15.0  # the longest a replacement's catch-up read may take (see replay_seq)
 DIRECT_BATCH = 256  # messages per direct-get request of a replay
+# What a ``ClientIn`` adds around a client frame (msgpack array, epoch, seq, bin header, flag) plus the
+# protocol line, with room to spare: a frame of RS_MAX_FRAME_BYTES must fit max_payload with it.
+FRAME_OVERHEAD_BYTES = 1024
+# Batched direct gets (replay_seq) came with nats-server 2.11.
+MIN_SERVER_VERSION = (2, 11, 0)
 
 
 class Subjects:
@@ -113,6 +122,10 @@ class Subjects:
     @staticmethod
     def edge_switch(instance: str) -> str:  # any edge -> the edge holding a session: an operator's switch
         return f"rs.edge.{instance}.switch"
+
+    @staticmethod
+    def edge_takeover(instance: str) -> str:  # the edge a client reconnected to -> the edge that held it
+        return f"rs.edge.{instance}.takeover"
 
     @staticmethod
     def heartbeat(kind: str, instance: str) -> str:
@@ -263,6 +276,16 @@ class SwitchResult(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
 
 
+class Takeover(msgspec.Struct, frozen=True, kw_only=True):
+    """A second connection with the same session id took the session over (published by its edge on
+    ``Subjects.edge_takeover(<the edge named in the session record>)``): the holder closes its connection
+    at an older ``epoch`` (docs/entry-points.md, "One connection per session")."""
+
+    sid: str
+    epoch: int  # the new connection's epoch: connections below it are the ones taken over
+    by: str = ""  # the edge instance now holding the session
+
+
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     instance: str
@@ -310,6 +333,36 @@ async def connect(url: str, *, name: str) -> NATS:
         reconnected_cb=on_reconnected,
         pending_size=64 * 1024 * 1024,
     )
+
+
+def check_frame_limit(nc: NATS, max_frame_bytes: int) -> None:
+    """Refuse to start when the configured client frame limit does not fit one bus message: a frame the edge
+    accepts must reach the transformer whole (raises RuntimeError with what to change)."""
+    max_payload = nc.max_payload
+    if max_frame_bytes + FRAME_OVERHEAD_BYTES > max_payload:
+        raise RuntimeError(
+            f"RS_MAX_FRAME_BYTES={max_frame_bytes} does not fit the bus: nats-server max_payload is {max_payload} "
+            f"bytes and a frame needs {FRAME_OVERHEAD_BYTES} more; set RS_MAX_FRAME_BYTES <= "
+            f"{max_payload - FRAME_OVERHEAD_BYTES} or raise max_payload in the nats-server config")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``2.11.3`` / ``v2.12.0-RC.1`` -> (2, 11, 3) / (2, 12, 0); unreadable parts count as 0."""
+    numbers: list[int] = []
+    for piece in text.lstrip("v").split("-", 1)[0].split(".")[:3]:
+        numbers.append(int(piece) if piece.isdigit() else 0)
+    return tuple(numbers + [0] * (3 - len(numbers)))
+
+
+def check_server_version(nc: NATS) -> str:
+    """The nats-server version; RuntimeError when it is older than the replay needs (batched direct gets)."""
+    version = str(nc._server_info.get("version", ""))  # nats-py keeps the INFO block only there
+    if parse_version(version) < MIN_SERVER_VERSION:
+        need = ".".join(map(str, MIN_SERVER_VERSION))
+        raise RuntimeError(
+            f"nats-server {version or '(unknown version)'} is too old: realtime-switch needs {need} or newer "
+            "(session replay uses batched direct gets)")
+    return version
 
 
 async def ensure_stream(

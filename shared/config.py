@@ -97,7 +97,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     reattach_budget_ms: int = 30_000  # the edge gives a session up (and tells its client) after this long
     stall_ms: int = 2_000  # a response open and no upstream bytes this long: ended, and the upstream replaced
     openai_max_session_s: float = 3_300.0  # recycled at a turn boundary before OpenAI's 60-minute session cap
-    max_frame_bytes: int = 16 * 1024 * 1024
+    # The largest client frame the gateway carries: it travels whole as one bus message, so it must fit
+    # the nats-server's max_payload (1 MiB by default) with the envelope (the edge checks at start).
+    max_frame_bytes: int = 1024 * 1024 - 1024
+    rate_limit_fps: float = 250.0  # client frames per second per connection (0: no limit); audio is ~50/s
+    rate_burst: int = 1000  # frames a connection may send at once above the rate (a clip sent in one go)
+    max_sessions_per_account: int = 0  # concurrent sessions per account per edge; 0: unlimited
     log_level: str = "INFO"
     instance_id: str = ""
 
@@ -238,6 +243,9 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("RS_STALL_MS", "stall_ms", _int_range(100, 600_000)),
     ("RS_OPENAI_MAX_SESSION_S", "openai_max_session_s", _float_range(0.5, 3_600.0)),
     ("RS_MAX_FRAME_BYTES", "max_frame_bytes", _int_range(1024, 64 * 1024 * 1024)),
+    ("RS_RATE_LIMIT_FPS", "rate_limit_fps", _float_range(0, 1_000_000)),
+    ("RS_RATE_BURST", "rate_burst", _int_range(1, 1_000_000)),
+    ("RS_MAX_SESSIONS_PER_ACCOUNT", "max_sessions_per_account", _int_range(0, 1_000_000)),
     ("LOG_LEVEL", "log_level", str.upper),
     ("RS_INSTANCE_ID", "instance_id", str),
 ]

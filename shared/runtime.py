@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -19,9 +20,14 @@ from nats.aio.msg import Msg
 
 from shared import bus
 from shared.config import Config
+from shared.startup import announced, redact
+from shared.startup import say as _say
 from shared.store import Store
 
-__all__ = ["BOOT", "Service", "TaskSet", "heartbeat_loop", "instance_id", "run", "setup_logging", "stream_id"]
+__all__ = [
+    "BOOT", "Service", "StartupError", "TaskSet", "heartbeat_loop", "instance_id", "redact", "run", "setup_logging",
+    "stream_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +149,104 @@ async def heartbeat_loop(
             await probes.unsubscribe()
 
 
-async def _serve(service: Service, config: Config) -> None:
+# Startup waits for NATS and Redis forever (a pod starts before its infrastructure), saying so at once and
+# then every few attempts; SIGTERM/SIGINT stop it at any point.
+STARTUP_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
+STARTUP_CONNECT_TIMEOUT_S = 1.0
+
+
+class StartupError(Exception):
+    """The process cannot start as configured (too old a nats-server, a frame limit the bus cannot carry):
+    the message says what to change; the process exits with status 2 and no traceback."""
+
+
+async def _first_contact(
+    service: str, what: str, url: str, attempt: Callable[[], Awaitable[None]]
+) -> None:
+    """Call ``attempt`` until it succeeds, with backoff; the operator hears the URL before the first try
+    and each failure (then every 10th): a missing NATS or Redis is never a silent wait."""
+    tries = 0
+    if what != "NATS" or not announced(service):  # main() may have said it before its imports
+        _say(service, f"connecting to {what} at {redact(url)}")
+    while True:
+        try:
+            await attempt()
+            if tries:
+                _say(service, f"{what} at {redact(url)} answered after {tries} failed attempts")
+            return
+        except Exception as exc:  # any failure is retried: the error text is shown, never swallowed
+            if tries % 10 == 0:
+                detail = str(exc) or type(exc).__name__
+                _say(service, f"{what} not reachable at {redact(url)} ({detail}); retrying")
+            await asyncio.sleep(STARTUP_BACKOFF_S[min(tries, len(STARTUP_BACKOFF_S) - 1)])
+            tries += 1
+
+
+async def _nats_once(url: str) -> None:
+    import nats  # the probe connection: no reconnects, so a refused connect fails at once
+
+    nc = await nats.connect(
+        url, allow_reconnect=False, connect_timeout=STARTUP_CONNECT_TIMEOUT_S, error_cb=_fail,
+    )
+    await nc.close()
+
+
+async def _fail(exc: Exception) -> None:
+    raise exc  # nats-py retries an initial connect forever; raising from its error callback ends the try
+
+
+async def _redis_once(url: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url, socket_connect_timeout=STARTUP_CONNECT_TIMEOUT_S, retry_on_error=[])
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _start(service: Service, config: Config, stack: contextlib.AsyncExitStack) -> None:
+    await _first_contact(service.name, "NATS", config.nats_url, functools.partial(_nats_once, config.nats_url))
+    nc = await bus.connect(config.nats_url, name=service.name)
+    stack.push_async_callback(_drain, nc)
+    try:
+        version = bus.check_server_version(nc)
+        bus.check_frame_limit(nc, config.max_frame_bytes)  # one number for the edge and the bus
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None
+    log.info("nats connected", extra={"server_version": version, "max_payload": nc.max_payload})
+    await _first_contact(service.name, "Redis", config.redis_url, functools.partial(_redis_once, config.redis_url))
+    store = await stack.enter_async_context(Store.connect(config.redis_url, ttl_s=config.session_ttl_s))
+    await stack.enter_async_context(service.running(nc, store))
+
+
+async def _serve(service: Service, config: Config) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:  # unwinds in reverse: service, store, bus
-        nc = await bus.connect(config.nats_url, name=service.name)
-        stack.push_async_callback(_drain, nc)
-        store = await stack.enter_async_context(Store.connect(config.redis_url, ttl_s=config.session_ttl_s))
-        await stack.enter_async_context(service.running(nc, store))
+        starting = asyncio.ensure_future(_start(service, config, stack))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped before it was up: nothing to drain but what was opened
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            _say(service.name, "stopped before it was ready")
+            return 0
+        stopping.cancel()
+        try:
+            starting.result()
+        except StartupError as exc:
+            _say(service.name, f"cannot start: {exc}")
+            log.error("cannot start", extra={"reason": str(exc)})
+            return 2
         log.info("ready")
         print(f"{service.name} ready", flush=True)
         await stop.wait()
         log.info("stopping")
+    return 0
 
 
 async def _drain(nc: NATS) -> None:
@@ -170,8 +260,11 @@ def run(service: Service, config: Config) -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    status = 0
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(service, config))
+        status = asyncio.run(_serve(service, config))
+    if status:
+        sys.exit(status)
 
 
 @contextlib.asynccontextmanager

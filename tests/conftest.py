@@ -43,7 +43,7 @@ def _containers() -> Iterator[Infra]:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.waiting_utils import wait_for_logs
 
-    with DockerContainer("nats:2.10").with_command("-js").with_exposed_ports(4222) as nats_c, DockerContainer(
+    with DockerContainer("nats:2.11").with_command("-js").with_exposed_ports(4222) as nats_c, DockerContainer(
         "redis:7"
     ).with_exposed_ports(6379) as redis_c:
         wait_for_logs(nats_c, "Server is ready")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from services.checkpoint.checkpoint import Checkpoint
 from shared.config import ConfigError, load_config
-from shared.runtime import run
+from shared.startup import announce
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,6 +15,10 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config()
     except ConfigError as exc:
         parser.exit(2, f"configuration error: {exc}\n")
+    announce("checkpoint", config.nats_url)  # before the heavy imports: the operator hears at once
+    from services.checkpoint.checkpoint import Checkpoint
+    from shared.runtime import run
+
     run(Checkpoint(config), config)
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from services.edge.edge import Edge
 from shared.config import ConfigError, load_config
-from shared.runtime import run
+from shared.startup import announce
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except ConfigError as exc:
         parser.exit(2, f"configuration error: {exc}\n")
+    announce("edge", config.nats_url)  # before the heavy imports: the operator hears at once
+    from services.edge.edge import Edge
+    from shared.runtime import run
+
     run(Edge(config), config)
 
 

@@ -34,6 +34,7 @@ from websockets.http11 import Request, Response
 from services.edge import web
 from services.edge.backoff import next_delay
 from services.edge.http_admin import HttpRequest, HttpResponse, serve_http
+from services.edge.limits import TAKEOVER_REASON, AccountSessions, Fault, FloodGate, frame_verdict, refusal_of
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
 from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
 from services.edge.switching import SwitchCoordinator, SwitchTarget
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 ASSIGN_TIMEOUT_S = 2.0
 ASSIGN_ATTEMPTS = 4
 FIRST_FRAME_TIMEOUT_S = 30.0
+# Frames are read up to this size (or RS_MAX_FRAME_BYTES, if larger) so that one over the limit is answered
+# in the dialect and the call goes on; OpenAI documents 15 MiB as the largest audio append. Larger ones end
+# the connection with 1009 (the WebSocket library's answer) before they are buffered whole.
+READ_CEILING_BYTES = 16 * 1024 * 1024
 
 
 class AssignError(Exception):
@@ -86,6 +91,7 @@ class _Live:
         self.transformer = ""
         self.worker = ""
         self.closed = False
+        self.taken_over = False  # another connection has the session now: nothing more is sent here
         self.send_lock = asyncio.Lock()
 
 
@@ -107,6 +113,8 @@ class Edge:
         self.worker_providers: dict[str, tuple[str, ...]] = {}  # worker instance -> providers it serves
         self._tasks = TaskSet()
         self._reconnects = 0
+        self.accounts = AccountSessions(config.max_sessions_per_account)
+        self.holders: dict[str, _Live] = {}  # session -> the newest connection holding it here (takeover)
 
     @property
     def port(self) -> int:
@@ -128,13 +136,14 @@ class Edge:
         await self.switching.start()
         switch_requests = await nc.subscribe(
             Subjects.edge_switch(self.instance), cb=self._tasks.each_in_a_task(self._on_switch_command))
+        takeovers = await nc.subscribe(Subjects.edge_takeover(self.instance), cb=self._on_takeover)
         watchdog = asyncio.create_task(self._watchdog())
         async with contextlib.AsyncExitStack() as admin, serve(
             self._handle,
             self.config.host,
             self.config.port,
             process_request=self._process_request,
-            max_size=self.config.max_frame_bytes,
+            max_size=max(self.config.max_frame_bytes, READ_CEILING_BYTES),
             # Off by default: audio is base64 noise, deflate costs CPU for little gain (docs/decisions.md,
             # measured in docs/bench.md).
             compression="deflate" if self.config.client_compression == "deflate" else None,
@@ -156,7 +165,7 @@ class Edge:
             finally:
                 watchdog.cancel()
                 await self.switching.stop()
-                for sub in (beats, switch_requests):
+                for sub in (beats, switch_requests, takeovers):
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
 
@@ -174,6 +183,13 @@ class Edge:
             REFUSALS.labels(str(exc.status)).inc()
             log.info("refused", extra={"status": exc.status, "reason": exc.reason})
             return connection.respond(exc.status, exc.reason + "\n")
+        reconnect = session_key(route.account, route.client_session_id) in self.holders  # a takeover: no new seat
+        if not reconnect and not self.accounts.allows(route.account):
+            REFUSALS.labels("429").inc()
+            log.info("refused", extra={"status": 429, "reason": "too many sessions", "account": route.account})
+            limit = self.config.max_sessions_per_account
+            return connection.respond(
+                http.HTTPStatus.TOO_MANY_REQUESTS, f"too many concurrent sessions for this account (limit {limit})\n")
         connection.rs_route = route  # type: ignore[attr-defined]
         return None
 
@@ -271,6 +287,14 @@ class Edge:
 
     async def _handle(self, ws: ServerConnection) -> None:
         route: Route = ws.rs_route  # type: ignore[attr-defined]
+        # Counted from the upgrade on: a Gemini connection that never sends its setup holds a seat too.
+        self.accounts.open(route.account)
+        try:
+            await self._handle_route(ws, route)
+        finally:
+            self.accounts.close(route.account)
+
+    async def _handle_route(self, ws: ServerConnection, route: Route) -> None:
         first: bytes | None = None
         provider = route.provider
         model = route.model
@@ -283,7 +307,14 @@ class Edge:
                 await ws.close(1008, "setup expected")
                 return
             first = raw.encode() if isinstance(raw, str) else raw
-            setup = read_gemini_setup(first)
+            if frame_verdict(len(first), self.config.max_frame_bytes) != "pass":
+                end = refusal_of("gemini", "too_big", self._too_big(len(first)))
+                await ws.close(end.close_code or 1009, end.close_reason)
+                return
+            try:
+                setup = read_gemini_setup(first)
+            except RecursionError:  # nested too deeply to read: the codec closes it as invalid JSON
+                setup = read_gemini_setup(b"{}")
             by_model: str | None = None
             if setup.model:
                 by_model, model = model_choice(setup.model, self.installed)
@@ -317,8 +348,10 @@ class Edge:
     async def _run_session(self, ws: ServerConnection, meta: SessionMeta, first: bytes | None) -> None:
         assert self.nc is not None and self.store is not None
         nc, sid = self.nc, meta.sid
+        holder = await self.store.session_edge(sid)  # read before open_session names this edge
         epoch = await self.store.open_session(meta, edge=self.instance)
         live = _Live(meta, ws, epoch)
+        await self._take_over(live, holder)
         log.info("session open", extra={"sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider})
         cout = await nc.subscribe(Subjects.cout(sid), cb=functools.partial(self._on_cout, live))
         try:
@@ -347,9 +380,28 @@ class Edge:
             if first is not None:
                 seq += 1
                 await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
+            gate = FloodGate(self.config.rate_limit_fps, self.config.rate_burst, time.monotonic())
+            limit = self.config.max_frame_bytes
             async for message in ws:
-                seq += 1
                 data = message.encode() if isinstance(message, str) else message
+                # Limits before the bus: a flood or an oversized frame costs this connection, not the
+                # transformer and worker its neighbours share (docs/entry-points.md, "Limits").
+                verdict = gate.admit(time.monotonic())
+                if verdict != "pass":
+                    if verdict == "refuse":
+                        log.warning("rate limited", extra={"sid": sid, "dropped": gate.dropped})
+                        rate = self.config.rate_limit_fps
+                        if await self._refuse_frame(live, "rate_limited", (
+                                f"Too many events: at most {rate:g} per second (burst "
+                                f"{self.config.rate_burst}); events over the limit are dropped.")):
+                            break
+                    continue
+                if frame_verdict(len(data), limit) != "pass":
+                    log.info("frame too large", extra={"sid": sid, "bytes": len(data), "limit": limit})
+                    if await self._refuse_frame(live, "too_big", self._too_big(len(data))):
+                        break
+                    continue
+                seq += 1
                 frame = bus.ClientIn(live.epoch, seq, data, not isinstance(message, str))
                 await nc.publish(Subjects.cin(sid), bus.encode(frame))
                 FRAMES.labels("edge", "in").inc()
@@ -357,6 +409,8 @@ class Edge:
             pass
         finally:
             live.closed = True
+            if self.holders.get(sid) is live:
+                del self.holders[sid]
             if self.sessions.get(sid) is live:
                 del self.sessions[sid]
                 self.liveness.detach(sid)
@@ -368,10 +422,52 @@ class Edge:
                 await nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=live.epoch)))
             log.info("session closed", extra={"sid": sid, "epoch": live.epoch})
 
+    def _too_big(self, size: int) -> str:
+        return (f"Event too large: {size} bytes; the largest this server accepts is "
+                f"{self.config.max_frame_bytes} bytes. Send audio in smaller appends.")
+
+    async def _refuse_frame(self, live: _Live, fault: Fault, message: str) -> bool:
+        """Answer a refused client frame in its dialect; True when that closed the connection."""
+        end = refusal_of(live.meta.dialect, fault, message)
+        with contextlib.suppress(ConnectionClosed):
+            async with live.send_lock:  # not in the middle of a cout batch
+                for frame in end.frames:
+                    await live.ws.send(frame)
+                if end.close_code is not None:
+                    await live.ws.close(end.close_code, end.close_reason)
+        return end.close_code is not None
+
+    async def _take_over(self, live: _Live, holder: str | None) -> None:
+        """A connection with a session id already held: the new one wins. A connection here is closed at
+        once; the edge named in the session record (another one) is told on the bus (``_on_takeover``)."""
+        assert self.nc is not None
+        sid = live.meta.sid
+        previous = self.holders.get(sid)
+        self.holders[sid] = live
+        if previous is not None and previous.epoch < live.epoch:
+            self._tasks.spawn(self._close_taken_over(previous))
+        if holder and holder != self.instance:
+            notice = bus.Takeover(sid=sid, epoch=live.epoch, by=self.instance)
+            with contextlib.suppress(Exception):
+                await self.nc.publish(Subjects.edge_takeover(holder), bus.encode(notice))
+
+    async def _on_takeover(self, msg: Msg) -> None:
+        notice = bus.decode(msg.data, bus.Takeover)
+        live = self.holders.get(notice.sid)
+        if live is not None and live.epoch < notice.epoch:
+            log.info("session taken over", extra={"sid": notice.sid, "epoch": live.epoch, "by": notice.by})
+            self._tasks.spawn(self._close_taken_over(live))
+
+    async def _close_taken_over(self, live: _Live) -> None:
+        live.taken_over = True
+        await self._refuse_frame(live, "taken_over", TAKEOVER_REASON)
+
     async def _on_cout(self, live: _Live, msg: Msg) -> None:
         out = bus.decode(msg.data, bus.ClientOut)
         if out.epoch < live.transformer_epoch:
             return  # fenced: a transformer that was replaced
+        if out.epoch > live.epoch or live.taken_over:
+            return  # a newer connection's transformer: this connection was taken over
         try:
             async with live.send_lock:
                 for frame in out.frames:

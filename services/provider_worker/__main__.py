@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from services.provider_worker.worker import ProviderWorker
 from shared.config import ConfigError, load_config
 from shared.providers import UnknownProvider, installed_providers
-from shared.runtime import run
+from shared.startup import announce
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,9 +19,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = load_config()
+        announce("provider-worker", config.nats_url)  # before the heavy imports: the operator hears at once
+        from services.provider_worker.worker import ProviderWorker
+
         worker = ProviderWorker(config, args.provider)
     except (ConfigError, UnknownProvider) as exc:
         parser.exit(2, f"configuration error: {exc}\n")
+    from shared.runtime import run
+
     run(worker, config)
 
 

@@ -41,6 +41,7 @@ DOWN_REPLAY_S = 5.0
 CIN_REPLAY_MARGIN_S = 2.0
 
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
+_TOO_LARGE = ev.ProviderError(code="internal_error", message="an event for the client was too large to deliver")
 
 
 class _Session:
@@ -241,11 +242,7 @@ class Transformer:
         if self.sessions.get(sid) is not session:
             return  # dropped (or re-assigned) while a resume was still running
         if out.wire or out.close:
-            session.seq_out += 1
-            close_code, close_reason = out.close if out.close else (None, "")
-            # ``down`` tells the edge how far the client got, should this transformer die (see _resume).
-            payload = bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason, down)
-            await self.nc.publish(Subjects.cout(sid), bus.encode(payload))
+            await self._send_out(session, out, down)
         events = out.events
         if any(isinstance(event, ev.SwitchRequest) for event in events):
             # A switch request is for the edge that owns the route, never for a provider.
@@ -259,6 +256,32 @@ class Transformer:
             session.seq_up = up_seq if up_seq is not None else session.seq_up
             envelope = bus.envelope(session.epoch, session.seq_up, events)
             await self.nc.publish(Subjects.up(sid, bus.part(events)), envelope)
+
+    async def _send_out(self, session: _Session, out: Out, down: tuple[int, int]) -> None:
+        """Client frames in one bus message, or one message per frame when together they exceed the bus's
+        max_payload (a large item echoed twice); a single frame too large for the bus is replaced by an
+        error in the dialect, never lost silently (the edge refuses client frames that large)."""
+        assert self.nc is not None
+        close_code, close_reason = out.close if out.close else (None, "")
+        # ``down`` tells the edge how far the client got, should this transformer die (see _resume).
+        session.seq_out += 1
+        payload = bus.encode(bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason, down))
+        if len(payload) + bus.FRAME_OVERHEAD_BYTES <= self.nc.max_payload:
+            await self.nc.publish(Subjects.cout(session.meta.sid), payload)
+            return
+        batches: list[list[str]] = []
+        for frame in out.wire:
+            if len(frame.encode()) + bus.FRAME_OVERHEAD_BYTES > self.nc.max_payload:
+                log.error("client frame too large for the bus", extra={"sid": session.meta.sid, "bytes": len(frame)})
+                batches.extend([wire] for wire in session.codec.encode(_TOO_LARGE).wire)
+            else:
+                batches.append([frame])
+        batches = batches or [[]]
+        for i, frames in enumerate(batches):
+            session.seq_out += 1 if i else 0
+            closing = (close_code, close_reason) if i == len(batches) - 1 else (None, "")
+            part = bus.ClientOut(session.epoch, session.seq_out, frames, *closing, down)
+            await self.nc.publish(Subjects.cout(session.meta.sid), bus.encode(part))
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)

@@ -57,6 +57,7 @@ import msgspec
 
 from shared import audio
 from shared import events as ev
+from shared.codecs import provider_trouble
 from shared.codecs.base import Close, Out
 from shared.codecs.gemini_schema import gemini_to_json_schema, normalize_gemini_key
 from shared.codecs.tables import eagerness_for, threshold_for, usage_to_gemini
@@ -524,6 +525,8 @@ class GeminiClientCodec:
             msg = msgspec.json.decode(frame)
         except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter on bad UTF-8
             return Out(close=Close(1007, "invalid JSON"))
+        except RecursionError:  # nested deeper than any message: unreadable, as the real server has it
+            return Out(close=Close(1007, "invalid JSON: nested too deeply"))
         if not isinstance(msg, dict) or len(msg) != 1:
             return Out(close=Close(1007, "expected one message field per frame"))
         raw_key, body = next(iter(msg.items()))
@@ -902,7 +905,7 @@ class GeminiClientCodec:
             # close for): keep the call
             log.warning("provider error kept off the client", extra={"sid": self.meta.sid, "code": e.code})
             return Out()
-        server = e.fatal or e.retryable or e.code in _SERVER_ERROR_CODES
+        server = e.fatal or e.retryable or e.code in _SERVER_ERROR_CODES or provider_trouble.is_provider_trouble(e.code)
         return Out(close=Close(1011 if server else 1007, _close_reason(f"provider error: {e.code}")))
 
 

@@ -42,10 +42,10 @@ Choices where the contract is silent (also in the module summary of the tests):
   hold no audio): the item goes Up with its transcript, noticed. ``input_image`` and ``item_reference``
   parts: same treatment, the part is left out.
 - ``previous_item_id`` is null at the root (a client's ``"root"`` is acknowledged as null, as the server does).
-- ``conversation.item.delete``/``truncate`` of an id the store does not know are still forwarded (the
-  store is lost when a session moves to another transformer; the provider knows better). ``retrieve``
-  answers an output item still streaming with its current state, else from the store; an unknown id is
-  an ``error``.
+- ``conversation.item.delete``/``truncate`` of an id the store does not know are an ``error``
+  (``item_not_found``) and nothing else, as the real server answers (the store is rebuilt from the
+  checkpoint when a session moves to another transformer). ``retrieve`` answers an output item still
+  streaming with its current state, else from the store; an unknown id is an ``error``.
 - ``Interrupted`` produces no frame (the client learns from ``speech_started`` and the cancelled
   ``response.done``); output deltas of that response arriving later are not sent, and resampler audio
   still pending for it is dropped.
@@ -78,6 +78,7 @@ import msgspec
 
 from shared import audio
 from shared import events as ev
+from shared.codecs import provider_trouble
 from shared.codecs.base import Close, Out
 from shared.codecs.openai_response import ResponseAssembler, ResponseNames
 from shared.metrics import NOTICES
@@ -1264,6 +1265,8 @@ class OpenAIClientCodec:
             return Out(wire=[self._error("invalid_event", f"Invalid event: {exc}")])
         except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter on bad UTF-8
             return Out(wire=[self._error("invalid_json", "The event is not valid JSON.")])
+        except RecursionError:  # nesting deeper than any event has: refused like any unreadable JSON
+            return Out(wire=[self._error("invalid_json", "The event is not valid JSON: nested too deeply.")])
         handler = self._inbound.get(head.type)
         if handler is None:
             return Out(
@@ -1373,12 +1376,19 @@ class OpenAIClientCodec:
             raise _Reject("item_not_found", "No conversation item with this 'item_id'.", "item_id")
         return Out(wire=[self._frame("conversation.item.retrieved", item=self.render_item(item))])
 
+    def _known_item(self, item_id: str) -> None:
+        """The real server refuses a truncate/delete of an id it does not hold with just an error (no ack
+        first). Our store is rebuilt from the checkpoint on a resume, so it knows what the provider knows."""
+        if self._responses.current_item(item_id) is None and item_id not in self._items:
+            raise _Reject("item_not_found", f"Item with item_id '{item_id}' not found.", "item_id")
+
     def _on_item_truncate(self, head: _Head, frame: str | bytes) -> Out:
         msg = self._body(frame)
         _only(msg, frozenset({"type", "event_id", "item_id", "content_index", "audio_end_ms"}))
         item_id = _str(_required(msg, "item_id"), "item_id")
         content_index = _int(_required(msg, "content_index"), "content_index")
         audio_end_ms = _int(_required(msg, "audio_end_ms"), "audio_end_ms")
+        self._known_item(item_id)
         ack = self._frame(
             "conversation.item.truncated", item_id=item_id, content_index=content_index, audio_end_ms=audio_end_ms
         )
@@ -1391,6 +1401,7 @@ class OpenAIClientCodec:
         msg = self._body(frame)
         _only(msg, frozenset({"type", "event_id", "item_id"}))
         item_id = _str(_required(msg, "item_id"), "item_id")
+        self._known_item(item_id)
         self._items.pop(item_id, None)
         if self._last_item_id == item_id:
             self._last_item_id = next(reversed(self._items), None)
@@ -1526,10 +1537,11 @@ class OpenAIClientCodec:
         return Out(wire=[self._frame("rate_limits.updated", rate_limits=limits)])
 
     def _out_provider_error(self, e: ev.ProviderError) -> Out:
-        server = e.fatal or e.retryable or e.code in _SERVER_ERROR_CODES
+        server = (e.fatal or e.retryable or e.code in _SERVER_ERROR_CODES
+                  or provider_trouble.is_provider_trouble(e.code))
         frame = self._error(
             e.code,
-            e.message,
+            provider_trouble.readable(e.message) if server else e.message,
             param=e.param,
             client_event_id=e.client_event_id,
             type_="server_error" if server else "invalid_request_error",
