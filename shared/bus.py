@@ -287,7 +287,10 @@ def decode(data: bytes, kind: type[T]) -> T:
 
 
 async def connect(url: str, *, name: str) -> NATS:
-    """Connect with capped reconnects forever: a NATS restart pauses sessions, it does not kill them."""
+    """Connect with capped reconnects forever: a NATS restart pauses sessions, it does not kill them.
+
+    ``url`` may list several servers, comma-separated (a cluster): the client picks one and moves to
+    another (or to one the cluster announced) when its server goes away."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": type(exc).__name__})
@@ -299,7 +302,7 @@ async def connect(url: str, *, name: str) -> NATS:
         log.info("nats reconnected")
 
     return await nats.connect(
-        url,
+        servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
@@ -327,13 +330,20 @@ async def ensure_stream(
     window is lost but the conversation log in Redis is not. The window only has to cover the input
     since the last commit (one turn), so it is short and capped in bytes: at 100 live sessions the
     client and canonical audio together are ~11 MB/s, so 1 GiB holds about 90 s of everything.
+
+    On a cluster of 3+ nodes the stream is replicated R3 and file-backed: measured on one 2-core box
+    (3 loopback nodes, 960-byte frames) file R3 stored 57-60k core publishes/s against 47k for memory R3,
+    acked publish p50 0.6 ms both (nats-server does not fsync per message), and a node restarted after
+    kill -9 recovers its replica from its own disk instead of copying the whole window from the leader.
     """
     js = nc.jetstream()
+    replicas = stream_replicas(nc)
     config = StreamConfig(
         name=STREAM,
+        num_replicas=replicas,
         subjects=Subjects.STREAM_SUBJECTS,
         retention=RetentionPolicy.LIMITS,
-        storage=StorageType.MEMORY,
+        storage=StorageType.FILE if replicas >= 3 else StorageType.MEMORY,
         max_age=max_age_s,
         max_bytes=max_bytes,
         discard=DiscardPolicy.OLD,
@@ -342,8 +352,13 @@ async def ensure_stream(
     for attempt in range(50):
         try:
             try:
-                await js.stream_info(STREAM)
-                await js.update_stream(config)
+                info = await js.stream_info(STREAM)
+                # Never scale down: a member that connects while a node is away sees a smaller cluster.
+                replicas = max(info.config.num_replicas or 1, config.num_replicas or 1)
+                # A stream's storage cannot change: keep what it was created with.
+                await js.update_stream(dataclasses.replace(
+                    config, num_replicas=replicas, storage=info.config.storage or config.storage
+                ))
             except nats.js.errors.NotFoundError:
                 try:
                     await js.add_stream(dataclasses.replace(config, first_seq=first_seq))
@@ -353,6 +368,13 @@ async def ensure_stream(
         except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
             await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
     raise RuntimeError("JetStream not available")
+
+
+def stream_replicas(nc: NATS) -> int:
+    """3 on a cluster of 3 or more nodes (the stream survives the loss of one), else 1. The server's INFO
+    lists the client URLs of every cluster member it knows (itself included)."""
+    urls = (nc._server_info or {}).get("connect_urls") or []  # nats-py keeps the INFO only there
+    return 3 if len(urls) >= 3 else 1
 
 
 def envelope(epoch: int, seq: int, events: list[ev.Event]) -> bytes:

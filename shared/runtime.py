@@ -151,7 +151,10 @@ async def _serve(service: Service, config: Config) -> None:
     async with contextlib.AsyncExitStack() as stack:  # unwinds in reverse: service, store, bus
         nc = await bus.connect(config.nats_url, name=service.name)
         stack.push_async_callback(_drain, nc)
-        store = await stack.enter_async_context(Store.connect(config.redis_url, ttl_s=config.session_ttl_s))
+        store = await stack.enter_async_context(Store.connect(
+            config.redis_url, ttl_s=config.session_ttl_s, sentinels=config.redis_sentinels,
+            sentinel_master=config.redis_sentinel_master,
+        ))
         await stack.enter_async_context(service.running(nc, store))
         log.info("ready")
         print(f"{service.name} ready", flush=True)

@@ -33,8 +33,10 @@ from collections.abc import AsyncIterator
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
@@ -85,18 +87,34 @@ class Store:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, url: str, *, ttl_s: int = 86_400) -> AsyncIterator[Store]:
-        client = aioredis.from_url(
-            url,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            health_check_interval=10,
-            socket_connect_timeout=2,
-        )
+    async def connect(
+        cls, url: str, *, ttl_s: int = 86_400, sentinels: str = "", sentinel_master: str = "mymaster"
+    ) -> AsyncIterator[Store]:
+        """``sentinels`` (``host:port,...``) selects Sentinel instead of ``url``: the client asks the
+        sentinels for the current primary and asks again when a connection to it fails (a failover)."""
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20)
+        sentinel: Sentinel | None = None
+        if sentinels:
+            addresses = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels.split(","))]
+            sentinel = Sentinel(addresses, socket_connect_timeout=1, socket_timeout=2)
+            # ReadOnlyError: a connection still open to the demoted primary after a failover; the retry
+            # reconnects and the pool asks the sentinels again.
+            client = sentinel.master_for(
+                sentinel_master, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError, ReadOnlyError],
+                health_check_interval=10, socket_connect_timeout=2, socket_timeout=5,
+            )
+        else:
+            client = aioredis.from_url(
+                url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                health_check_interval=10, socket_connect_timeout=2,
+            )
         try:
             yield cls(client, ttl_s=ttl_s)
         finally:
             await client.aclose()
+            if sentinel is not None:
+                for s in sentinel.sentinels:
+                    await s.aclose()
 
     async def ping(self) -> bool:
         try:
