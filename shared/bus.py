@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import time
 from typing import Literal, TypeVar
 
 import msgspec
@@ -23,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from shared import events as ev
+from shared.metrics import BUS_RECONNECTS
 from shared.session import SessionMeta
 from shared.store import LOGGED_EVENTS
 
@@ -188,6 +190,7 @@ class ClientIn(msgspec.Struct, frozen=True, array_like=True):
     seq: int
     data: bytes
     binary: bool = False
+    sent: float = msgspec.field(default_factory=time.time)  # per-hop latency (see events.Envelope.sent)
 
 
 class ClientOut(msgspec.Struct, frozen=True, array_like=True):
@@ -197,6 +200,7 @@ class ClientOut(msgspec.Struct, frozen=True, array_like=True):
     close_code: int | None = None
     close_reason: str = ""
     down: tuple[int, int] = (0, 0)  # the down envelope (epoch, seq) these frames came from; (0, 0): none
+    sent: float = msgspec.field(default_factory=time.time)  # per-hop latency (see events.Envelope.sent)
 
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
@@ -299,6 +303,7 @@ async def connect(url: str, *, name: str) -> NATS:
         log.warning("nats disconnected")
 
     async def on_reconnected() -> None:
+        BUS_RECONNECTS.inc()
         log.info("nats reconnected")
 
     return await nats.connect(

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
@@ -21,7 +22,17 @@ from shared import bus
 from shared.config import Config
 from shared.store import Store
 
-__all__ = ["BOOT", "Service", "TaskSet", "heartbeat_loop", "instance_id", "run", "setup_logging", "stream_id"]
+__all__ = [
+    "BOOT",
+    "Service",
+    "TaskSet",
+    "heartbeat_loop",
+    "instance_id",
+    "run",
+    "serve_metrics",
+    "setup_logging",
+    "stream_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +62,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str = "INFO", service: str = "") -> None:
+class TextFormatter(logging.Formatter):
+    """``rtswitch dev``'s human format: time, level, service, message, then the ``extra`` fields as k=v."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{key}={value}" for key, value in vars(record).items()
+            if key not in _STD_ATTRS and not key.startswith("_") and key != "service"
+        )
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        line = f"{clock} {record.levelname:<7} {getattr(record, 'service', '') or record.name}: {record.getMessage()}"
+        if extras:
+            line += f"  {extras}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {"json": JsonFormatter, "text": TextFormatter}
+
+
+def setup_logging(level: str = "INFO", service: str = "", fmt: str = "json") -> None:
+    """JSON lines (production: one object per line, ``sid``/``epoch`` as keys) or ``text`` (rtswitch dev)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(FORMATTERS[fmt]())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -156,10 +188,52 @@ async def _serve(service: Service, config: Config) -> None:
             sentinel_master=config.redis_sentinel_master,
         ))
         await stack.enter_async_context(service.running(nc, store))
+        if config.metrics_port is not None:
+            server = await serve_metrics(config.host, config.metrics_port, lambda: nc.is_connected)
+            stack.push_async_callback(_close_server, server)
+            print(f"{service.name} metrics on http://{config.host}:{config.metrics_port}/metrics", flush=True)
         log.info("ready")
         print(f"{service.name} ready", flush=True)
         await stop.wait()
         log.info("stopping")
+
+
+async def serve_metrics(host: str, port: int, healthy: Callable[[], bool]) -> asyncio.Server:
+    """A tiny HTTP listener for processes without a server of their own (``RS_METRICS_PORT``):
+    ``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 while the bus is connected, else 503)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass  # headers: nothing in them matters here
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
+            if path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest()
+            elif path == "/healthz":
+                ok = healthy()
+                status, ctype, body = ("200 OK" if ok else "503 Service Unavailable"), "text/plain", (
+                    b"ok\n" if ok else b"bus disconnected\n")
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n")
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (OSError, TimeoutError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 2)
 
 
 async def _drain(nc: NATS) -> None:
@@ -168,7 +242,7 @@ async def _drain(nc: NATS) -> None:
 
 
 def run(service: Service, config: Config) -> None:
-    setup_logging(config.log_level, service.name)
+    setup_logging(config.log_level, service.name, config.log_format)
     with contextlib.suppress(ImportError):
         import uvloop
 

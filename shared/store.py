@@ -29,6 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -40,6 +41,7 @@ from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
+from shared.metrics import REDIS_RECONNECTS
 from shared.session import SessionMeta
 
 __all__ = ["LOGGED_EVENTS", "Commit", "Snapshot", "Store"]
@@ -80,6 +82,17 @@ def _keys(sid: str) -> dict[str, str]:
     }
 
 
+class _CountingRetry(Retry):
+    """redis-py's retry, counting each failed attempt (``rs_redis_reconnects_total``)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        async def counted(error: Exception, *more: Any) -> None:
+            REDIS_RECONNECTS.inc()
+            await fail(error, *more)
+
+        return await super().call_with_retry(do, counted, *args, **kwargs)
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, *, ttl_s: int = 86_400) -> None:
         self.redis = client
@@ -92,7 +105,7 @@ class Store:
     ) -> AsyncIterator[Store]:
         """``sentinels`` (``host:port,...``) selects Sentinel instead of ``url``: the client asks the
         sentinels for the current primary and asks again when a connection to it fails (a failover)."""
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20)
+        retry = _CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20)
         sentinel: Sentinel | None = None
         if sentinels:
             addresses = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels.split(","))]

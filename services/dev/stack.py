@@ -21,9 +21,9 @@ from pathlib import Path
 
 __all__ = [
     "FAKES",
-    "NatsNode",
     "REDIS_MISSING",
     "SERVICE_MODULES",
+    "NatsNode",
     "Proc",
     "ProviderPlan",
     "Stack",
@@ -224,7 +224,7 @@ bind 127.0.0.1
 dir {dir}
 sentinel monitor {master} 127.0.0.1 {primary} {quorum}
 sentinel down-after-milliseconds {master} 1000
-sentinel failover-timeout {master} 5000
+sentinel failover-timeout {master} 3000
 sentinel parallel-syncs {master} 1
 """
 
@@ -236,10 +236,9 @@ def wait_http_ok(url: str, timeout: float = 15.0) -> None:
 
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
+        with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
         time.sleep(0.05)

@@ -51,6 +51,7 @@ from shared.metrics import (
     REATTACHES,
     REFUSALS,
     SESSIONS,
+    observe_hop,
 )
 from shared.providers import installed_providers
 from shared.runtime import TaskSet, instance_id
@@ -382,6 +383,7 @@ class Edge:
             pass
         live.delivered_down = max(live.delivered_down, out.down)
         FRAMES.labels("edge", "out").inc(len(out.frames))
+        observe_hop("transformer_edge", out.sent)  # metric observation point
 
     # -- liveness and reattach -------------------------------------------------------------------
 

@@ -352,6 +352,21 @@ async def _run_rounds(
                   f"{time.monotonic() - at:.2f} s")
             await _eventually(_turns_since(talkers, at), "turns on the promoted primary", 60)
             await asyncio.to_thread(ha.restart_redis, name, new)
+
+            async def in_sync() -> bool:
+                # The next failover may promote this one: it must hold what the primary has first.
+                node = aioredis.Redis(port=ha.stack.redis_nodes[name])
+                primary = aioredis.Redis(port=new)
+                try:
+                    info = await node.info("replication")
+                    offset = (await primary.info("replication"))["master_repl_offset"]
+                finally:
+                    await node.aclose()
+                    await primary.aclose()
+                return bool(info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
+                            and info.get("slave_repl_offset", 0) >= offset - 10_000)
+
+            await _eventually(in_sync, f"{name} back as a replica in sync with :{new}", 60)
             return at
 
         return ("kill -9 the redis primary", fault)
