@@ -337,9 +337,9 @@ async def ensure_stream(
     client and canonical audio together are ~11 MB/s, so 1 GiB holds about 90 s of everything.
 
     On a cluster of 3+ nodes the stream is replicated R3 and file-backed: measured on one 2-core box
-    (3 loopback nodes, 960-byte frames) file R3 stored 57-60k core publishes/s against 47k for memory R3,
-    acked publish p50 0.6 ms both (nats-server does not fsync per message), and a node restarted after
-    kill -9 recovers its replica from its own disk instead of copying the whole window from the leader.
+    (``python -m ops.bench.stream_storage``) file and memory R3 are within noise of each other (nats-server
+    does not fsync per message), and a node restarted after kill -9 recovers its replica from its own disk
+    instead of copying the whole window from the leader (docs/scaling.md).
     """
     js = nc.jetstream()
     replicas = stream_replicas(nc)
