@@ -19,7 +19,7 @@ __all__ = ["main"]
 USAGE = """usage: rtswitch COMMAND [options]
 
 commands:
-  dev [--port P] [--host H] [--no-fakes] [--logs DIR] [--ha] [--text-logs]
+  dev [--port P] [--host H] [--no-fakes] [--logs DIR] [--ha] [--json-logs]
                           embedded NATS + Redis + every service (+ fake providers when keys are absent);
                           --ha: a 3-node NATS cluster and Redis with a replica and 3 Sentinels
   bench [options]         the load bench (same tables and JSON as python -m ops.bench.run; bench --help)
@@ -221,6 +221,9 @@ def summary(config: Config, stack: Stack, dotenv: dict[str, str], *, fakes: bool
         f"  openai SDK: AsyncOpenAI(api_key='{account}:<secret>', websocket_base_url='{base}/v1')",
         f"  try it:     rtswitch call \"Hello\" --url {base}" + ("  (trust the edge's certificate: SSL_CERT_FILE)"
                                                             if tls else ""),
+        *([f"  nats:       cluster of {len(stack.nats_cluster)}: {stack.nats_url}"] if stack.nats_cluster else []),
+        *([f"  redis:      primary + replica, Sentinels at {stack.env['REDIS_SENTINELS']}"]
+          if stack.sentinel_ports else []),
         "  providers:",
         *(f"    {p.line}" for p in providers),
     ]
