@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import signal
 import time
 import urllib.request
@@ -54,6 +55,7 @@ class HaStack:
     stack: Stack
     edge_port: int
     procs: dict[str, Proc]
+    metrics_ports: dict[str, int]  # instance -> the port of its /metrics
 
     def proc(self, name: str) -> Proc:
         return next(p for p in reversed(self.stack.procs) if p.name == name)
@@ -89,13 +91,16 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
         port = free_port()
         stack.env.update({"PORT": str(port), "HOST": "127.0.0.1"})
         procs = {}
+        metrics: dict[str, int] = {}
         for command, instance in (
             ("checkpoint", "ckpt-a"), ("transformer", "tr-a"), ("provider-worker", "wk-a"),
             ("provider-worker", "wk-b"), ("edge", "edge-a"),
         ):
-            procs[instance] = stack.start_instance(command, instance)
+            metrics[instance] = port if command == "edge" else free_port()  # the edge: on its client port
+            env = {} if command == "edge" else {"RS_METRICS_PORT": str(metrics[instance])}
+            procs[instance] = stack.start_instance(command, instance, env=env)
         wait_port(port)
-        yield HaStack(stack, port, procs)
+        yield HaStack(stack, port, procs, metrics)
     finally:
         stack.stop()
 
@@ -196,6 +201,27 @@ async def _reattaches(ha: HaStack) -> float:
             return str(resp.read().decode())
 
     return sum(v for _, v in parse_metrics(await asyncio.to_thread(get)).get("rs_reattaches_total", []))
+
+
+async def _reconnects(ha: HaStack, metric: str) -> float:
+    """``metric`` summed over every process of the stack."""
+    def get(port: int) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    total = 0.0
+    for port in ha.metrics_ports.values():
+        total += sum(v for _, v in parse_metrics(await asyncio.to_thread(get, port)).get(metric, []))
+    return total
+
+
+def _our_clients_on(ha: HaStack, node: str) -> int:
+    """How many of our processes are connected to ``node`` (its /connz names them)."""
+    http_port = next(n.http_port for n in ha.stack.nats_cluster if n.name == node)
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/connz?limit=1024", timeout=5) as resp:
+        connz = json.loads(resp.read())
+    ours = {"edge", "transformer", "provider-worker", "checkpoint"}
+    return sum(1 for c in connz.get("connections") or [] if c.get("name") in ours)
 
 
 async def _nats_node(ha: HaStack, role: str) -> str:
@@ -315,8 +341,10 @@ async def _run_rounds(
     def nats_round(role: str) -> tuple[str, Any]:
         async def fault() -> float:
             node = await _nats_node(ha, role)
+            on_it = await asyncio.to_thread(_our_clients_on, ha, node)
+            bus_before = await _reconnects(ha, "rs_bus_reconnects_total")
             at = ha.kill(node)
-            print(f"\n[ha] nats: killed {node} (the stream's {role})")
+            print(f"\n[ha] nats: killed {node} (the stream's {role}), {on_it} of our processes on it")
             # The node stays down while the sessions take turns (awaited by the next round or the end),
             # then comes back; restarting it here at once would hide a client that never moved off it.
             for _ in range(turns_between):
@@ -333,6 +361,9 @@ async def _run_rounds(
                     await nc.close()
 
             await _eventually(replicas_current, f"{node} back and its stream replica current", 60)
+            # Every process that was on the node counted its reconnect (rs_bus_reconnects_total).
+            moved = await _reconnects(ha, "rs_bus_reconnects_total") - bus_before
+            assert moved >= on_it, f"{on_it} processes were on {node}, {moved:.0f} bus reconnects counted"
             return at
 
         return (f"kill -9 a nats node (the stream's {role})", fault)
@@ -341,6 +372,7 @@ async def _run_rounds(
         async def fault() -> float:
             old = await _primary_port(ha)
             name = next(n for n, p in ha.stack.redis_nodes.items() if p == old)
+            redis_before = await _reconnects(ha, "rs_redis_reconnects_total")
             at = ha.kill(name)
 
             async def promoted() -> int:
@@ -351,6 +383,10 @@ async def _run_rounds(
             print(f"\n[ha] redis: {name} (:{old}) killed, Sentinel promoted :{new} after "
                   f"{time.monotonic() - at:.2f} s")
             await _eventually(_turns_since(talkers, at), "turns on the promoted primary", 60)
+            # The checkpoint writes every turn: its commands to the dead primary failed and were retried.
+            retried = await _reconnects(ha, "rs_redis_reconnects_total") - redis_before
+            print(f"[ha] redis: {retried:.0f} commands retried across the failover")
+            assert retried > 0
             await asyncio.to_thread(ha.restart_redis, name, new)
 
             async def in_sync() -> bool:
