@@ -19,8 +19,10 @@ __all__ = ["main"]
 USAGE = """usage: rtswitch COMMAND [options]
 
 commands:
-  dev [--port P] [--host H] [--no-fakes] [--logs DIR]
-                          embedded NATS + Redis + every service (+ fake providers when keys are absent)
+  dev [--port P] [--host H] [--no-fakes] [--logs DIR] [--ha] [--json-logs]
+                          embedded NATS + Redis + every service (+ fake providers when keys are absent);
+                          --ha: a 3-node NATS cluster and Redis with a replica and 3 Sentinels
+  bench [options]         the load bench (same tables and JSON as python -m ops.bench.run; bench --help)
   call TEXT... [--dialect openai|openai-beta|gemini] [--provider openai|gemini] [--url URL] [--wav F] [--out F]
                           one conversation through the gateway, printed with timings (rtswitch call --help)
   edge                    client WebSockets, auth, HTTP            (env: HOST, PORT, NATS_URL, REDIS_URL, ...)
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     if command == "dev":
         dev(rest)
         return
+    if command == "bench":
+        raise SystemExit(bench(rest))
     if command == "call":
         from services.call import main as call_main
 
@@ -78,6 +82,11 @@ def dev(argv: list[str]) -> None:
                         help="start no fake providers: a provider without a key refuses its sessions")
     parser.add_argument("--logs", type=Path, metavar="DIR",
                         help="folder for the process logs, kept after exit (default: a new folder in the temp dir)")
+    parser.add_argument("--ha", action="store_true",
+                        help="a 3-node nats-server cluster (JetStream R3) and Redis primary + replica + 3 Sentinels, "
+                        "all on loopback, instead of one of each")
+    parser.add_argument("--json-logs", action="store_true",
+                        help="services log JSON lines (as in production) instead of the human format")
     args = parser.parse_args(argv)
     try:
         dotenv = read_dotenv(Path(".env"))
@@ -104,13 +113,18 @@ def dev(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        env_nats, env_redis = base_env.get("NATS_URL"), base_env.get("REDIS_URL")
-        print("starting nats-server ..." if not env_nats else f"using NATS at {env_nats}", flush=True)
+        stack.env.setdefault("RS_LOG_FORMAT", "json" if args.json_logs else "text")
+        env_nats = base_env.get("NATS_URL")
+        env_redis = base_env.get("REDIS_SENTINELS") or base_env.get("REDIS_URL")
+        print(f"using NATS at {env_nats}" if env_nats else
+              "starting a 3-node nats-server cluster ..." if args.ha else "starting nats-server ...", flush=True)
         if not env_nats:
-            stack.start_nats()
-        print("starting redis-server ..." if not env_redis else f"using Redis at {env_redis}", flush=True)
+            stack.start_nats_cluster() if args.ha else stack.start_nats()
+        print(f"using Redis at {env_redis}" if env_redis else
+              "starting redis-server primary + replica + 3 sentinels ..." if args.ha else "starting redis-server ...",
+              flush=True)
         if not env_redis:
-            stack.start_redis()
+            stack.start_redis_ha() if args.ha else stack.start_redis()
         stack.env["PORT"] = str(config.port)
         stack.env["HOST"] = config.host
         if not args.no_fakes:  # providers without a key get a fake; a provider with a key is the real one
@@ -136,7 +150,55 @@ def dev(argv: list[str]) -> None:
         stack.stop()
         # The bus's stream store is state, not a log: the next run starts clean.
         shutil.rmtree(stack.workdir / "jetstream", ignore_errors=True)
+        for node in stack.nats_cluster:
+            shutil.rmtree(stack.workdir / f"{node.name}-js", ignore_errors=True)
         print(f"stopped; logs kept in {stack.workdir}", flush=True)
+
+
+def bench(argv: list[str], *, out: object = None) -> int:
+    """``python -m ops.bench.run`` as a child (ops sits above services: nothing here imports it), its tables
+    and JSON unchanged on stdout; its progress lines on stderr, each prefixed with the elapsed time, and on a
+    terminal a status line under them that keeps ticking while a phase runs."""
+    import importlib.util
+    import subprocess
+    import threading
+
+    err = out if out is not None else sys.stderr
+    if importlib.util.find_spec("ops.bench.run") is None:
+        print("rtswitch bench: the bench lives in the source tree (ops/bench); run it from a checkout", file=err)
+        return 2
+    if argv[:1] in (["-h"], ["--help"]):
+        return subprocess.call([sys.executable, "-m", "ops.bench.run", *argv])
+    tty = bool(getattr(err, "isatty", lambda: False)())
+    clear = "\r\033[K" if tty else ""  # erase the status line before a progress line replaces it
+    start = time.monotonic()
+    last = ["starting the stack"]
+    lock = threading.Lock()
+
+    def stamp() -> str:
+        seconds = int(time.monotonic() - start)
+        return f"[bench {seconds // 60:02d}:{seconds % 60:02d}]"
+
+    child = subprocess.Popen([sys.executable, "-m", "ops.bench.run", *argv], stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def ticker() -> None:  # the status line: elapsed time and the last thing the bench said
+        while not done.wait(1.0):
+            with lock:
+                print(f"{clear}{stamp()} {last[0][:100]}", end="", file=err, flush=True)
+
+    if tty:
+        threading.Thread(target=ticker, daemon=True).start()
+    assert child.stderr is not None
+    for line in child.stderr:
+        with lock:
+            last[0] = line.rstrip()
+            print(f"{clear}{stamp()} {last[0]}", file=err, flush=True)
+    rc = child.wait()
+    done.set()
+    with lock:
+        print(f"{clear}{stamp()} bench finished (exit {rc})", file=err, flush=True)
+    return rc
 
 
 def summary(config: Config, stack: Stack, dotenv: dict[str, str], *, fakes: bool) -> str:
@@ -159,6 +221,9 @@ def summary(config: Config, stack: Stack, dotenv: dict[str, str], *, fakes: bool
         f"  openai SDK: AsyncOpenAI(api_key='{account}:<secret>', websocket_base_url='{base}/v1')",
         f"  try it:     rtswitch call \"Hello\" --url {base}" + ("  (trust the edge's certificate: SSL_CERT_FILE)"
                                                             if tls else ""),
+        *([f"  nats:       cluster of {len(stack.nats_cluster)}: {stack.nats_url}"] if stack.nats_cluster else []),
+        *([f"  redis:      primary + replica, Sentinels at {stack.env['REDIS_SENTINELS']}"]
+          if stack.sentinel_ports else []),
         "  providers:",
         *(f"    {p.line}" for p in providers),
     ]

@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import time
 from typing import Literal, TypeVar
 
 import msgspec
@@ -23,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from shared import events as ev
+from shared.metrics import BUS_RECONNECTS
 from shared.session import SessionMeta
 from shared.store import LOGGED_EVENTS
 
@@ -201,6 +203,7 @@ class ClientIn(msgspec.Struct, frozen=True, array_like=True):
     seq: int
     data: bytes
     binary: bool = False
+    sent: float = msgspec.field(default_factory=time.time)  # per-hop latency (see events.Envelope.sent)
 
 
 class ClientOut(msgspec.Struct, frozen=True, array_like=True):
@@ -210,6 +213,7 @@ class ClientOut(msgspec.Struct, frozen=True, array_like=True):
     close_code: int | None = None
     close_reason: str = ""
     down: tuple[int, int] = (0, 0)  # the down envelope (epoch, seq) these frames came from; (0, 0): none
+    sent: float = msgspec.field(default_factory=time.time)  # per-hop latency (see events.Envelope.sent)
 
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
@@ -310,7 +314,10 @@ def decode(data: bytes, kind: type[T]) -> T:
 
 
 async def connect(url: str, *, name: str) -> NATS:
-    """Connect with capped reconnects forever: a NATS restart pauses sessions, it does not kill them."""
+    """Connect with capped reconnects forever: a NATS restart pauses sessions, it does not kill them.
+
+    ``url`` may list several servers, comma-separated (a cluster): the client picks one and moves to
+    another (or to one the cluster announced) when its server goes away."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": type(exc).__name__})
@@ -319,10 +326,11 @@ async def connect(url: str, *, name: str) -> NATS:
         log.warning("nats disconnected")
 
     async def on_reconnected() -> None:
+        BUS_RECONNECTS.inc()
         log.info("nats reconnected")
 
     return await nats.connect(
-        url,
+        servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
@@ -380,13 +388,20 @@ async def ensure_stream(
     window is lost but the conversation log in Redis is not. The window only has to cover the input
     since the last commit (one turn), so it is short and capped in bytes: at 100 live sessions the
     client and canonical audio together are ~11 MB/s, so 1 GiB holds about 90 s of everything.
+
+    On a cluster of 3+ nodes the stream is replicated R3 and file-backed: measured on one 2-core box
+    (``python -m ops.bench.stream_storage``) file and memory R3 are within noise of each other (nats-server
+    does not fsync per message), and a node restarted after kill -9 recovers its replica from its own disk
+    instead of copying the whole window from the leader (docs/scaling.md).
     """
     js = nc.jetstream()
+    replicas = stream_replicas(nc)
     config = StreamConfig(
         name=STREAM,
+        num_replicas=replicas,
         subjects=Subjects.STREAM_SUBJECTS,
         retention=RetentionPolicy.LIMITS,
-        storage=StorageType.MEMORY,
+        storage=StorageType.FILE if replicas >= 3 else StorageType.MEMORY,
         max_age=max_age_s,
         max_bytes=max_bytes,
         discard=DiscardPolicy.OLD,
@@ -395,8 +410,13 @@ async def ensure_stream(
     for attempt in range(50):
         try:
             try:
-                await js.stream_info(STREAM)
-                await js.update_stream(config)
+                info = await js.stream_info(STREAM)
+                # Never scale down: a member that connects while a node is away sees a smaller cluster.
+                replicas = max(info.config.num_replicas or 1, config.num_replicas or 1)
+                # A stream's storage cannot change: keep what it was created with.
+                await js.update_stream(dataclasses.replace(
+                    config, num_replicas=replicas, storage=info.config.storage or config.storage
+                ))
             except nats.js.errors.NotFoundError:
                 try:
                     await js.add_stream(dataclasses.replace(config, first_seq=first_seq))
@@ -406,6 +426,13 @@ async def ensure_stream(
         except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
             await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
     raise RuntimeError("JetStream not available")
+
+
+def stream_replicas(nc: NATS) -> int:
+    """3 on a cluster of 3 or more nodes (the stream survives the loss of one), else 1. The server's INFO
+    lists the client URLs of every cluster member it knows (itself included)."""
+    urls = (nc._server_info or {}).get("connect_urls") or []  # nats-py keeps the INFO only there
+    return 3 if len(urls) >= 3 else 1
 
 
 def envelope(epoch: int, seq: int, events: list[ev.Event]) -> bytes:

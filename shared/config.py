@@ -62,6 +62,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 3000
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Sentinel instead of redis_url when set: "host:port,host:port" and the monitored master's name
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "mymaster"
     openai_api_key: str = ""
     gemini_api_key: str = ""
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
@@ -104,6 +107,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     rate_burst: int = 1000  # frames a connection may send at once above the rate (a clip sent in one go)
     max_sessions_per_account: int = 0  # concurrent sessions per account per edge; 0: unlimited
     log_level: str = "INFO"
+    log_format: str = "json"  # "json" (one object per line) or "text" (rtswitch dev's human format)
+    metrics_port: int | None = None  # /metrics on this port for processes without an HTTP server of their own
     instance_id: str = ""
 
     def provider_settings(self) -> dict[str, str]:
@@ -188,6 +193,29 @@ def _pattern(regex: str, expected: str) -> Callable[[str], str]:
     return parse
 
 
+def _url_list(*schemes: str) -> Callable[[str], str]:
+    """A comma-separated list of URLs (a NATS cluster's seed servers); each one checked like ``_url``."""
+    one = _url(*schemes)
+
+    def parse(raw: str) -> str:
+        urls = [one(part.strip()) for part in raw.split(",") if part.strip()]
+        if not urls:
+            raise ValueError("expected at least one URL")
+        return ",".join(urls)
+
+    return parse
+
+
+def _host_ports(raw: str) -> str:
+    """``host:port,host:port`` (Sentinel addresses)."""
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise ValueError(f"expected host:port[,host:port...], got {part!r}")
+    return ",".join(parts)
+
+
 def _provider(raw: str) -> str:
     return raw.strip().lower()
 
@@ -206,8 +234,10 @@ def _one_of(*allowed: str) -> Callable[[str], str]:
 _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("HOST", "host", str),
     ("PORT", "port", _int_range(0, 65_535)),
-    ("NATS_URL", "nats_url", _url("nats", "tls", "ws", "wss")),
+    ("NATS_URL", "nats_url", _url_list("nats", "tls", "ws", "wss")),  # comma-separated: a cluster's servers
     ("REDIS_URL", "redis_url", _url("redis", "rediss", "unix")),
+    ("REDIS_SENTINELS", "redis_sentinels", _host_ports),
+    ("REDIS_SENTINEL_MASTER", "redis_sentinel_master", str),
     ("OPENAI_API_KEY", "openai_api_key", str),
     ("GEMINI_API_KEY", "gemini_api_key", str),
     ("OPENAI_REALTIME_URL", "openai_realtime_url", _url("ws", "wss")),
@@ -247,6 +277,8 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("RS_RATE_BURST", "rate_burst", _int_range(1, 1_000_000)),
     ("RS_MAX_SESSIONS_PER_ACCOUNT", "max_sessions_per_account", _int_range(0, 1_000_000)),
     ("LOG_LEVEL", "log_level", str.upper),
+    ("RS_LOG_FORMAT", "log_format", _one_of("json", "text")),
+    ("RS_METRICS_PORT", "metrics_port", _int_range(1, 65_535)),
     ("RS_INSTANCE_ID", "instance_id", str),
 ]
 

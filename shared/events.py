@@ -11,6 +11,7 @@ Direction:
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import msgspec
@@ -475,6 +476,9 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     epoch: int  # fencing: consumers drop envelopes from an older epoch
     seq: int  # per (sid, subject, epoch) sender sequence
     events: list[Up | Down]
+    # The sender's wall clock (per-hop latency, shared.metrics.observe_hop); last and defaulted: a message
+    # without it still decodes, and a decoder without it ignores it.
+    sent: float = msgspec.field(default_factory=time.time)
 
 
 _ENCODER = msgspec.msgpack.Encoder()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ASSIGN_SECONDS",
     "BREAKER_OPEN",
+    "BUS_RECONNECTS",
     "FRAMES",
+    "HOPS",
+    "HOP_SECONDS",
     "NOTICES",
     "PROBES",
     "PROVIDER_CONNECTS",
@@ -15,13 +20,16 @@ __all__ = [
     "REATTACHES",
     "REATTACH_GAVE_UP",
     "REATTACH_SECONDS",
+    "REDIS_RECONNECTS",
     "REFUSALS",
     "REPLAYED",
     "SESSIONS",
     "SWITCHES",
     "SWITCH_GAP_SECONDS",
+    "TIME_TO_FIRST_AUDIO",
     "UPSTREAM_RECONNECTS",
     "UPSTREAM_ROTATIONS",
+    "observe_hop",
 ]
 
 SESSIONS = Gauge("rs_sessions", "Live sessions held by this process", ["service"])
@@ -60,3 +68,30 @@ SWITCH_GAP_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 BREAKER_OPEN = Gauge("rs_breaker_open", "1 while the fleet breaker keeps sessions away from a provider", ["provider"])
+
+# Per-hop latency on the bus: the sender stamps its wall clock on every bus message (``sent`` of
+# ClientIn, Envelope, ClientOut), the receiver observes now - sent. One machine or NTP-synchronised hosts:
+# cross-host skew shows up here as latency (clamped at 0).
+HOPS = ("edge_transformer", "transformer_worker", "worker_transformer", "transformer_edge")
+HOP_SECONDS = Histogram(
+    "rs_hop_seconds", "Bus message sent -> handled by the next process (frames held during a replacement's "
+    "catch-up included)", ["hop"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+TIME_TO_FIRST_AUDIO = Histogram(
+    "rs_time_to_first_audio_seconds",
+    "End of the user's turn (commit or speech stop) -> the provider's first audio, at the worker (the "
+    "provider's round trip; the client hears it after the worker_transformer and transformer_edge hops)",
+    ["provider"], buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+)
+BUS_RECONNECTS = Counter("rs_bus_reconnects_total", "NATS connection re-established (a server restarted or left)")
+REDIS_RECONNECTS = Counter(
+    "rs_redis_reconnects_total", "Redis commands retried after a connection failure (each retry reconnects; "
+    "a Sentinel client asks the sentinels for the primary again)",
+)
+
+
+def observe_hop(hop: str, sent: float) -> None:
+    """One bus message of ``hop`` handled now; ``sent`` 0: a sender that stamps nothing (older version)."""
+    if sent:
+        HOP_SECONDS.labels(hop).observe(max(0.0, time.time() - sent))

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
@@ -25,7 +26,16 @@ from shared.startup import say as _say
 from shared.store import Store
 
 __all__ = [
-    "BOOT", "Service", "StartupError", "TaskSet", "heartbeat_loop", "instance_id", "redact", "run", "setup_logging",
+    "BOOT",
+    "Service",
+    "StartupError",
+    "TaskSet",
+    "heartbeat_loop",
+    "instance_id",
+    "redact",
+    "run",
+    "serve_metrics",
+    "setup_logging",
     "stream_id",
 ]
 
@@ -57,9 +67,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str = "INFO", service: str = "") -> None:
+class TextFormatter(logging.Formatter):
+    """``rtswitch dev``'s human format: time, level, service, message, then the ``extra`` fields as k=v."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{key}={value}" for key, value in vars(record).items()
+            if key not in _STD_ATTRS and not key.startswith("_") and key != "service"
+        )
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        line = f"{clock} {record.levelname:<7} {getattr(record, 'service', '') or record.name}: {record.getMessage()}"
+        if extras:
+            line += f"  {extras}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {"json": JsonFormatter, "text": TextFormatter}
+
+
+def setup_logging(level: str = "INFO", service: str = "", fmt: str = "json") -> None:
+    """JSON lines (production: one object per line, ``sid``/``epoch`` as keys) or ``text`` (rtswitch dev)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(FORMATTERS[fmt]())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -186,7 +217,8 @@ async def _nats_once(url: str) -> None:
     import nats  # the probe connection: no reconnects, so a refused connect fails at once
 
     nc = await nats.connect(
-        url, allow_reconnect=False, connect_timeout=STARTUP_CONNECT_TIMEOUT_S, error_cb=_fail,
+        servers=[u.strip() for u in url.split(",") if u.strip()], allow_reconnect=False,
+        connect_timeout=STARTUP_CONNECT_TIMEOUT_S, error_cb=_fail,
     )
     await nc.close()
 
@@ -215,9 +247,18 @@ async def _start(service: Service, config: Config, stack: contextlib.AsyncExitSt
     except RuntimeError as exc:
         raise StartupError(str(exc)) from None
     log.info("nats connected", extra={"server_version": version, "max_payload": nc.max_payload})
-    await _first_contact(service.name, "Redis", config.redis_url, functools.partial(_redis_once, config.redis_url))
-    store = await stack.enter_async_context(Store.connect(config.redis_url, ttl_s=config.session_ttl_s))
+    if not config.redis_sentinels:  # with Sentinel the client asks the sentinels for the primary itself
+        await _first_contact(
+            service.name, "Redis", config.redis_url, functools.partial(_redis_once, config.redis_url))
+    store = await stack.enter_async_context(Store.connect(
+        config.redis_url, ttl_s=config.session_ttl_s, sentinels=config.redis_sentinels,
+        sentinel_master=config.redis_sentinel_master,
+    ))
     await stack.enter_async_context(service.running(nc, store))
+    if config.metrics_port is not None:
+        server = await serve_metrics(config.host, config.metrics_port, lambda: nc.is_connected)
+        stack.push_async_callback(_close_server, server)
+        print(f"{service.name} metrics on http://{config.host}:{config.metrics_port}/metrics", flush=True)
 
 
 async def _serve(service: Service, config: Config) -> int:
@@ -249,13 +290,51 @@ async def _serve(service: Service, config: Config) -> int:
     return 0
 
 
+async def serve_metrics(host: str, port: int, healthy: Callable[[], bool]) -> asyncio.Server:
+    """A tiny HTTP listener for processes without a server of their own (``RS_METRICS_PORT``):
+    ``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 while the bus is connected, else 503)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass  # headers: nothing in them matters here
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
+            if path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest()
+            elif path == "/healthz":
+                ok = healthy()
+                status, ctype, body = ("200 OK" if ok else "503 Service Unavailable"), "text/plain", (
+                    b"ok\n" if ok else b"bus disconnected\n")
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n")
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (OSError, TimeoutError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 2)
+
+
 async def _drain(nc: NATS) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.drain(), 2)
 
 
 def run(service: Service, config: Config) -> None:
-    setup_logging(config.log_level, service.name)
+    setup_logging(config.log_level, service.name, config.log_format)
     with contextlib.suppress(ImportError):
         import uvloop
 

@@ -29,15 +29,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
+from shared.metrics import REDIS_RECONNECTS
 from shared.session import SessionMeta
 
 __all__ = ["LOGGED_EVENTS", "Commit", "Snapshot", "Store"]
@@ -78,6 +82,17 @@ def _keys(sid: str) -> dict[str, str]:
     }
 
 
+class _CountingRetry(Retry):
+    """redis-py's retry, counting each failed attempt (``rs_redis_reconnects_total``)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        async def counted(error: Exception, *more: Any) -> None:
+            REDIS_RECONNECTS.inc()
+            await fail(error, *more)
+
+        return await super().call_with_retry(do, counted, *args, **kwargs)
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, *, ttl_s: int = 86_400) -> None:
         self.redis = client
@@ -85,18 +100,34 @@ class Store:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, url: str, *, ttl_s: int = 86_400) -> AsyncIterator[Store]:
-        client = aioredis.from_url(
-            url,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            health_check_interval=10,
-            socket_connect_timeout=2,
-        )
+    async def connect(
+        cls, url: str, *, ttl_s: int = 86_400, sentinels: str = "", sentinel_master: str = "mymaster"
+    ) -> AsyncIterator[Store]:
+        """``sentinels`` (``host:port,...``) selects Sentinel instead of ``url``: the client asks the
+        sentinels for the current primary and asks again when a connection to it fails (a failover)."""
+        retry = _CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20)
+        sentinel: Sentinel | None = None
+        if sentinels:
+            addresses = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels.split(","))]
+            sentinel = Sentinel(addresses, socket_connect_timeout=1, socket_timeout=2)
+            # ReadOnlyError: a connection still open to the demoted primary after a failover; the retry
+            # reconnects and the pool asks the sentinels again.
+            client = sentinel.master_for(
+                sentinel_master, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError, ReadOnlyError],
+                health_check_interval=10, socket_connect_timeout=2, socket_timeout=5,
+            )
+        else:
+            client = aioredis.from_url(
+                url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                health_check_interval=10, socket_connect_timeout=2,
+            )
         try:
             yield cls(client, ttl_s=ttl_s)
         finally:
             await client.aclose()
+            if sentinel is not None:
+                for s in sentinel.sentinels:
+                    await s.aclose()
 
     async def ping(self) -> bool:
         try:

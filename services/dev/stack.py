@@ -23,6 +23,7 @@ __all__ = [
     "FAKES",
     "REDIS_MISSING",
     "SERVICE_MODULES",
+    "NatsNode",
     "Proc",
     "ProviderPlan",
     "Stack",
@@ -31,6 +32,7 @@ __all__ = [
     "find_redis_server",
     "free_port",
     "plan_providers",
+    "wait_http_ok",
     "wait_port",
 ]
 
@@ -196,6 +198,63 @@ def find_redis_server() -> str:
     raise FileNotFoundError(REDIS_MISSING)
 
 
+@dataclass(frozen=True)
+class NatsNode:
+    name: str
+    port: int  # clients
+    cluster_port: int  # routes
+    http_port: int  # monitoring: /healthz, /varz
+
+
+# Each node keeps its JetStream state in its own store_dir: the session stream is R3 file storage on a
+# 3-node cluster (shared/bus.py ensure_stream says why), and a node restarted after kill -9 rejoins from it.
+NATS_NODE_CONF = """server_name: {name}
+listen: 127.0.0.1:{port}
+http: 127.0.0.1:{http_port}
+jetstream {{ store_dir: "{store}" }}
+cluster {{
+  name: rs
+  listen: 127.0.0.1:{cluster_port}
+  routes: [{routes}]
+}}
+"""
+
+SENTINEL_CONF = """port {port}
+bind 127.0.0.1
+dir {dir}
+sentinel monitor {master} 127.0.0.1 {primary} {quorum}
+sentinel down-after-milliseconds {master} 1000
+sentinel failover-timeout {master} 3000
+sentinel parallel-syncs {master} 1
+"""
+
+
+def wait_http_ok(url: str, timeout: float = 15.0) -> None:
+    """Until ``url`` answers 200 (a nats-server's /healthz: it is up and its JetStream is current)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _json_get(url: str) -> dict[str, object]:
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return dict(json.loads(resp.read()))
+    except OSError:
+        return {}
+
+
 class Proc:
     """A child process whose output goes to a log file; ``ready`` is set when it prints its ready line."""
 
@@ -285,6 +344,9 @@ class Stack:
         self.nats_url = ""
         self.redis_url = ""
         self.fake_ports: dict[str, int] = {}
+        self.nats_cluster: list[NatsNode] = []
+        self.redis_nodes: dict[str, int] = {}
+        self.sentinel_ports: list[int] = []
 
     # -- infrastructure ------------------------------------------------------------------------
 
@@ -296,6 +358,82 @@ class Stack:
         self.nats_url = f"nats://127.0.0.1:{port}"
         self.env["NATS_URL"] = self.nats_url
         return self.nats_url
+
+    def start_nats_cluster(self, ports: list[int] | None = None, *, nodes: int = 3) -> str:
+        """``nodes`` nats-servers on loopback, routed to each other, JetStream on each (one store directory
+        per node, kept across a node's restart). Returns the comma-separated server list (``NATS_URL``)."""
+        ports = ports or [free_port() for _ in range(nodes)]
+        self.nats_cluster = [
+            NatsNode(f"nats-{i + 1}", port, free_port(), free_port()) for i, port in enumerate(ports)
+        ]
+        for node in self.nats_cluster:
+            self.start_nats_node(node, wait=False)
+        for node in self.nats_cluster:
+            self.wait_nats_node(node)
+        self.nats_url = ",".join(f"nats://127.0.0.1:{n.port}" for n in self.nats_cluster)
+        self.env["NATS_URL"] = self.nats_url
+        return self.nats_url
+
+    def start_nats_node(self, node: NatsNode, *, wait: bool = True) -> Proc:
+        """Start (or restart, same ports and store) one node of ``start_nats_cluster``."""
+        routes = ", ".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nats_cluster)
+        conf = self.workdir / f"{node.name}.conf"
+        conf.write_text(NATS_NODE_CONF.format(
+            name=node.name, port=node.port, http_port=node.http_port, cluster_port=node.cluster_port,
+            store=self.workdir / f"{node.name}-js", routes=routes,
+        ))
+        proc = self._spawn(node.name, [find_nats_server(), "-c", str(conf)])
+        if wait:
+            self.wait_nats_node(node)
+        return proc
+
+    def wait_nats_node(self, node: NatsNode, timeout: float = 30.0) -> None:
+        """Healthy (JetStream current) and routed to every other node: a client then hears of all of them."""
+        deadline = time.monotonic() + timeout
+        wait_http_ok(f"http://127.0.0.1:{node.http_port}/healthz", timeout=timeout)
+        while _json_get(f"http://127.0.0.1:{node.http_port}/routez").get("num_routes", 0) < len(self.nats_cluster) - 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.name} not routed to every node after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def start_redis_ha(self, *, sentinels: int = 3, master: str = "mymaster") -> str:
+        """A Redis primary, one replica, and ``sentinels`` Sentinels (quorum: a majority) watching them.
+        Sets ``REDIS_SENTINELS``/``REDIS_SENTINEL_MASTER`` (which take precedence over ``REDIS_URL``)."""
+        primary, replica = free_port(), free_port()
+        self.redis_nodes = {"redis-a": primary, "redis-b": replica}
+        self.start_redis_node("redis-a", primary)
+        self.start_redis_node("redis-b", replica, replica_of=primary)
+        quorum = sentinels // 2 + 1
+        self.sentinel_ports = []
+        for i in range(sentinels):
+            port = free_port()
+            conf = self.workdir / f"sentinel-{i + 1}.conf"  # Sentinel rewrites its file: one each
+            conf.write_text(SENTINEL_CONF.format(port=port, dir=self.workdir, master=master, primary=primary,
+                                                 quorum=quorum))
+            self._spawn(f"sentinel-{i + 1}", [find_redis_server(), str(conf), "--sentinel"])
+            self.sentinel_ports.append(port)
+        for port in self.sentinel_ports:
+            wait_port(port)
+        self.redis_url = f"redis://127.0.0.1:{primary}/0"  # for tools that read REDIS_URL; services use Sentinel
+        self.env.update({
+            "REDIS_URL": self.redis_url,
+            "REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+            "REDIS_SENTINEL_MASTER": master,
+        })
+        return self.env["REDIS_SENTINELS"]
+
+    def start_redis_node(self, name: str, port: int, *, replica_of: int | None = None) -> Proc:
+        """One Redis of ``start_redis_ha`` (AOF on, as in production: a restarted node keeps its data)."""
+        argv = [
+            find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "everysec", "--appendfilename", f"{name}.aof", "--dbfilename", f"{name}.rdb",
+            "--dir", str(self.workdir), "--protected-mode", "no",
+        ]
+        if replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+        proc = self._spawn(name, argv)
+        wait_port(port)
+        return proc
 
     def start_redis(self, port: int | None = None) -> str:
         port = port or free_port()

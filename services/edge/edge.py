@@ -52,6 +52,7 @@ from shared.metrics import (
     REATTACHES,
     REFUSALS,
     SESSIONS,
+    observe_hop,
 )
 from shared.providers import installed_providers
 from shared.runtime import TaskSet, instance_id
@@ -478,6 +479,7 @@ class Edge:
             pass
         live.delivered_down = max(live.delivered_down, out.down)
         FRAMES.labels("edge", "out").inc(len(out.frames))
+        observe_hop("transformer_edge", out.sent)  # metric observation point
 
     # -- liveness and reattach -------------------------------------------------------------------
 

@@ -58,8 +58,10 @@ from shared.metrics import (
     PROVIDER_ERRORS,
     REPLAYED,
     SESSIONS,
+    TIME_TO_FIRST_AUDIO,
     UPSTREAM_RECONNECTS,
     UPSTREAM_ROTATIONS,
+    observe_hop,
 )
 from shared.providers import AppendsHistory, Provider, ProviderNotConfigured, installed_providers, load_provider
 from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id, stream_id
@@ -638,6 +640,7 @@ class ProviderWorker:
             return  # already taken from the stream replay
         session.last_up = env.seq
         FRAMES.labels("worker", "up").inc()
+        observe_hop("transformer_worker", env.sent)  # metric observation point
         for event in env.events:
             if session.state.sends:
                 self._note_config(session, event)
@@ -792,6 +795,7 @@ class ProviderWorker:
         is_open = session.open_response is not None
         session.stall.response(is_open, now)
         for ms in turn_ms:
+            TIME_TO_FIRST_AUDIO.labels(session.meta.provider).observe(ms / 1000)  # metric observation point
             await self._signal(session, "turn", value_ms=ms)
         if is_open != was_open:
             await self._signal(session, "busy" if is_open else "idle")

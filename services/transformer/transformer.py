@@ -23,7 +23,7 @@ from shared.bus import Subjects
 from shared.codecs.base import ClientCodec, Out
 from shared.codecs.registry import client_codec
 from shared.config import Config
-from shared.metrics import FRAMES, NOTICES, SESSIONS
+from shared.metrics import FRAMES, NOTICES, SESSIONS, observe_hop
 from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
@@ -174,7 +174,9 @@ class Transformer:
         if session.replaying:
             session.held.append(msg.data)
             return
-        await self._feed(session, bus.decode(msg.data, bus.ClientIn))
+        frame = bus.decode(msg.data, bus.ClientIn)
+        observe_hop("edge_transformer", frame.sent)  # metric observation point
+        await self._feed(session, frame)
 
     async def _feed(self, session: _Session, frame: bus.ClientIn) -> None:
         if frame.seq <= session.last_cin:
@@ -193,7 +195,9 @@ class Transformer:
         if session.replaying:
             session.held_down.append(msg.data)
             return
-        await self._deliver(session, ev.decode_envelope(msg.data))
+        env = ev.decode_envelope(msg.data)
+        observe_hop("worker_transformer", env.sent)  # metric observation point
+        await self._deliver(session, env)
 
     async def _deliver(self, session: _Session, env: ev.Envelope, *, send: bool = True) -> None:
         """Provider events to the client; ``send=False`` only updates the codec (the client has them)."""
