@@ -110,7 +110,8 @@ def test_every_command_is_an_rtswitch_command_that_parses(name: str, monkeypatch
     for key, value in env_of(name).items():
         monkeypatch.setenv(key, value)
     started: list[str] = []
-    monkeypatch.setattr(main, "run", lambda service, config: started.append(service.name))
+    # ``run`` is imported inside main (after announcing the NATS URL): replaced where it lives.
+    monkeypatch.setattr("shared.runtime.run", lambda service, config: started.append(service.name))
     main.main(args)
     assert started, f"{name}: {argv} did not start a service"
 
