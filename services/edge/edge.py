@@ -34,10 +34,12 @@ from websockets.http11 import Request, Response
 from services.edge import web
 from services.edge.backoff import next_delay
 from services.edge.http_admin import HttpRequest, HttpResponse, serve_http
+from services.edge.http_front import CLIENT_SECRETS_PATHS, client_secrets, front_connection, plain_response
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
 from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
 from services.edge.switching import SwitchCoordinator, SwitchTarget
 from shared import bus
+from shared.accounts import AccountBook, AccountStore
 from shared.auth import Authenticator, AuthError
 from shared.bus import Subjects
 from shared.codecs.refusals import Refusal, read_gemini_setup, refusal
@@ -95,7 +97,8 @@ class Edge:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.instance = instance_id("edge", config.instance_id)
-        self.auth = Authenticator(config.accounts)
+        self.accounts = AccountBook(config.accounts)  # ACCOUNTS, then (ENABLE_DB) Redis: see _watch_accounts
+        self.auth = Authenticator(self.accounts.secrets(), max_token_s=config.token_max_s)
         self.installed = frozenset(installed_providers())
         self.nc: NATS | None = None
         self.store: Store | None = None
@@ -129,11 +132,13 @@ class Edge:
         switch_requests = await nc.subscribe(
             Subjects.edge_switch(self.instance), cb=self._tasks.each_in_a_task(self._on_switch_command))
         watchdog = asyncio.create_task(self._watchdog())
+        accounts = await self._start_accounts(store)
         async with contextlib.AsyncExitStack() as admin, serve(
             self._handle,
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            create_connection=front_connection(self._front_http),  # plain HTTP (POST too) answered first
             max_size=self.config.max_frame_bytes,
             # Off by default: audio is base64 noise, deflate costs CPU for little gain (docs/decisions.md,
             # measured in docs/bench.md).
@@ -155,10 +160,38 @@ class Edge:
                 yield
             finally:
                 watchdog.cancel()
+                if accounts is not None:
+                    accounts.cancel()
                 await self.switching.stop()
                 for sub in (beats, switch_requests):
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
+
+    # -- accounts ---------------------------------------------------------------------------------
+
+    async def _start_accounts(self, store: Store) -> asyncio.Task[None] | None:
+        """ENABLE_DB: the database's accounts loaded before the port opens, then followed."""
+        if not self.config.enable_db:
+            return None
+        accounts = AccountStore(store.redis)
+        await self._reload_accounts(accounts)
+        return asyncio.create_task(self._watch_accounts(accounts))
+
+    async def _reload_accounts(self, accounts: AccountStore) -> None:
+        found, version = await accounts.load()
+        self.accounts.load(found, version)
+        self.auth.replace(self.accounts.secrets())
+        log.info("accounts loaded", extra={"accounts": len(found), "version": version})
+
+    async def _watch_accounts(self, accounts: AccountStore) -> None:
+        """A GET of the version every RS_ACCOUNTS_REFRESH_S; a change (add, rotate, disable...) reloads."""
+        while True:
+            await asyncio.sleep(self.config.accounts_refresh_s)  # a poll period, not a synchronisation
+            try:
+                if await accounts.version() != self.accounts.version:
+                    await self._reload_accounts(accounts)
+            except Exception as exc:  # Redis away: keep the accounts we have, try again next period
+                log.warning("accounts reload failed", extra={"error": repr(exc)})
 
     # -- HTTP and upgrade checks -----------------------------------------------------------------
 
@@ -182,6 +215,18 @@ class Edge:
         if handler is None or "upgrade" in request.headers.get("Connection", "").lower():
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         return await handler(self, connection)
+
+    async def _front_http(self, request: HttpRequest, connection: ServerConnection) -> Response:
+        """Plain HTTP on the client port (services/edge/http_front.py): token minting, then the GETs."""
+        if request.path in CLIENT_SECRETS_PATHS:
+            return await client_secrets(
+                request, self.auth, self.config, installed=self.installed, now=time.time())
+        if self.config.admin_port is not None:  # the GETs are served on the admin port only
+            return plain_response(404, "not found\n")
+        if request.method != "GET":
+            return plain_response(405, "method not allowed\n")
+        handler = _HTTP.get(request.path)
+        return plain_response(404, "not found\n") if handler is None else await handler(self, connection)
 
     async def _health(self) -> tuple[int, dict[str, Any]]:
         assert self.nc is not None and self.store is not None
@@ -293,7 +338,7 @@ class Edge:
             if route.minted and handle:
                 client_session_id = handle
             provider = provider or by_model  # rs_core / X-RS-Core and the path prefix come first
-        provider = provider or self.config.default_provider
+        provider = provider or self.accounts.provider_for(route.account) or self.config.default_provider
         if self.switching is not None:
             provider = self.switching.provider_for_new_session(provider)  # the fleet breaker may say no
         meta = SessionMeta(
