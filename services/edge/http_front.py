@@ -107,6 +107,8 @@ class FrontConnection(ServerConnection):
                 self._reply(plain_response(413 if length > MAX_BODY_BYTES else 400, "bad request body\n"))
                 return
             self._request, self._body_at, self._body_length = request, end + 4, length
+            if request.headers.get("expect", "").lower() == "100-continue" and len(self._buffer) < end + 4 + length:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it before a body
         if len(self._buffer) - self._body_at >= self._body_length:
             body = bytes(self._buffer[self._body_at:self._body_at + self._body_length])
             request, self._buffer = self._request, bytearray()

@@ -132,3 +132,52 @@ async def test_token_over_tls_is_the_gemini_key(tls_edge: TlsEdge) -> None:
                 if content is not None and content.output_transcription is not None:
                     heard.append(content.output_transcription.text or "")
     assert f"hi {marker}" in "".join(heard)
+
+
+async def _raw_exchange(
+    port: int, pieces: list[bytes], *, then: tuple[bytes, ...] | list[bytes] = (), until: bytes = b""
+) -> bytes:
+    """Writes ``pieces`` one by one; when ``until`` is given, waits for it and then writes ``then`` (what a
+    client does after ``100 Continue``); returns what comes back up to the end of a 101's head, or
+    everything until the edge closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    got = b""
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+            if until:
+                got = await reader.readuntil(until)
+            for piece in then:
+                writer.write(piece)
+                await writer.drain()
+            while not (got.startswith(b"HTTP/1.1 101") and b"\r\n\r\n" in got):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+    finally:
+        writer.close()
+
+
+async def test_front_reads_heads_and_bodies_in_pieces(running: RunningStack) -> None:
+    body = b'{"expires_after": {"anchor": "created_at", "seconds": 60}}'
+    head = (f"POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    got = await _raw_exchange(running.edge_port, [head[:7], head[7:40], head[40:]], then=[body[:5], body[5:]],
+                              until=b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), got[:120]
+    assert b"Connection: close" in got and b'"value": "ek_' in got
+    # A WebSocket upgrade whose head comes in pieces reaches websockets whole.
+    upgrade = (f"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+               f"Authorization: Bearer {API_KEY}\r\n\r\n").encode()
+    got = await _raw_exchange(running.edge_port, [upgrade[:3], upgrade[3:60], upgrade[60:]])
+    assert got.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), got[:120]
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in got  # RFC 6455's accept key for that nonce
+    # Garbage and oversized heads are answered, not hung on.
+    assert (await _raw_exchange(running.edge_port, [b"POST /x HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"])
+            ).startswith(b"HTTP/1.1 413")
+    assert (await _raw_exchange(running.edge_port, [b"X" * 20_000])).startswith(b"HTTP/1.1 431")
