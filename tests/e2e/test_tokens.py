@@ -5,6 +5,7 @@ as ``rs_auth`` on the seed URL; bindings, expiry and revocation by secret rotati
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -12,10 +13,12 @@ import httpx2
 import openai
 import pytest
 import redis.asyncio as aioredis
+import websockets
 from google import genai
 from google.genai import types
 from openai import AsyncOpenAI
 
+from services.dev.stack import free_port
 from shared.auth import mint_token
 from shared.session import session_key
 
@@ -181,3 +184,20 @@ async def test_front_reads_heads_and_bodies_in_pieces(running: RunningStack) -> 
     assert (await _raw_exchange(running.edge_port, [b"POST /x HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"])
             ).startswith(b"HTTP/1.1 413")
     assert (await _raw_exchange(running.edge_port, [b"X" * 20_000])).startswith(b"HTTP/1.1 431")
+
+
+async def test_front_keeps_permessage_deflate(running: RunningStack) -> None:
+    """An edge with RS_CLIENT_COMPRESSION=deflate still negotiates it through the front, and its POST works."""
+    port = free_port()
+    proc = running.stack.start_instance(
+        "edge", f"edge-deflate-{port}", env={"PORT": str(port), "RS_CLIENT_COMPRESSION": "deflate"})
+    try:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
+                                      additional_headers=headers) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))["type"] == "session.created"
+            assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+        token = (await _minter(f"http://127.0.0.1:{port}").realtime.client_secrets.create()).value
+        assert await upgrade_status(f"ws://127.0.0.1:{port}/v1/realtime", {"Authorization": f"Bearer {token}"}) == 101
+    finally:
+        proc.stop()
