@@ -25,6 +25,8 @@ commands:
   bench [options]         the load bench (same tables and JSON as python -m ops.bench.run; bench --help)
   call TEXT... [--dialect openai|openai-beta|gemini] [--provider openai|gemini] [--url URL] [--wav F] [--out F]
                           one conversation through the gateway, printed with timings (rtswitch call --help)
+  accounts add|list|rotate|disable|limits|defaults ...
+                          accounts in Redis (REDIS_URL) for edges with ENABLE_DB=true (rtswitch accounts -h)
   edge                    client WebSockets, auth, HTTP            (env: HOST, PORT, NATS_URL, REDIS_URL, ...)
   transformer             client dialect <-> canonical events
   provider-worker         canonical events <-> provider            (env: OPENAI_API_KEY, GEMINI_API_KEY, ...)
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         from services.call import main as call_main
 
         call_main(rest)
+        return
+    if command == "accounts":
+        importlib.import_module("services.accounts_cli").main(rest)
         return
     module = SERVICE_MODULES.get(command)
     if module is None:

@@ -5,16 +5,73 @@ Optional ``rs_exp`` (unix seconds) is signed into the token so a leaked URL dies
 ``hex(HMAC-SHA256(key=secret, msg=f"{session id}.{rs_exp}"))``.
 
 SDK paths carry one string (``Authorization: Bearer …``, ``x-goog-api-key``, ``?key=``):
-``<account id>:<account secret>``, or a bare secret that belongs to exactly one account.
+``<account id>:<account secret>``, a bare secret that belongs to exactly one account, or a client token.
+
+Client tokens (``POST /v1/realtime/client_secrets``) are self-contained: ``ek_<payload>.<mac>``, payload the
+base64url JSON ``{"a": account, "e": expires (unix s), "s": session id?, "p": provider?, "n": nonce}``,
+mac ``base64url(HMAC-SHA256(key=HMAC-SHA256(account secret, "rs-client-token-v1"), msg=payload))``. Nothing
+is stored: any edge checks any token; rotating the account's secret revokes every token minted with it.
+A token is accepted wherever the account's secret is (Bearer, Gemini key, ``rs_auth`` on the seed URL) and
+only for a new connection: a session it opened may outlive it (as OpenAI's client secrets do).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import secrets
 from collections.abc import Mapping
 
-__all__ = ["AuthError", "Authenticator", "seed_token"]
+import msgspec
+
+__all__ = ["TOKEN_PREFIX", "AuthError", "Authenticator", "Grant", "Identity", "mint_token", "seed_token"]
+
+TOKEN_PREFIX = "ek_"  # OpenAI's prefix for ephemeral keys: clients that sniff it treat ours alike
+_TOKEN_KEY_LABEL = b"rs-client-token-v1"
+
+
+class Grant(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a client token carries (short field names: it travels in URLs)."""
+
+    a: str  # account
+    e: int  # expires, unix seconds
+    n: str  # nonce: two tokens minted in the same second differ
+    s: str | None = None  # bound session id (client's id)
+    p: str | None = None  # bound provider
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """Who a credential names, and what a token binds (None: not bound)."""
+
+    account: str
+    session_id: str | None = None
+    provider: str | None = None
+
+
+_GRANT_DEC = msgspec.json.Decoder(Grant)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _token_mac(secret: str, payload: str) -> str:
+    key = hmac.new(secret.encode(), _TOKEN_KEY_LABEL, hashlib.sha256).digest()
+    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+
+
+def mint_token(
+    secret: str, account: str, *, expires: int, session_id: str | None = None, provider: str | None = None
+) -> str:
+    grant = Grant(a=account, e=expires, n=secrets.token_hex(6), s=session_id, p=provider)
+    payload = _b64(msgspec.json.encode(grant))
+    return f"{TOKEN_PREFIX}{payload}.{_token_mac(secret, payload)}"
 
 
 class AuthError(Exception):
@@ -34,11 +91,38 @@ def seed_token(secret: str, session_id: str, expires: int | None = None) -> str:
 class Authenticator:
     """Checks credentials against the configured accounts. No I/O; the clock is passed in."""
 
-    def __init__(self, accounts: Mapping[str, str]) -> None:
+    def __init__(self, accounts: Mapping[str, str], *, max_token_s: int = 7_200) -> None:
+        self._accounts = dict(accounts)
+        self.max_token_s = max_token_s  # longest client token, and the furthest rs_exp a seed URL may carry
+
+    def replace(self, accounts: Mapping[str, str]) -> None:
+        """New account secrets (the account book reloaded); later checks use them."""
         self._accounts = dict(accounts)
 
     def secret_of(self, account: str) -> str | None:
         return self._accounts.get(account)
+
+    def check_token(self, token: str, *, now: float) -> Grant:
+        """A client token (``ek_...``). Returns its grant or raises AuthError."""
+        payload, sep, mac = token.strip().removeprefix(TOKEN_PREFIX).partition(".")
+        try:
+            grant = _GRANT_DEC.decode(_unb64(payload)) if sep else None
+        except (binascii.Error, ValueError, msgspec.DecodeError):
+            grant = None
+        secret = self._accounts.get(grant.a) if grant is not None else None
+        if grant is None or secret is None or not hmac.compare_digest(_token_mac(secret, payload), mac):
+            raise AuthError(403, "authentication failed")
+        if grant.e < now:
+            raise AuthError(401, "token expired")
+        return grant
+
+    def identify(self, key: str, *, now: float) -> Identity:
+        """SDK-path credential: a client token, or what ``check_api_key`` takes."""
+        key = key.strip()
+        if key.startswith(TOKEN_PREFIX):
+            grant = self.check_token(key, now=now)
+            return Identity(grant.a, grant.s, grant.p)
+        return Identity(self.check_api_key(key))
 
     def check_seed(
         self, account: str, session_id: str, token: str, *, expires: str | None = None, now: float = 0.0
@@ -56,6 +140,13 @@ class Authenticator:
                 raise AuthError(400, "rs_exp must be unix seconds") from None
             if exp < now:
                 raise AuthError(401, "token expired")
+            if exp > now + self.max_token_s:  # a leaked URL must die within the same bound as a token
+                raise AuthError(400, f"rs_exp is more than {self.max_token_s} s ahead")
+        if token.strip().startswith(TOKEN_PREFIX):
+            grant = self.check_token(token, now=now)
+            if grant.a != account or grant.s not in (None, session_id):
+                raise AuthError(403, "authentication failed")
+            return account
         expected = seed_token(secret, session_id, exp)
         if not hmac.compare_digest(expected.encode(), token.strip().lower().encode()):
             raise AuthError(403, "authentication failed")

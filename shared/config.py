@@ -80,7 +80,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     azure_openai_deployment: str = ""
     azure_openai_api_version: str = "2025-08-28"
     accounts: dict[str, str] = msgspec.field(default_factory=dict)
-    enable_db: bool = False
+    enable_db: bool = False  # accounts also from Redis (shared/accounts.py, ``rtswitch accounts``)
+    accounts_refresh_s: float = 1.0  # how often an edge checks Redis for changed accounts (ENABLE_DB)
+    token_max_s: int = 7_200  # longest client token (and furthest seed rs_exp); OpenAI's own maximum
     switch_latency_threshold_ms: int = 500
     switch_failure_count: int = 3
     fallback: dict[str, tuple[str, ...]] = msgspec.field(default_factory=lambda: dict(DEFAULT_FALLBACK))
@@ -253,6 +255,8 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
      _pattern(r"\d{4}-\d{2}-\d{2}", "a GA api-version such as 2025-08-28 (no -preview)")),
     ("ACCOUNTS", "accounts", parse_accounts),
     ("ENABLE_DB", "enable_db", _bool),
+    ("RS_ACCOUNTS_REFRESH_S", "accounts_refresh_s", _float_range(0.05, 3_600)),
+    ("RS_TOKEN_MAX_S", "token_max_s", _int_range(10, 30 * 86_400)),
     ("SWITCH_LATENCY_THRESHOLD_MS", "switch_latency_threshold_ms", _int_range(1, 600_000)),
     ("SWITCH_FAILURE_COUNT", "switch_failure_count", _int_range(1, 1_000)),
     ("RS_FALLBACK", "fallback", parse_fallback),

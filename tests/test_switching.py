@@ -176,3 +176,21 @@ async def test_the_breaker_travels_on_the_bus_between_edges(bus_url: str) -> Non
     for coord, nc in ((edge_a, nc_a), (edge_b, nc_b)):
         await coord.stop()
         await nc.close()
+
+
+async def test_an_accounts_own_fallback_order_is_the_sessions(bus_url: str) -> None:
+    nc = await nats.connect(bus_url)
+    recorder = Recorder(nc)
+    orders = {"acme": ("azure", "gemini")}
+    coord = SwitchCoordinator(
+        nc, CONFIG, ["openai", "gemini", "azure"], recorder,
+        fallback_for=lambda account, provider: tuple(p for p in orders.get(account, ("gemini",)) if p != provider))
+    await coord.start()
+    await coord.attach("a1", "openai", worker_epoch=1, account="acme")
+    await coord.attach("b1", "openai", worker_epoch=1, account="other")
+    for sid in ("a1", "b1"):
+        await signal(nc, sid, "stall", epoch=1, provider="openai", value_ms=2000)
+    targets = {sid: target.provider for sid, target in [await asyncio.wait_for(recorder.calls.get(), 5) for _ in "ab"]}
+    assert targets == {"a1": "azure", "b1": "gemini"}
+    await coord.stop()
+    await nc.close()

@@ -34,11 +34,13 @@ from websockets.http11 import Request, Response
 from services.edge import web
 from services.edge.backoff import next_delay
 from services.edge.http_admin import HttpRequest, HttpResponse, serve_http
+from services.edge.http_front import CLIENT_SECRETS_PATHS, client_secrets, front_connection, plain_response
 from services.edge.limits import TAKEOVER_REASON, AccountSessions, Fault, FloodGate, frame_verdict, refusal_of
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
 from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
 from services.edge.switching import SwitchCoordinator, SwitchTarget
 from shared import bus
+from shared.accounts import AccountBook, AccountStore
 from shared.auth import Authenticator, AuthError
 from shared.bus import Subjects
 from shared.codecs.refusals import Refusal, read_gemini_setup, refusal
@@ -102,7 +104,8 @@ class Edge:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.instance = instance_id("edge", config.instance_id)
-        self.auth = Authenticator(config.accounts)
+        self.accounts = AccountBook(config.accounts)  # ACCOUNTS, then (ENABLE_DB) Redis: see _watch_accounts
+        self.auth = Authenticator(self.accounts.secrets(), max_token_s=config.token_max_s)
         self.installed = frozenset(installed_providers())
         self.nc: NATS | None = None
         self.store: Store | None = None
@@ -114,7 +117,7 @@ class Edge:
         self.worker_providers: dict[str, tuple[str, ...]] = {}  # worker instance -> providers it serves
         self._tasks = TaskSet()
         self._reconnects = 0
-        self.accounts = AccountSessions(config.max_sessions_per_account)
+        self.seats = AccountSessions(config.max_sessions_per_account)  # sessions per account on this edge
         self.holders: dict[str, _Live] = {}  # session -> the newest connection holding it here (takeover)
 
     @property
@@ -133,17 +136,20 @@ class Edge:
             tls.load_cert_chain(self.config.tls_cert, self.config.tls_key or None)
         beats = await nc.subscribe(Subjects.HEARTBEATS, cb=self._on_heartbeat)
         self.switching = SwitchCoordinator(
-            nc, self.config, self.installed, self._carry_switch, on_switched=self._switched)
+            nc, self.config, self.installed, self._carry_switch, on_switched=self._switched,
+            fallback_for=lambda account, provider: self.accounts.fallback_for(account, provider, self.config.fallback))
         await self.switching.start()
         switch_requests = await nc.subscribe(
             Subjects.edge_switch(self.instance), cb=self._tasks.each_in_a_task(self._on_switch_command))
         takeovers = await nc.subscribe(Subjects.edge_takeover(self.instance), cb=self._on_takeover)
         watchdog = asyncio.create_task(self._watchdog())
+        accounts = await self._start_accounts(store)
         async with contextlib.AsyncExitStack() as admin, serve(
             self._handle,
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            create_connection=front_connection(self._front_http),  # plain HTTP (POST too) answered first
             max_size=max(self.config.max_frame_bytes, READ_CEILING_BYTES),
             # Off by default: audio is base64 noise, deflate costs CPU for little gain (docs/decisions.md,
             # measured in docs/bench.md).
@@ -165,10 +171,38 @@ class Edge:
                 yield
             finally:
                 watchdog.cancel()
+                if accounts is not None:
+                    accounts.cancel()
                 await self.switching.stop()
                 for sub in (beats, switch_requests, takeovers):
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
+
+    # -- accounts ---------------------------------------------------------------------------------
+
+    async def _start_accounts(self, store: Store) -> asyncio.Task[None] | None:
+        """ENABLE_DB: the database's accounts loaded before the port opens, then followed."""
+        if not self.config.enable_db:
+            return None
+        accounts = AccountStore(store.redis)
+        await self._reload_accounts(accounts)
+        return asyncio.create_task(self._watch_accounts(accounts))
+
+    async def _reload_accounts(self, accounts: AccountStore) -> None:
+        found, version = await accounts.load()
+        self.accounts.load(found, version)
+        self.auth.replace(self.accounts.secrets())
+        log.info("accounts loaded", extra={"accounts": len(found), "version": version})
+
+    async def _watch_accounts(self, accounts: AccountStore) -> None:
+        """A GET of the version every RS_ACCOUNTS_REFRESH_S; a change (add, rotate, disable...) reloads."""
+        while True:
+            await asyncio.sleep(self.config.accounts_refresh_s)  # a poll period, not a synchronisation
+            try:
+                if await accounts.version() != self.accounts.version:
+                    await self._reload_accounts(accounts)
+            except Exception as exc:  # Redis away: keep the accounts we have, try again next period
+                log.warning("accounts reload failed", extra={"error": repr(exc)})
 
     # -- HTTP and upgrade checks -----------------------------------------------------------------
 
@@ -185,10 +219,11 @@ class Edge:
             log.info("refused", extra={"status": exc.status, "reason": exc.reason})
             return connection.respond(exc.status, exc.reason + "\n")
         reconnect = session_key(route.account, route.client_session_id) in self.holders  # a takeover: no new seat
-        if not reconnect and not self.accounts.allows(route.account):
+        own = self.accounts.limits_for(route.account).max_sessions  # the account's record wins over the default
+        if not reconnect and not self.seats.allows(route.account, own):
             REFUSALS.labels("429").inc()
             log.info("refused", extra={"status": 429, "reason": "too many sessions", "account": route.account})
-            limit = self.config.max_sessions_per_account
+            limit = self.config.max_sessions_per_account if own is None else own
             return connection.respond(
                 http.HTTPStatus.TOO_MANY_REQUESTS, f"too many concurrent sessions for this account (limit {limit})\n")
         connection.rs_route = route  # type: ignore[attr-defined]
@@ -199,6 +234,18 @@ class Edge:
         if handler is None or "upgrade" in request.headers.get("Connection", "").lower():
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         return await handler(self, connection)
+
+    async def _front_http(self, request: HttpRequest, connection: ServerConnection) -> Response:
+        """Plain HTTP on the client port (services/edge/http_front.py): token minting, then the GETs."""
+        if request.path in CLIENT_SECRETS_PATHS:
+            return await client_secrets(
+                request, self.auth, self.config, installed=self.installed, now=time.time())
+        if self.config.admin_port is not None:  # the GETs are served on the admin port only
+            return plain_response(404, "not found\n")
+        if request.method != "GET":
+            return plain_response(405, "method not allowed\n")
+        handler = _HTTP.get(request.path)
+        return plain_response(404, "not found\n") if handler is None else await handler(self, connection)
 
     async def _health(self) -> tuple[int, dict[str, Any]]:
         assert self.nc is not None and self.store is not None
@@ -289,11 +336,11 @@ class Edge:
     async def _handle(self, ws: ServerConnection) -> None:
         route: Route = ws.rs_route  # type: ignore[attr-defined]
         # Counted from the upgrade on: a Gemini connection that never sends its setup holds a seat too.
-        self.accounts.open(route.account)
+        self.seats.open(route.account)
         try:
             await self._handle_route(ws, route)
         finally:
-            self.accounts.close(route.account)
+            self.seats.close(route.account)
 
     async def _handle_route(self, ws: ServerConnection, route: Route) -> None:
         first: bytes | None = None
@@ -325,7 +372,7 @@ class Edge:
             if route.minted and handle:
                 client_session_id = handle
             provider = provider or by_model  # rs_core / X-RS-Core and the path prefix come first
-        provider = provider or self.config.default_provider
+        provider = provider or self.accounts.provider_for(route.account) or self.config.default_provider
         if self.switching is not None:
             provider = self.switching.provider_for_new_session(provider)  # the fleet breaker may say no
         meta = SessionMeta(
@@ -373,7 +420,7 @@ class Edge:
             }, time.monotonic())
             await self.store.set_route(sid, transformer=live.transformer, worker=live.worker, epoch=str(epoch))
             if self.switching is not None:
-                await self.switching.attach(sid, meta.provider, epoch)
+                await self.switching.attach(sid, meta.provider, epoch, account=meta.account)
             # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
             # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
             # a replacement exactly which client frames were already turned into canonical events.
@@ -381,7 +428,9 @@ class Edge:
             if first is not None:
                 seq += 1
                 await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
-            gate = FloodGate(self.config.rate_limit_fps, self.config.rate_burst, time.monotonic())
+            rate = self.accounts.limits_for(meta.account).frames_per_s  # the account's own limit, if it has one
+            rate = self.config.rate_limit_fps if rate is None else rate
+            gate = FloodGate(rate, self.config.rate_burst, time.monotonic())
             limit = self.config.max_frame_bytes
             async for message in ws:
                 data = message.encode() if isinstance(message, str) else message
@@ -391,7 +440,6 @@ class Edge:
                 if verdict != "pass":
                     if verdict == "refuse":
                         log.warning("rate limited", extra={"sid": sid, "dropped": gate.dropped})
-                        rate = self.config.rate_limit_fps
                         if await self._refuse_frame(live, "rate_limited", (
                                 f"Too many events: at most {rate:g} per second (burst "
                                 f"{self.config.rate_burst}); events over the limit are dropped.")):

@@ -91,8 +91,10 @@ class AccountSessions:
         self.limit = limit
         self._open: dict[str, int] = {}
 
-    def allows(self, account: str) -> bool:
-        return not self.limit or self._open.get(account, 0) < self.limit
+    def allows(self, account: str, limit: int | None = None) -> bool:
+        """``limit``: the account's own (from its record), else this edge's ``RS_MAX_SESSIONS_PER_ACCOUNT``."""
+        limit = self.limit if limit is None else limit
+        return not limit or self._open.get(account, 0) < limit
 
     def open(self, account: str) -> None:
         self._open[account] = self._open.get(account, 0) + 1

@@ -26,6 +26,11 @@ The provider, first rule that answers (``provider_choice``):
 On the Gemini path the model is ``setup.model`` (the first frame), so rules 3-4 are applied by the edge
 after the upgrade (``model_choice``).
 
+Client tokens (``ek_...`` from ``POST /v1/realtime/client_secrets``, shared/auth.py) stand in for the
+account's secret everywhere: the Bearer, the Gemini key, ``rs_auth`` on the seed URL. A token bound to a
+session id opens only that session (no session named: the bound one); bound to a provider, only that
+provider (``rs_core`` / ``X-RS-Core`` / a path prefix naming another one: 403).
+
 In-band notices (``Route.notices``): ``rs_notices=1`` in the query or ``X-RS-Notices: 1``, any entry point.
 """
 
@@ -38,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from shared.auth import Authenticator, AuthError
+from shared.auth import TOKEN_PREFIX, Authenticator, AuthError, Identity
 from shared.session import Dialect
 
 __all__ = ["Route", "RouteError", "model_choice", "provider_for_model", "resolve", "session_id_or_none"]
@@ -147,9 +152,9 @@ def resolve(
         if parts.path in ("", "/"):
             route = _seed(query, auth, installed, now)
         elif sdk_path in OPENAI_PATHS:
-            route = _openai(query, headers, auth, installed, by_path)
+            route = _openai(query, headers, auth, installed, by_path, now)
         elif GEMINI_PATH.match(sdk_path):
-            route = _gemini(query, headers, auth, installed, by_path)
+            route = _gemini(query, headers, auth, installed, by_path, now)
         else:
             raise RouteError(404, "not found")
     except AuthError as exc:
@@ -176,12 +181,25 @@ def _seed(query: Mapping[str, list[str]], auth: Authenticator, installed: frozen
     account = auth.check_seed(
         values["rs_accid"], session_id, values["rs_auth"], expires=_first(query, "rs_exp"), now=now
     )
+    if values["rs_auth"].startswith(TOKEN_PREFIX):  # check_seed checked account and session binding
+        provider = _bound_provider(Identity(account, None, auth.check_token(values["rs_auth"], now=now).p), provider)
     _, model = model_choice(_first(query, "rs_model"), installed)
     return Route(dialect, account, session_id, provider, model, seed=True)
 
 
-def _client_session(query: Mapping[str, list[str]], headers: Mapping[str, str]) -> str:
-    return _session_id(_first(query, "rs_u_sessid") or headers.get("x-rs-session"))
+def _client_session(query: Mapping[str, list[str]], headers: Mapping[str, str], bound: str | None = None) -> str:
+    named = _first(query, "rs_u_sessid") or headers.get("x-rs-session")
+    if bound is not None and named not in (None, bound):
+        raise RouteError(403, "the token is bound to another session")
+    return _session_id(named or bound)
+
+
+def _bound_provider(identity: Identity, chosen: str | None) -> str | None:
+    if identity.provider is None:
+        return chosen
+    if chosen is not None and chosen != identity.provider:
+        raise RouteError(403, "the token is bound to another provider")
+    return identity.provider
 
 
 def _override(
@@ -198,18 +216,19 @@ def _openai(
     auth: Authenticator,
     installed: frozenset[str],
     by_path: str | None,
+    now: float,
 ) -> Route:
     authorization = headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise RouteError(401, "missing bearer token")
-    account = auth.check_api_key(token)
+    identity = auth.identify(token, now=now)
     beta = "realtime=v1" in headers.get("openai-beta", "").replace(" ", "")
     by_model, model = model_choice(_first(query, "model"), installed)
-    provider = _override(query, headers, installed, by_path) or by_model
-    return Route(
-        "openai_beta" if beta else "openai_ga", account, _client_session(query, headers), provider, model
-    )
+    provider = _override(query, headers, installed, by_path)
+    provider = _bound_provider(identity, provider) or by_model
+    session = _client_session(query, headers, identity.session_id)
+    return Route("openai_beta" if beta else "openai_ga", identity.account, session, provider, model)
 
 
 def _gemini(
@@ -218,11 +237,13 @@ def _gemini(
     auth: Authenticator,
     installed: frozenset[str],
     by_path: str | None,
+    now: float,
 ) -> Route:
     key = headers.get("x-goog-api-key") or _first(query, "key") or ""
     if not key:
         raise RouteError(401, "missing API key")
-    account = auth.check_api_key(key)
-    named = _first(query, "rs_u_sessid") or headers.get("x-rs-session")
-    provider = _override(query, headers, installed, by_path)
-    return Route("gemini", account, _client_session(query, headers), provider, minted=not named)
+    identity = auth.identify(key, now=now)
+    named = _first(query, "rs_u_sessid") or headers.get("x-rs-session") or identity.session_id
+    provider = _bound_provider(identity, _override(query, headers, installed, by_path))
+    session = _client_session(query, headers, identity.session_id)
+    return Route("gemini", identity.account, session, provider, minted=not named)

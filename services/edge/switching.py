@@ -85,11 +85,13 @@ class SwitchCoordinator:
         self, nc: NATS, config: Config, installed: Iterable[str], reattach: Reattach,
         clock: Callable[[], float] = time.monotonic,
         on_switched: Callable[[str, str], Awaitable[None]] | None = None,
+        fallback_for: Callable[[str, str], tuple[str, ...]] | None = None,
     ) -> None:
         self.nc = nc
         self.installed = frozenset(installed)
         self.reattach = reattach
         self.on_switched = on_switched  # (sid, provider): the session runs on provider now
+        self.fallback_for = fallback_for  # (account, provider) -> targets: an account's own order, if any
         self.clock = clock
         self.settings = PolicySettings(
             latency_threshold_ms=config.switch_latency_threshold_ms,
@@ -130,8 +132,12 @@ class SwitchCoordinator:
 
     # -- per session ----------------------------------------------------------------------------------
 
-    async def attach(self, sid: str, provider: str, worker_epoch: int) -> None:
-        session = _Session(sid, SwitchPolicy(self.settings, provider, now=self.clock()))
+    async def attach(self, sid: str, provider: str, worker_epoch: int, *, account: str = "") -> None:
+        settings = self.settings
+        if self.fallback_for is not None and account:
+            names = self.installed | set(settings.fallback)
+            settings = dataclasses.replace(settings, fallback={p: self.fallback_for(account, p) for p in names})
+        session = _Session(sid, SwitchPolicy(settings, provider, now=self.clock()))
         session.worker_epoch = worker_epoch
         self.sessions[sid] = session
         session.sub = await self.nc.subscribe(Subjects.signal(sid), cb=functools.partial(self._on_signal, session))
