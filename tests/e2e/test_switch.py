@@ -670,3 +670,32 @@ async def test_openai_session_cap_recycles_on_openai_without_a_client_visible_ev
     first_audio = await _recycled_conversation(switching, "openai", _marker(), session_cap_s=1.5)
     print(f"session cap recycle: turn 2 first audio {first_audio * 1000:.0f} ms")
     assert first_audio < 1.0
+
+
+# -- requests made while the session moves -------------------------------------------------------------
+
+
+async def test_a_response_asked_again_right_after_a_switch_cut_it_is_answered(switching: SwitchStack) -> None:
+    """A switch made now while a response streams cuts it (failed); the client asks again at once, while
+    the session is still moving: the new provider answers."""
+    marker = _marker()
+    port = switching.fake_port("openai")
+    async with _sdk(switching, "openai", f"reask-{marker}") as conn:
+        await _manual_turns(conn)
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
+        await set_knobs(port, session=fake, response_ms=20_000, pace=1.0)  # a long answer, in real time
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
+        await conn.response.create()
+        await _sdk_until(conn, "response.output_audio.delta")
+        await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
+        cut = await _sdk_events(conn, "response.done")
+        assert cut[-1].response.status == "failed"
+        await conn.response.create()  # at once: the switch may not be done yet
+        events = await _sdk_events(conn, "response.done")
+        if not any(e.type == "rs.switched" for e in cut + events):
+            events += await _sdk_events(conn, "response.done")  # announced between the two
+        assert [e for e in events if e.type == "error"] == []
+        assert events[-1].response.status == "completed"
+        assert _transcript(events) == f"turn 2: two {marker}"
