@@ -699,3 +699,48 @@ async def test_a_response_asked_again_right_after_a_switch_cut_it_is_answered(sw
         assert [e for e in events if e.type == "error"] == []
         assert events[-1].response.status == "completed"
         assert _transcript(events) == f"turn 2: two {marker}"
+
+
+async def test_switches_asked_just_before_each_turn_leave_no_request_unanswered(switching: SwitchStack) -> None:
+    """The client asks for a switch at the turn end and starts its next turn at once (a spoken turn, manual
+    commit), six times, alternating providers: every turn is answered (a response the cutover cut is asked
+    again), and the conversation keeps its count."""
+    marker = _marker()
+    provider = "openai"
+    async with _sdk(switching, provider, f"race-{marker}") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _sdk_until(conn, "session.updated")
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        for turn in range(2, 8):
+            provider = OTHER[provider]
+            await conn.send({"type": "rs.switch", "provider": provider, "when": "turn_end"})  # type: ignore[arg-type]
+            await conn.input_audio_buffer.append(audio=b64(tone(440, 500 + 100 * (turn % 4), 24_000)))
+            await conn.input_audio_buffer.commit()
+            await conn.response.create()
+            events = await _sdk_events(conn, "response.done")
+            for _reask in range(2):
+                if events[-1].response.status == "completed":
+                    break
+                await conn.response.create()
+                events = await _sdk_events(conn, "response.done")
+            assert [e for e in events if e.type == "error"] == []
+            assert _transcript(events) == f"turn {turn}: audio {(500 + 100 * (turn % 4)) / 1000:.1f}s"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a spoken turn without input transcription is not carried to the new provider: the log holds it as an "
+    "audio item without text and the history restored on the switch has nothing to say for it, so the new "
+    "provider's context lacks the turn (its count drops by one)"))
+async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(switching: SwitchStack) -> None:
+    marker = _marker()
+    async with _sdk(switching, "openai", f"spoken-{marker}") as conn:
+        await _manual_turns(conn)  # no input transcription
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        await conn.input_audio_buffer.append(audio=b64(tone(440, 700, 24_000)))
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        assert _transcript(await _sdk_events(conn, "response.done")) == "turn 2: audio 0.7s"
+        await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
+        await _sdk_until(conn, "rs.switched")
+        assert await _sdk_say(conn, f"three {marker}") == f"turn 3: three {marker}"
