@@ -744,3 +744,45 @@ async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(swit
         await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
         await _sdk_until(conn, "rs.switched")
         assert await _sdk_say(conn, f"three {marker}") == f"turn 3: three {marker}"
+
+
+async def test_a_failure_switch_right_after_a_spoken_turn_hears_it_once(switching: SwitchStack) -> None:
+    """Server VAD with transcription: the provider commits a spoken turn, its answer drops at the first audio
+    and the provider then refuses (2 failures: switched now). The new provider holds the spoken turn once."""
+    marker = _marker()
+    port = switching.fake_port("openai")
+    async with _sdk(switching, "openai", f"vadfail-{marker}") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": VAD, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _sdk_until(conn, "session.updated")
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
+        await set_knobs(port, session=fake, close_on="response")
+        await set_knobs(port, refuse=503, refuse_count=1)
+        seen: list[Any] = []
+        try:
+            pcm = tone(440, 1000, 24_000) + bytes(24_000 * 2 * 600 // 1000)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for n, i in enumerate(range(0, len(pcm), FRAME)):
+                await conn.input_audio_buffer.append(audio=b64(pcm[i:i + FRAME]))
+                await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
+            last = await _sdk_events(conn, "response.done")
+            seen += last
+            for _reask in range(2):
+                if last[-1].response.status == "completed":
+                    break
+                await conn.response.create()
+                last = await _sdk_events(conn, "response.done")
+                seen += last
+        finally:
+            await reset_knobs(port)
+        assert [(e.to, e.reason) for e in seen if e.type == "rs.switched"] == [("gemini", "failure")]
+        assert last[-1].response.status == "completed"
+        assert _transcript(last) == "turn 2: audio 1.3s"
+        events = await _say_events(conn, f"three {marker}")
+        seen += events
+        assert _transcript(events) == f"turn 3: three {marker}"
+    assert [e.type for e in seen].count("input_audio_buffer.committed") == 1
+    moved = await _fake_session(switching.fake_port("gemini"), f"three {marker}", min_items=6)
+    assert _user_texts(moved) == [f"one {marker}", "audio 1.3s", f"three {marker}"]
