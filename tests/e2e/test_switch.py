@@ -675,30 +675,65 @@ async def test_openai_session_cap_recycles_on_openai_without_a_client_visible_ev
 # -- requests made while the session moves -------------------------------------------------------------
 
 
-async def test_a_response_asked_again_right_after_a_switch_cut_it_is_answered(switching: SwitchStack) -> None:
+async def _reask_after_a_switch_cut(switching: SwitchStack, turn: str, *, slow_target_ms: float = 0.0) -> None:
     """A switch made now while a response streams cuts it (failed); the client asks again at once, while
-    the session is still moving: the new provider answers."""
+    the session is still moving: the new provider answers. The turn is a text item, or spoken (manual
+    commit, input transcription on). ``slow_target_ms``: the new provider's fake delays every event."""
     marker = _marker()
     port = switching.fake_port("openai")
     async with _sdk(switching, "openai", f"reask-{marker}") as conn:
-        await _manual_turns(conn)
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _sdk_until(conn, "session.updated")
         assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
         fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
         await set_knobs(port, session=fake, response_ms=20_000, pace=1.0)  # a long answer, in real time
-        await conn.conversation.item.create(
-            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
+        if turn == "text":
+            said = f"two {marker}"
+            await conn.conversation.item.create(
+                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": said}]})
+        else:
+            said = "audio 0.8s"
+            await conn.input_audio_buffer.append(audio=b64(tone(440, 800, 24_000)))
+            await conn.input_audio_buffer.commit()
         await conn.response.create()
         await _sdk_until(conn, "response.output_audio.delta")
-        await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
-        cut = await _sdk_events(conn, "response.done")
-        assert cut[-1].response.status == "failed"
-        await conn.response.create()  # at once: the switch may not be done yet
-        events = await _sdk_events(conn, "response.done")
-        if not any(e.type == "rs.switched" for e in cut + events):
-            events += await _sdk_events(conn, "response.done")  # announced between the two
+        gemini = switching.fake_port("gemini")
+        if slow_target_ms:
+            await set_knobs(gemini, latency_ms=slow_target_ms)
+        try:
+            await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
+            cut = await _sdk_events(conn, "response.done")
+            assert cut[-1].response.status == "failed"
+            await conn.response.create()  # at once: the switch may not be done yet
+            events: list[Any] = []
+            with contextlib.suppress(TimeoutError):
+                events += await _sdk_events(conn, "response.done")
+            assert events, f"nothing within {TIMEOUT_S} s of the re-ask; before it: {[e.type for e in cut]}"
+        finally:
+            if slow_target_ms:
+                await reset_knobs(gemini)
         assert [e for e in events if e.type == "error"] == []
+        assert [e.to for e in cut + events if e.type == "rs.switched"] == ["gemini"]  # type: ignore[attr-defined]
         assert events[-1].response.status == "completed"
-        assert _transcript(events) == f"turn 2: two {marker}"
+        assert _transcript(events) == f"turn 2: {said}"
+
+
+async def test_a_response_asked_again_right_after_a_switch_cut_it_is_answered(switching: SwitchStack) -> None:
+    await _reask_after_a_switch_cut(switching, "text")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("slow_target_ms", [0, 400])
+@pytest.mark.parametrize("turn", ["text", "spoken"])
+async def test_a_response_asked_again_after_a_switch_cut_it_is_answered_spoken_or_slow(
+    switching: SwitchStack, turn: str, slow_target_ms: float
+) -> None:
+    """The same after a spoken turn, and with the new provider's fake delaying every event by 400 ms.
+    Fails today for the spoken turn in about one run out of two or three (so it is not in the default
+    suite): after the cut nothing more reaches the client (neither rs.switched nor an answer) although
+    the edge logs the switch as done; the chaos run with switches loses re-asks the same way."""
+    await _reask_after_a_switch_cut(switching, turn, slow_target_ms=slow_target_ms)
 
 
 async def test_switches_asked_just_before_each_turn_leave_no_request_unanswered(switching: SwitchStack) -> None:
