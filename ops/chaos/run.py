@@ -1,6 +1,6 @@
 """Chaos run: N scripted conversations through the official openai SDK while instances are kill -9'd.
 
-    python -m ops.chaos.run --sessions 10 --duration 60 --kill-every 5 [--json out.json]
+    python -m ops.chaos.run --sessions 10 --duration 60 --kill-every 5 [--switch-every 2] [--json out.json]
 
 Starts the whole stack with ``services.dev.stack.Stack`` (embedded nats-server and redis-server, or the
 servers in ``NATS_URL``/``REDIS_URL`` when both are set), K transformers and M provider-workers named by
