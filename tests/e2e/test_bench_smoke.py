@@ -91,8 +91,10 @@ def _check_switch(report: dict[str, Any], stdout: str, switches: int) -> None:
         assert kind["what"] in stdout
         if kind["target_ms"] is not None:
             assert kind["met"] == (kind["gateway"]["p99"] <= kind["target_ms"]), (measure, kind)
-    for system in ("direct", "gateway"):  # a stall is a silence of the limit's length: noticed no sooner
-        assert sw["kinds"]["stall"][system]["p50"] >= sw["stall_ms"], sw["kinds"]["stall"]
+    # A stall is a silence of the limit's length: noticed no sooner (the gateway's client measures from the
+    # last delta's arrival, which left the worker's watch a few ms earlier: its transit is allowed).
+    assert sw["kinds"]["stall"]["direct"]["p50"] >= sw["stall_ms"], sw["kinds"]["stall"]
+    assert sw["kinds"]["stall"]["gateway"]["p50"] >= sw["stall_ms"] - 50, sw["kinds"]["stall"]
     gap = sw["kinds"]["manual"]["gateway_reported_gap"]
     assert gap["n"] == switches and _positive(gap["p50"])
 

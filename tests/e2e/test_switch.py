@@ -48,8 +48,9 @@ class SwitchStack:
 
 SWITCH_ENV = {
     "SWITCH_LATENCY_THRESHOLD_MS": "300", "SWITCH_FAILURE_COUNT": "2", "RS_STALL_MS": "800",
-    # Short enough for a test to see a breaker open and close, long enough not to flap within one.
-    "RS_BREAKER_SESSIONS": "3", "RS_BREAKER_WINDOW_S": "20", "RS_BREAKER_OPEN_S": "15",
+    # The module's tests fail providers for one session each, several within seconds: the fleet breaker
+    # would send the next test's new session elsewhere. It has a stack of its own (breaker_stack).
+    "RS_BREAKER_SESSIONS": "100000", "RS_BREAKER_WINDOW_S": "20", "RS_BREAKER_OPEN_S": "15",
     "RS_SWITCH_COOLDOWN_S": "30", "RS_SWITCH_MIN_DWELL_S": "0",
 }
 
@@ -453,7 +454,8 @@ BREAKER_OPEN_S = 4.0
 @pytest.fixture
 def breaker_stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchStack]:
     """A stack of its own: an open breaker would reach every other test's new sessions."""
-    with _switch_stack(infra, tmp_path_factory.mktemp("breaker"), RS_BREAKER_OPEN_S=str(BREAKER_OPEN_S)) as fs:
+    with _switch_stack(infra, tmp_path_factory.mktemp("breaker"), RS_BREAKER_SESSIONS="3",
+                       RS_BREAKER_OPEN_S=str(BREAKER_OPEN_S)) as fs:
         yield fs
 
 
