@@ -732,9 +732,10 @@ async def test_a_response_asked_again_after_a_switch_cut_it_is_answered_spoken_o
     switching: SwitchStack, turn: str, slow_target_ms: float
 ) -> None:
     """The same after a spoken turn, and with the new provider's fake delaying every event by 400 ms.
-    Fails today for the spoken turn in about one run out of two or three (so it is not in the default
-    suite): after the cut nothing more reaches the client (neither rs.switched nor an answer) although
-    the edge logs the switch as done; the chaos run with switches loses re-asks the same way."""
+    Intermittent today for the spoken turn (it failed 4 times in about 12 runs on a loaded machine, then
+    passed 12 times in a row), so it is not in the default suite: when it fails nothing more reaches the
+    client after the cut (neither rs.switched nor an answer) although the edge logs the switch as done.
+    The chaos run with switches (tests/e2e/test_chaos.py) loses re-asks the same way."""
     await _reask_after_a_switch_cut(switching, turn, slow_target_ms=slow_target_ms)
 
 
