@@ -346,3 +346,65 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the switch phase's client: one session, every event timestamped on arrival -------------------------
+
+
+class TimedSession:
+    """One raw-websocket session (either the gateway or the fake directly) whose events are read by a task
+    and kept with their arrival time (``time.monotonic()``), so a measure does not include the time the
+    caller took to look. ``closed_at``: when the socket was found closed (a provider dropping a direct client)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
+        self.closed_at: float | None = None
+        self.closed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, headers: dict[str, str]) -> TimedSession:
+        ws = await websockets.connect(url, additional_headers=headers, compression=None, max_size=None)
+        return cls(ws)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.queue.put_nowait((time.monotonic(), json.loads(raw)))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed_at = time.monotonic()
+            self.closed.set()
+
+    async def next(self, *types: str, timeout_s: float = 20.0) -> tuple[float, dict[str, Any]]:
+        """The next event of one of ``types`` (earlier ones are passed over): (arrival time, event)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                at, event = await self.queue.get()
+                if event.get("type") in types:
+                    return at, event
+
+    async def events_until(self, *types: str, timeout_s: float = 20.0) -> list[tuple[float, dict[str, Any]]]:
+        """Every event up to and including the next one of ``types``."""
+        seen: list[tuple[float, dict[str, Any]]] = []
+        async with asyncio.timeout(timeout_s):
+            while True:
+                at, event = await self.queue.get()
+                seen.append((at, event))
+                if event.get("type") in types:
+                    return seen
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def say(self, text: str, role: str = "user") -> None:
+        kind = "input_text" if role == "user" else "output_text"
+        await self.send({"type": "conversation.item.create",
+                         "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}})
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close()

@@ -16,6 +16,11 @@ Phases (``--phases``, all by default, in this order):
   vs off, at ``--compression-sessions``.
 * ``failover``: kill -9 of the worker holding live sessions (two workers) -> first audio of the next
   response, client side, over ``--kills`` kills.
+* ``switch``: one session moved between the fakes ``--switches`` times per kind through an edge with
+  automatic switching: manual at the turn end (turn end -> rs.switched), a provider failure (the failed
+  response.done -> first audio of the re-ask, answered by the other provider), a stall (last bytes -> the
+  response ended; -> next audio); the baseline is a client connected straight to the fake doing the same
+  by itself (a new connection, the conversation restored on it).
 
 Clients run in their own processes (``python -m ops.bench.client``, one asyncio loop each, two from
 100 sessions) so the measuring loops are not starved by the orchestrator; the stack is subprocesses
@@ -51,10 +56,11 @@ import nats
 import psutil
 import websockets
 
-from ops.bench.client import AUDIO_DELTA, LoadSpec, commit_frames, frame_message, session_update
+from ops.bench.client import AUDIO_DELTA, LoadSpec, TimedSession, commit_frames, frame_message, session_update
 from services.dev.stack import Proc, Stack, free_port
 from services.fakes.control import reset_knobs, set_knobs
 from shared import bus
+from shared.config import Config
 from shared.session import session_key
 from shared.store import Store
 
@@ -66,7 +72,7 @@ API_KEY = f"{ACCOUNT}:secretkey-996"  # the default account of shared.config
 MODEL = "gpt-realtime"
 ADDED_P99_BUDGET_MS = 20.0  # capacity: "live sessions before added p99 > 20 ms"
 FRAME_RATE_FLOOR = 0.95  # capacity: offered frames/s below this share of nominal = the machine is saturated
-PHASES = ("memory", "latency", "capacity", "compression", "failover")
+PHASES = ("memory", "latency", "capacity", "compression", "failover", "switch")
 # Processes whose CPU and RSS are reported: label -> stack process name.
 STACK_PROCS = {
     "edge": "edge-a", "transformer": "tr-a", "worker": "wk-a", "checkpoint": "ckpt-a",
@@ -696,6 +702,198 @@ def phase_failover(bench: Bench, kills: int, sessions: int) -> dict[str, Any]:
     return asyncio.run(_failover(bench, kills, sessions))
 
 
+# -- switch ----------------------------------------------------------------------------------------------
+
+# The worker's stall limit (RS_STALL_MS; the bench's worker runs with the default): the worker watches it.
+SWITCH_STALL_MS: int = {f.name: f.default for f in msgspec.structs.fields(Config)}["stall_ms"]
+# The switch phase's own edge: automatic switching on; a single failure or stall moves the session (the one
+# measured is then the one that triggered the switch); no cool-down or dwell, so the session can go back
+# and forth; a breaker that never opens (the phase fails one provider on purpose, 20 times).
+SWITCH_EDGE_ENV = {
+    "RS_AUTO_SWITCH": "true", "SWITCH_FAILURE_COUNT": "1",
+    "RS_SWITCH_COOLDOWN_S": "0", "RS_SWITCH_MIN_DWELL_S": "0", "RS_BREAKER_SESSIONS": "100000",
+}
+SWITCH_KINDS = ("manual", "failure", "stall")
+# measure -> (what it is, target in ms or None, which kind)
+SWITCH_TARGETS: dict[str, tuple[str, float | None]] = {
+    "manual": ("turn end -> new provider ready (manual switch at the turn end)", 50.0),
+    "failure": ("provider failure -> next audio (switched now)", 500.0),
+    "stall": ("last upstream bytes -> stall noticed (response ended)", SWITCH_STALL_MS + 200.0),
+    "stall_audio": ("stall noticed -> next audio", None),
+}
+_OTHER = {"openai": "gemini", "gemini": "openai"}
+# kind -> the fake's knobs that cause it: the connection drops (1011) / goes silent at a response's first output
+_FAULTS: dict[str, dict[str, str]] = {"failure": {"close_on": "response"}, "stall": {"stall_on": "response"}}
+
+
+async def _history(s: TimedSession, said: Sequence[tuple[str, str]]) -> float:
+    """Direct baseline: a fresh connection to the fake brought to where the old one was (session
+    config, then every item of the conversation). Returns when the last item was acknowledged."""
+    await s.next("session.created")
+    await s.send(json.loads(session_update()))
+    await s.next("session.updated")
+    at = time.monotonic()
+    for role, text in said:
+        await s.say(text, role)
+        at, _ = await s.next("conversation.item.added", "conversation.item.created")
+    return at
+
+
+async def _turn(s: TimedSession, said: list[tuple[str, str]], text: str) -> list[tuple[float, dict[str, Any]]]:
+    """One text turn answered; ``said`` gets the user item and the answer's transcript."""
+    await s.say(text)
+    await s.send({"type": "response.create"})
+    events = await s.events_until("response.done")
+    said += [("user", text), ("assistant", _said(events))]
+    return events
+
+
+def _said(events: Sequence[tuple[float, dict[str, Any]]]) -> str:
+    return "".join(e.get("delta", "") for _, e in events if e["type"] == "response.output_audio_transcript.delta")
+
+
+def _status(events: Sequence[tuple[float, dict[str, Any]]]) -> str:
+    return str(events[-1][1]["response"]["status"])
+
+
+async def _switch_gateway(bench: Bench, edge_port: int, n: int) -> dict[str, Any]:
+    """One session through the gateway, moved between the fakes ``n`` times per kind."""
+    s = bench.s
+    fakes = s.stack.fake_ports
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    out: dict[str, list[float]] = {"manual": [], "manual_gap": [], "failure": [], "stall": [], "stall_audio": []}
+    failures: list[str] = []
+    provider = "openai"
+    url = f"{bench.url('gateway', edge_port)}&rs_core={provider}&rs_u_sessid=bench-sw-{os.getpid()}"
+    session = await TimedSession.open(url, headers)
+    said: list[tuple[str, str]] = []
+    try:
+        await session.send(json.loads(session_update()))
+        await session.next("session.updated")
+        await _turn(session, said, "hello")
+        for kind in SWITCH_KINDS:
+            for i in range(n):
+                target = _OTHER[provider]
+                if kind == "manual":
+                    await _turn(session, said, f"{kind} {i}")
+                    ended = time.monotonic()  # the client's turn end: its response.done is in
+                    await session.send({"type": "rs.switch", "provider": target, "when": "turn_end"})
+                    at, switched = await session.next("rs.switched")
+                    out["manual"].append((at - ended) * 1000)
+                    out["manual_gap"].append(float(switched["gap_ms"]))
+                else:
+                    await set_knobs(fakes[provider], **_FAULTS[kind])
+                    try:
+                        events = await _turn(session, said, f"{kind} {i}")
+                        if _status(events) != "failed":
+                            failures.append(f"{kind} {i}: the faulty response ended {_status(events)}")
+                            continue
+                        failed_at = events[-1][0]
+                        if kind == "stall":
+                            # The last output before the silence (the cut response's closing events come
+                            # with its response.done).
+                            before = [at for at, e in events if e["type"].endswith(".delta")]
+                            out["stall"].append((failed_at - max(before)) * 1000)
+                        await session.send({"type": "response.create"})  # the client asks again at once
+                        again = await session.events_until("response.done")
+                    finally:
+                        await reset_knobs(fakes[provider])
+                    audio = [at for at, e in again if e["type"] == AUDIO_DELTA]
+                    moved = [e for _, e in again if e["type"] == "rs.switched"]
+                    if not audio or not moved or moved[0]["to"] != target:
+                        failures.append(f"{kind} {i}: next answer {_status(again)}, switched {moved}")
+                        continue
+                    said[-1] = ("assistant", _said(again))
+                    out["failure" if kind == "failure" else "stall_audio"].append((audio[0] - failed_at) * 1000)
+                provider = target
+    finally:
+        await session.close()
+    return {"samples": out, "failures": failures}
+
+
+async def _switch_direct(bench: Bench, n: int) -> dict[str, Any]:
+    """The baseline: what a client connected straight to a provider pays to do the same by itself: open a
+    new connection and restore the conversation on it (the fake's own protocol: session config, every item),
+    after its turn end, after the provider dropped it, or after its own stall watchdog fired."""
+    port = bench.s.fake_port
+    url, headers = bench.url("direct"), {"Authorization": "Bearer fake-openai-key"}
+    out: dict[str, list[float]] = {"manual": [], "failure": [], "stall": [], "stall_audio": []}
+    failures: list[str] = []
+    said: list[tuple[str, str]] = []
+    session = await TimedSession.open(url, headers)
+    try:
+        await _history(session, said)
+        await _turn(session, said, "hello")
+        for kind in SWITCH_KINDS:
+            for i in range(n):
+                if kind == "manual":
+                    await _turn(session, said, f"{kind} {i}")
+                    ended = time.monotonic()
+                    fresh = await TimedSession.open(url, headers)
+                    ready = await _history(fresh, said)
+                    out["manual"].append((ready - ended) * 1000)
+                else:
+                    await set_knobs(port, **_FAULTS[kind])
+                    await session.say(f"{kind} {i}")
+                    await session.send({"type": "response.create"})
+                    last = (await session.next(AUDIO_DELTA))[0]
+                    if kind == "failure":
+                        await session.closed.wait()
+                        failed_at = session.closed_at or time.monotonic()
+                    else:
+                        # The client's own watchdog: nothing for the stall limit -> it gives the connection up.
+                        while True:
+                            try:
+                                last = (await session.next(AUDIO_DELTA, timeout_s=SWITCH_STALL_MS / 1000))[0]
+                            except TimeoutError:
+                                break
+                        failed_at = time.monotonic()
+                        out["stall"].append((failed_at - last) * 1000)
+                    await reset_knobs(port)
+                    said.append(("user", f"{kind} {i}"))
+                    fresh = await TimedSession.open(url, headers)
+                    await _history(fresh, said)
+                    await fresh.send({"type": "response.create"})
+                    again = await fresh.events_until("response.done")
+                    audio = [at for at, e in again if e["type"] == AUDIO_DELTA]
+                    if not audio:
+                        failures.append(f"direct {kind} {i}: no audio after reconnecting")
+                    else:
+                        out["failure" if kind == "failure" else "stall_audio"].append((audio[0] - failed_at) * 1000)
+                    said.append(("assistant", _said(again)))
+                await session.close()
+                session = fresh
+    finally:
+        await session.close()
+        await reset_knobs(port)
+    return {"samples": out, "failures": failures}
+
+
+def phase_switch(bench: Bench, n: int) -> dict[str, Any]:
+    """Switches at a turn end, after a provider failure and after a stall, ``n`` of each, through an edge
+    with automatic switching (its own, next to the bench's), against the direct baseline."""
+    for port in bench.s.stack.fake_ports.values():
+        asyncio.run(reset_knobs(port))
+    bench.log(f"  {n} switches of each kind: direct baseline")
+    direct = asyncio.run(_switch_direct(bench, n))
+    port = bench.s.start_edge("edge-s", **SWITCH_EDGE_ENV)
+    try:
+        bench.log(f"  {n} switches of each kind: gateway")
+        gateway = asyncio.run(_switch_gateway(bench, port, n))
+    finally:
+        bench.s.procs.pop("edge-s").stop()
+    kinds: dict[str, Any] = {}
+    for measure, (what, target) in SWITCH_TARGETS.items():
+        g = _summary(gateway["samples"][measure])
+        kinds[measure] = {
+            "what": what, "target_ms": target, "direct": _summary(direct["samples"][measure]), "gateway": g,
+            "met": None if target is None or not g["n"] else g["p99"] <= target,
+        }
+    kinds["manual"]["gateway_reported_gap"] = _summary(gateway["samples"]["manual_gap"])
+    return {"switches": n, "stall_ms": SWITCH_STALL_MS, "kinds": kinds,
+            "failures": direct["failures"] + gateway["failures"]}
+
+
 # -- output ------------------------------------------------------------------------------------------
 
 
@@ -844,6 +1042,22 @@ def render(report: dict[str, Any]) -> str:
         ]))
         parts.append(f"\nRequests repeated because the first went unanswered: {fo['retried_requests']}; "
                      f"failures: {len(fo['failures'])}")
+    sw = report.get("switch")
+    if sw:
+        parts.append(f"\n### Switching providers ({sw['switches']} switches of each kind, one session, "
+                     f"RS_STALL_MS {sw['stall_ms']}; direct = the client redials the provider itself)\n")
+        rows = []
+        for k in sw["kinds"].values():
+            target = "-" if k["target_ms"] is None else f"<= {k['target_ms']:.0f} ms"
+            met = "-" if k["met"] is None else ("met" if k["met"] else "NOT met")
+            rows.append([k["what"], target, _pair(k["direct"], 0), _pair(k["gateway"], 0),
+                         f"{k['direct']['n']} / {k['gateway']['n']}", met])
+        parts.append(_table(["measure", "target (gateway p99)", "direct p50 / p99 ms", "gateway p50 / p99 ms",
+                             "samples direct / gateway", "target"], rows))
+        gap = sw["kinds"]["manual"]["gateway_reported_gap"]
+        parts.append(f"\nThe gateway's own gap of the manual switches (rs.switched gap_ms): "
+                     f"p50 {_f(gap['p50'], 0)} ms, p99 {_f(gap['p99'], 0)} ms; "
+                     f"switches not carried out: {len(sw['failures'])}")
     for phase, error in report.get("phase_errors", {}).items():
         parts.append(f"\n**Phase {phase} did not finish**: {error}")
     return "\n".join(parts)
@@ -864,6 +1078,7 @@ class Options:
     compression_sessions: int
     kills: int
     failover_sessions: int
+    switches: int
     warmup_s: float
     turn_ms: int
     client_procs: int
@@ -906,6 +1121,7 @@ _PHASE_RUNNERS: dict[str, Callable[[Bench, Options, dict[str, Any]], Any]] = {
                                                o.capacity_budget_s),
     "compression": lambda b, o, r: phase_compression(b, o.compression_sessions, o.seconds),
     "failover": lambda b, o, r: phase_failover(b, o.kills, o.failover_sessions),
+    "switch": lambda b, o, r: phase_switch(b, o.switches),
 }
 
 
@@ -942,6 +1158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--compression-sessions", type=int, default=100)
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--failover-sessions", type=int, default=4)
+    p.add_argument("--switches", type=int, default=20, help="switch phase: switches of each kind")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of each run not counted")
     p.add_argument("--turn-ms", type=int, default=1000, help="one commit + response.create per session per turn")
     p.add_argument("--client-procs", type=int, default=0, help="client processes (0: 1 below 100 sessions, else 2)")
@@ -956,7 +1173,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         sessions=a.sessions, seconds=a.seconds, phases=phases, capacity=a.capacity,
         capacity_seconds=a.capacity_seconds or a.seconds, capacity_budget_s=a.capacity_budget_s,
         memory_sessions=a.memory_sessions, compression_sessions=a.compression_sessions, kills=a.kills,
-        failover_sessions=a.failover_sessions, warmup_s=a.warmup, turn_ms=a.turn_ms, client_procs=a.client_procs,
+        failover_sessions=a.failover_sessions, switches=a.switches,
+        warmup_s=a.warmup, turn_ms=a.turn_ms, client_procs=a.client_procs,
         log_level=a.log_level, workdir=a.workdir, json=a.json,
     )
     return opts

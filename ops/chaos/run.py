@@ -1,12 +1,18 @@
 """Chaos run: N scripted conversations through the official openai SDK while instances are kill -9'd.
 
-    python -m ops.chaos.run --sessions 10 --duration 60 --kill-every 5 [--json out.json]
+    python -m ops.chaos.run --sessions 10 --duration 60 --kill-every 5 [--switch-every 2] [--json out.json]
 
 Starts the whole stack with ``services.dev.stack.Stack`` (embedded nats-server and redis-server, or the
 servers in ``NATS_URL``/``REDIS_URL`` when both are set), K transformers and M provider-workers named by
 ``RS_INSTANCE_ID`` (so each victim's pid is known), one checkpoint, one edge and both fakes, paced so a
 response takes real time. Half the sessions run on OpenAI, half on Gemini (``rs_core``); each turn is a
 text item ``"<session> turn <k>"`` or a spoken turn (a tone, manual commit) followed by response.create.
+
+With ``--switch-every S`` (automatic switching on), every S seconds a random session is moved between
+providers by one of: an operator's switch (``POST /admin/sessions/<sid>/switch``, now or at the turn end),
+the client's own ``rs.switch`` before its next turn, or a provider fault (the session's live upstream
+connection drops with 1011 at its next response's first output: the policy switches it, now). The kills go
+on meanwhile.
 
 Every ``--kill-every`` seconds a random provider-worker (among those serving sessions, when any does) gets
 SIGKILL (the 2nd kill is a transformer, the 3rd the checkpoint, then every 5th / 10th) and is respawned
@@ -16,9 +22,11 @@ edge, nats and redis are never killed.
 A response cut by a kill (status failed/incomplete/cancelled) is allowed and counted; the client re-asks
 (one new response.create per cut). At the end, for every session, what the client sent and the answers it
 got must be in the Redis log (``Store.snapshot``) and in the fake's latest upstream conversation, in
-order. Exit status 1 when a session dropped (socket closed, or a turn not done within ``--turn-timeout``),
-an item was lost or duplicated, or an answer counted the turns wrongly (the provider's context differs
-from what the client sent).
+order; a session that switched has items on both fakes: the check follows it (the latest upstream
+connection, on whichever fake, holds the whole conversation, and no upstream connection of either fake
+holds a turn twice or out of order). Exit status 1 when a session dropped (socket closed, or a turn not
+done within ``--turn-timeout``), an item was lost or duplicated, an upstream connection got turns out of
+order, or an answer counted the turns wrongly (the provider's context differs from what the client sent).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from services.dev.stack import Proc, Stack, free_port
-from services.fakes.control import debug_sessions
+from services.fakes.control import debug_sessions, set_knobs
 from shared import events as ev
 from shared.audio import tone
 from shared.session import session_key
@@ -89,6 +97,7 @@ class Options:
     pace: float = 1.0
     think_ms: tuple[int, int] = (100, 800)
     vad_every: int = 5  # every Nth session uses server VAD with streamed audio (0: none)
+    switch_every: float = 0.0  # seconds between random switches (0: none)
     seed: int | None = None
     json_path: str | None = None
     workdir: str | None = None
@@ -122,6 +131,9 @@ class SessionRun:
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # conversation over (or dropped)
     trace: list[str] = field(default_factory=list)  # what happened, for the report of a failed session
     t0: float = 0.0
+    current: str = ""  # the provider serving it now (rs.switched)
+    switch_to: str = ""  # the client's own rs.switch, sent before its next turn
+    switched: list[str] = field(default_factory=list)  # "<from>-><to> <reason>" of every rs.switched heard
 
     def note(self, what: str) -> None:
         self.trace.append(f"{asyncio.get_running_loop().time() - self.t0:7.3f} {what}")
@@ -179,6 +191,10 @@ async def _until_done(conn: Any, run: SessionRun, asked_at: float, timeout: floa
                     run.heard(now)
                 elif kind == "response.output_audio_transcript.delta":
                     transcript.append(event.delta)
+                elif kind == "rs.switched":
+                    run.note(f"<- rs.switched {event.to} {event.reason}")  # type: ignore[attr-defined]
+                    run.switched.append(f"{run.current}->{event.to} {event.reason}")  # type: ignore[attr-defined]
+                    run.current = event.to  # type: ignore[attr-defined]
                 elif kind == "error":
                     run.note(f"<- error {event.error.code}")
                     run.errors[event.error.code or event.error.type or "error"] += 1
@@ -197,6 +213,7 @@ async def _session(
 ) -> None:
     loop = asyncio.get_running_loop()
     run.t0 = loop.time()
+    run.current = run.provider
     client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"{base}/v1")
     try:
         async with client.realtime.connect(
@@ -211,6 +228,11 @@ async def _session(
             while loop.time() < deadline:
                 k += 1
                 await asyncio.sleep(rng.uniform(*opts.think_ms) / 1000)
+                if run.switch_to:
+                    when = rng.choice(("now", "turn_end"))
+                    run.note(f"-> rs.switch {run.switch_to} {when}")
+                    await conn.send({"type": "rs.switch", "provider": run.switch_to, "when": when})  # type: ignore[arg-type]
+                    run.switch_to = ""
                 # Turn 1 is text: the session's marker is then in every upstream conversation (history).
                 if k == 1 or rng.random() < 0.6:
                     said = f"{run.name} turn {k}"
@@ -290,7 +312,7 @@ class Cluster:
 
     def __init__(self, opts: Options, workdir: Path) -> None:
         self.opts = opts
-        self.stack = Stack(workdir)
+        self.stack = Stack(workdir, auto_switch=opts.switch_every > 0)
         self.instances: dict[str, tuple[str, Proc | None]] = {}  # id -> (role, proc; None while respawning)
         self.edge_port = 0
 
@@ -307,8 +329,13 @@ class Cluster:
             stack.env.pop(name, None)  # the fakes, never a real provider
         stack.env.update({"FAKE_PACE": str(opts.pace), "FAKE_RESPONSE_MS": str(opts.response_ms)})
         stack.start_fakes()
-        self.edge_port = free_port()
-        stack.env.update({"PORT": str(self.edge_port), "HOST": "127.0.0.1"})
+        self.edge_port, self.admin_port = free_port(), free_port()
+        stack.env.update({"PORT": str(self.edge_port), "HOST": "127.0.0.1", "RS_ADMIN_PORT": str(self.admin_port)})
+        if opts.switch_every > 0:
+            # One drop moves a session (the fault injected is the one that switches it); sessions may go back
+            # and forth at once; the breaker stays out of it (the faults are per session, not the provider's).
+            stack.env.update({"SWITCH_FAILURE_COUNT": "1", "RS_SWITCH_COOLDOWN_S": "0", "RS_SWITCH_MIN_DWELL_S": "0",
+                              "RS_BREAKER_SESSIONS": "100000"})
         for role, count in (("checkpoint", 1), ("transformer", opts.transformers), ("worker", opts.workers)):
             for i in range(count):
                 self.spawn(role, f"{ROLES[role][1]}-{i}")
@@ -330,8 +357,20 @@ class Cluster:
         self.instances[instance] = (role, None)
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.edge_port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
+
+    def admin_switch(self, client_sid: str, provider: str, when: str) -> int:
+        """An operator's switch; the HTTP status (answered once the switch is done or refused)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/admin/sessions/{client_sid}/switch",
+            data=json.dumps({"provider": provider, "when": when}).encode(), method="POST",
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
 
 
 def kill_plan(count: int) -> list[str]:
@@ -382,6 +421,67 @@ async def _killer(
     await asyncio.gather(*respawns)
 
 
+OTHER = {"openai": "gemini", "gemini": "openai"}
+SWITCH_WAYS = ("admin", "client", "fault")
+
+
+async def _live_upstream(cluster: Cluster, run: SessionRun) -> tuple[int, str] | None:
+    """(fake port, fake session id) of the session's live upstream connection: the newest holding its marker."""
+    found: list[tuple[float, int, str]] = []
+    for provider in ("openai", "gemini"):
+        port = cluster.stack.fake_ports[provider]
+        for upstream in await debug_sessions(port):
+            if any((i["text"] or "").startswith(f"{run.name} turn ") for i in upstream["items"]):
+                found.append((upstream["created_at"], port, upstream["id"]))
+    return max(found)[1:] if found else None
+
+
+async def _switcher(
+    cluster: Cluster, runs: list[SessionRun], opts: Options, start: float, rng: random.Random,
+    asked: Counter[str],
+) -> None:
+    """Every ``--switch-every`` seconds, one random live session is moved, one way or another."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+    at = start
+    while True:
+        at += opts.switch_every
+        if at >= start + opts.duration - 2.0:
+            break
+        await asyncio.sleep(max(0.0, at - loop.time()))
+        live = [r for r in runs if r.dropped is None and not r.finished.is_set()]
+        if not live:
+            break
+        run, way = rng.choice(live), rng.choice(SWITCH_WAYS)
+        target = OTHER[run.current]
+        if way == "client":
+            run.switch_to = target
+        elif way == "admin":
+            when = rng.choice(("now", "turn_end"))
+            run.note(f"** admin switch to {target} {when}")
+
+            async def admin(run: SessionRun = run, target: str = target, when: str = when) -> None:
+                status = await asyncio.to_thread(cluster.admin_switch, run.client_sid, target, when)
+                run.note(f"** admin switch answered {status}")
+                asked[f"admin_{status}"] += 1
+
+            task = asyncio.create_task(admin())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        else:
+            upstream = await _live_upstream(cluster, run)
+            if upstream is None:
+                continue
+            try:
+                await set_knobs(upstream[0], session=upstream[1], close_on="response")
+            except RuntimeError:
+                continue  # that connection ended meanwhile (a kill, a switch): another one next time
+            run.note(f"** fault: upstream {upstream[1]} drops at its next response")
+        asked[way] += 1
+        print(f"[chaos] t={loop.time() - start:5.1f}s switch {run.name} ({way}) -> {target}", flush=True)
+    await asyncio.gather(*pending)
+
+
 async def _loop_lag(samples: list[float], interval_s: float = 0.1) -> None:
     """How late this process's event loop wakes up: client-side times are only as good as this."""
     loop = asyncio.get_running_loop()
@@ -417,6 +517,12 @@ def _duplicates(run: SessionRun, actual: Sequence[tuple[str, str]]) -> list[str]
     return [text for text, n in counts.items() if n > 1]
 
 
+def _turn_numbers(run: SessionRun, upstream: dict[str, Any]) -> list[int]:
+    """The session's text turns one upstream connection holds, in its order."""
+    said = " ".join(i["text"] or "" for i in upstream["items"] if i["type"] == "message" and i["role"] == "user")
+    return [int(k) for k in re.findall(rf"{re.escape(run.name)} turn (\d+)", said)]
+
+
 def _store_items(snapshot: Any) -> list[tuple[str, str]]:
     return [(i.role, i.text()) for i in snapshot.items if isinstance(i, ev.Message)]
 
@@ -437,25 +543,36 @@ async def _verify(cluster: Cluster, store: Store, runs: list[SessionRun], settle
             break
         await asyncio.sleep(0.2)
     upstream: dict[str, list[dict[str, Any]]] = {
-        p: await debug_sessions(port) for p, port in cluster.stack.fake_ports.items() if p in ("openai", "gemini")
+        p: await debug_sessions(port, include_closed=True)
+        for p, port in cluster.stack.fake_ports.items() if p in ("openai", "gemini")
     }
-    report: dict[str, Any] = {"lost_store": 0, "lost_upstream": 0, "duplicates": 0, "details": {}}
+    report: dict[str, Any] = {"lost_store": 0, "lost_upstream": 0, "duplicates": 0, "misordered": 0,
+                              "spread": 0, "details": {}}
     for run, snap in zip(alive, snaps, strict=True):
         store_items = _store_items(snap)
-        # The latest live upstream conversation that holds this session's marker.
-        mine = [s for s in upstream[run.provider]
+        # Every upstream connection of this session, on either fake (a switched session has some on both).
+        mine = [(p, s) for p, sessions in upstream.items() for s in sessions
                 if any((i["text"] or "").startswith(f"{run.name} turn ") for i in s["items"])]
-        fake_items = _fake_items(max(mine, key=lambda s: s["created_at"])) if mine else []
+        report["spread"] += len({p for p, _ in mine}) > 1
+        # The latest live one holds the whole conversation (each connection starts with the history).
+        live = [(p, s) for p, s in mine if s["live"]] or mine
+        where, latest = max(live, key=lambda ps: ps[1]["created_at"]) if live else (run.current, None)
+        fake_items = _fake_items(latest) if latest else []
         lost_store = _missing(run.expected, store_items)
-        lost_up = _missing(run.expected, fake_items, merged=run.provider == "gemini")
+        lost_up = _missing(run.expected, fake_items, merged=where == "gemini")
         dups = sorted(set(_duplicates(run, store_items)) | set(_duplicates(run, fake_items)))
+        # No connection of either fake got a turn twice or out of order (Gemini may merge turns into one item).
+        disorder = [f"{p} {s['id']}: turns {turns}" for p, s in mine
+                    if (turns := _turn_numbers(run, s)) != sorted(set(turns))]
         report["lost_store"] += len(lost_store)
         report["lost_upstream"] += len(lost_up)
         report["duplicates"] += len(dups)
-        if lost_store or lost_up or dups:
+        report["misordered"] += len(disorder)
+        if lost_store or lost_up or dups or disorder:
             report["details"][run.name] = {
-                "lost_in_store": lost_store, "lost_upstream": lost_up, "duplicated": dups,
-                "store": store_items, "upstream": fake_items, "upstream_sessions": len(mine),
+                "lost_in_store": lost_store, "lost_upstream": lost_up, "duplicated": dups, "misordered": disorder,
+                "store": store_items, "upstream": fake_items, "upstream_on": where, "upstream_sessions": len(mine),
+                "switched": run.switched,
             }
     return report
 
@@ -515,6 +632,15 @@ def _q_row(q: dict[str, Any], with_max: bool = True) -> str:
     return ", ".join(parts) + f" (n={q['n']})"
 
 
+def _switch_row(sw: dict[str, Any]) -> str:
+    asked = sw["asked"]
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(sw["heard_by_reason"].items()))
+    return (f"{sw['heard']} heard by clients ({reasons}); edge {sum(sw['edge'].values())}; asked: admin "
+            f"{asked.get('admin', 0)}, client {asked.get('client', 0)}, fault {asked.get('fault', 0)}; "
+            f"{sw['sessions_switched']} sessions switched, "
+            f"{sw['sessions_on_both_fakes']} with connections on both fakes")
+
+
 def table(result: dict[str, Any]) -> str:
     k, r = result["kills"], result["reattaches"]
     rows = [
@@ -527,6 +653,8 @@ def table(result: dict[str, Any]) -> str:
         ("sessions dropped", str(result["dropped"])),
         ("items lost", f"{result['lost']} (redis log {result['lost_store']}, provider {result['lost_upstream']})"),
         ("items duplicated", str(result["duplicates"])),
+        ("upstream connections with turns out of order", str(result["misordered"])),
+        ("switches", _switch_row(result["switches"])),
         ("wrong turn counts", str(result["wrong"])),
         ("reattach, client: silence after a kill", _q_row(result["reattach_client"])),
         *((f"  - after a {role} kill", _q_row(q)) for role, q in result["reattach_client_by_role"].items()),
@@ -564,7 +692,11 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
         tasks = [
             asyncio.create_task(_session(base, r, opts, deadline, random.Random(rng.random()), release)) for r in runs
         ]
+        asked: Counter[str] = Counter()
+        switcher = asyncio.create_task(_switcher(cluster, runs, opts, start, random.Random(rng.random()), asked)
+                                       if opts.switch_every > 0 else asyncio.sleep(0))
         await _killer(cluster, store, runs, opts, start, rng, kills, kill_log)
+        await switcher
         # Every session finishes its last turn (each turn is bounded by --turn-timeout), then the logs
         # are compared while the sockets are still open (the fake lists live upstream sessions).
         await asyncio.wait([asyncio.create_task(r.finished.wait()) for r in runs])
@@ -580,6 +712,9 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
     buckets = [(float(lb["le"]), v) for lb, v in metrics.get("rs_reattach_seconds_bucket", [])]
     edge_q = {"n": int(max((v for _, v in buckets), default=0))}
     edge_q.update({f"p{int(q * 100)}": histogram_quantile(q, buckets) for q in (0.5, 0.95, 0.99)})
+    switches_edge: dict[str, int] = Counter()
+    for labels, value in metrics.get("rs_switches_total", []):
+        switches_edge[labels.get("reason", "")] += int(value)
     kills_out: dict[str, int] = dict(kills)
     kills_out["total"] = sum(kills.values())
     dropped = [r for r in runs if r.dropped]
@@ -595,6 +730,15 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
         "kills": kills_out,
         "kill_log": kill_log,
         "reattaches": reattaches,
+        "switches": {
+            "asked": dict(asked),
+            "heard": sum(len(r.switched) for r in runs),  # rs.switched events the clients got
+            "heard_by_reason": dict(Counter(s.rsplit(" ", 1)[1] for r in runs for s in r.switched)),
+            "edge": dict(switches_edge),  # rs_switches_total by reason
+            "sessions_switched": sum(bool(r.switched) for r in runs),
+            "sessions_on_both_fakes": loss["spread"],
+            "final_providers": dict(Counter(r.current for r in runs)),
+        },
         "dropped": len(dropped),
         "dropped_detail": {r.name: r.dropped for r in dropped},
         "traces": {r.name: r.trace for r in runs if r.dropped or r.wrong or r.name in loss["details"]},
@@ -602,6 +746,7 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
         "lost_upstream": loss["lost_upstream"],
         "lost": loss["lost_store"] + loss["lost_upstream"],
         "duplicates": loss["duplicates"],
+        "misordered": loss["misordered"],
         "loss_detail": loss["details"],
         "wrong": sum(len(r.wrong) for r in runs),
         "wrong_detail": {r.name: r.wrong for r in runs if r.wrong},
@@ -615,7 +760,8 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
         "first_audio": quantiles([s for r in runs for s in r.first_delta_s]),
         "client_loop_lag": quantiles(lag),
     }
-    result["ok"] = not (result["dropped"] or result["lost"] or result["duplicates"] or result["wrong"])
+    result["ok"] = not (result["dropped"] or result["lost"] or result["duplicates"] or result["misordered"]
+                        or result["wrong"])
     return result
 
 
@@ -632,6 +778,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--pace", type=float, default=1.0, help="fake pacing: 1.0 = real time")
     p.add_argument("--vad-every", type=int, default=5,
                    help="every Nth session uses server VAD with audio streamed in real time (0: none)")
+    p.add_argument("--switch-every", type=float, default=0.0,
+                   help="seconds between random switches of a random session (admin API, the client's rs.switch, "
+                        "or a provider fault); 0: none")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     p.add_argument("--workdir", default=None, help="keep the process logs here (default: a temp dir, "
@@ -662,7 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cluster.stack.stop()
     print(f"\nchaos: {opts.sessions} sessions, {opts.duration:.0f} s, kill every {opts.kill_every:g} s, "
-          f"{opts.transformers} transformers, {opts.workers} workers")
+          f"{opts.transformers} transformers, {opts.workers} workers"
+          + (f", a switch every {opts.switch_every:g} s" if opts.switch_every > 0 else ""))
     print(table(result))
     for title, key in (("dropped", "dropped_detail"), ("wrong answers", "wrong_detail"), ("lost", "loss_detail")):
         if result[key]:

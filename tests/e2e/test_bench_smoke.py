@@ -77,8 +77,31 @@ def _check_tables(stdout: str) -> None:
     assert "direct p50 / p99 ms" in stdout and "added p50 / p99 ms" in stdout  # the baseline column
 
 
+def _check_switch(report: dict[str, Any], stdout: str, switches: int) -> None:
+    """The switch table: every kind measured for both systems (direct baseline and gateway), every switch
+    carried out, each target's verdict the one its numbers give."""
+    assert "### Switching providers" in stdout
+    sw = report["switch"]
+    assert sw["switches"] == switches and sw["failures"] == [], sw["failures"]
+    assert set(sw["kinds"]) == {"manual", "failure", "stall", "stall_audio"}
+    for measure, kind in sw["kinds"].items():
+        for system in ("direct", "gateway"):
+            d = kind[system]
+            assert d["n"] == switches and _positive(d["p50"]) and d["p50"] <= d["p99"], (measure, system, d)
+        assert kind["what"] in stdout
+        if kind["target_ms"] is not None:
+            assert kind["met"] == (kind["gateway"]["p99"] <= kind["target_ms"]), (measure, kind)
+    # A stall is a silence of the limit's length: noticed no sooner (the gateway's client measures from the
+    # last delta's arrival, which left the worker's watch a few ms earlier: its transit is allowed).
+    assert sw["kinds"]["stall"]["direct"]["p50"] >= sw["stall_ms"], sw["kinds"]["stall"]
+    assert sw["kinds"]["stall"]["gateway"]["p50"] >= sw["stall_ms"] - 50, sw["kinds"]["stall"]
+    gap = sw["kinds"]["manual"]["gateway_reported_gap"]
+    assert gap["n"] == switches and _positive(gap["p50"])
+
+
 def _check_report(
-    report: dict[str, Any], stdout: str, *, sessions: list[int], memory: int, kills: int, strict: bool
+    report: dict[str, Any], stdout: str, *, sessions: list[int], memory: int, kills: int, strict: bool,
+    switches: int,
 ) -> None:
     """``strict``: every load row loses nothing; else only the loads the capacity search passed."""
     _check_tables(stdout)
@@ -118,17 +141,20 @@ def _check_report(
     assert first_audio["n"] >= kills and cut["n"] == first_audio["n"]
     assert _positive(cut["p50"]) and first_audio["p50"] >= cut["p50"]  # the cut comes before the new audio
 
+    _check_switch(report, stdout, switches)
 
+
+@pytest.mark.timeout(180)
 def test_bench_smoke(tmp_path: Path) -> None:
     report, stdout = _bench(
         tmp_path,
         "--sessions", "3", "--seconds", "2", "--warmup", "0.5", "--turn-ms", "400",
         "--capacity", "3", "--capacity-seconds", "2",
         "--memory-sessions", "4", "--compression-sessions", "3",
-        "--kills", "1", "--failover-sessions", "2",
-        timeout=110,
+        "--kills", "1", "--failover-sessions", "2", "--switches", "2",
+        timeout=170,
     )
-    _check_report(report, stdout, sessions=[3], memory=4, kills=1, strict=True)
+    _check_report(report, stdout, sessions=[3], memory=4, kills=1, strict=True, switches=2)
 
 
 @pytest.mark.slow
@@ -136,4 +162,4 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_bench_full(tmp_path: Path) -> None:
     """The documented run (docs/bench.md): 1/20/100 sessions, capacity search, 200 idle, 20 kills."""
     report, stdout = _bench(tmp_path, timeout=3500)
-    _check_report(report, stdout, sessions=[1, 20, 100], memory=200, kills=20, strict=False)
+    _check_report(report, stdout, sessions=[1, 20, 100], memory=200, kills=20, strict=False, switches=20)

@@ -56,6 +56,21 @@ def test_chaos_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_chaos_with_switches(tmp_path: Path) -> None:
+    """The short run plus a random switch every 2 s (an operator's, the client's own rs.switch, or a provider
+    fault the policy answers) while the kills go on: still nothing lost, duplicated or miscounted, and the
+    accounting follows the sessions that moved between the fakes."""
+    proc, result = _chaos(tmp_path, "--sessions", "10", "--duration", "60", "--kill-every", "5",
+                          "--switch-every", "2", timeout=250)
+    _assert_survived(proc, result, 10)
+    switches = result["switches"]
+    assert switches["asked"] and switches["heard"] > 0 and switches["sessions_on_both_fakes"] > 0, switches
+    assert sum(switches["edge"].values()) >= switches["heard"], switches  # every announced switch was counted
+    assert result["misordered"] == 0
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1_200)
 def test_chaos_long(tmp_path: Path) -> None:
     proc, result = _chaos(tmp_path, "--sessions", "50", "--duration", "300", "--kill-every", "10", timeout=1_100)

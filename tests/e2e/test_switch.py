@@ -22,9 +22,10 @@ from openai import AsyncOpenAI
 
 from services.dev.stack import Stack, free_port
 from services.fakes.common import debug_sessions, reset_knobs, set_knobs
+from shared.audio import tone
 
 from ..conftest import Infra
-from .helpers import API_KEY, GEMINI_WS_PATH, TIMEOUT_S, seed_url
+from .helpers import API_KEY, GEMINI_WS_PATH, TIMEOUT_S, b64, seed_url
 
 pytestmark = pytest.mark.e2e
 
@@ -45,28 +46,38 @@ class SwitchStack:
         return self.stack.fake_ports[provider]
 
 
-@pytest.fixture(scope="module")
-def switching(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchStack]:
-    stack = Stack(tmp_path_factory.mktemp("switch"), auto_switch=True)
+SWITCH_ENV = {
+    "SWITCH_LATENCY_THRESHOLD_MS": "300", "SWITCH_FAILURE_COUNT": "2", "RS_STALL_MS": "800",
+    # The module's tests fail providers for one session each, several within seconds: the fleet breaker
+    # would send the next test's new session elsewhere. It has a stack of its own (breaker_stack).
+    "RS_BREAKER_SESSIONS": "100000", "RS_BREAKER_WINDOW_S": "20", "RS_BREAKER_OPEN_S": "15",
+    "RS_SWITCH_COOLDOWN_S": "30", "RS_SWITCH_MIN_DWELL_S": "0",
+}
+
+
+@contextlib.contextmanager
+def _switch_stack(infra: Infra, workdir: Any, **env: str) -> Iterator[SwitchStack]:
+    stack = Stack(workdir, auto_switch=True)
     stack.env["REDIS_URL"] = infra.redis_url
     try:
         stack.start_nats()  # a bus of its own: the breaker state travels on it
         stack.start_fakes()
         port, admin = free_port(), free_port()
-        stack.env.update({
-            "PORT": str(port), "HOST": "127.0.0.1", "RS_ADMIN_PORT": str(admin),
-            "SWITCH_LATENCY_THRESHOLD_MS": "300", "SWITCH_FAILURE_COUNT": "2", "RS_STALL_MS": "800",
-            # Short enough for a test to see a breaker open and close, long enough not to flap within one.
-            "RS_BREAKER_SESSIONS": "3", "RS_BREAKER_WINDOW_S": "20", "RS_BREAKER_OPEN_S": "15",
-            "RS_SWITCH_COOLDOWN_S": "30", "RS_SWITCH_MIN_DWELL_S": "0",
-        })
+        stack.env.update({"PORT": str(port), "HOST": "127.0.0.1", "RS_ADMIN_PORT": str(admin), **SWITCH_ENV, **env})
+        prefix = workdir.name[:6]
         for command, instance in (
-            ("checkpoint", "sw-ckpt"), ("transformer", "sw-tr"), ("provider-worker", "sw-wk"), ("edge", "sw-edge"),
+            ("checkpoint", "ckpt"), ("transformer", "tr"), ("provider-worker", "wk"), ("edge", "edge"),
         ):
-            stack.start_instance(command, instance)
+            stack.start_instance(command, f"{prefix}-{instance}")
         yield SwitchStack(stack, port, admin)
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def switching(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchStack]:
+    with _switch_stack(infra, tmp_path_factory.mktemp("switch")) as fs:
+        yield fs
 
 
 def _marker() -> str:
@@ -316,3 +327,500 @@ async def test_stall_ends_the_response_and_switches_within_the_stall_limit(switc
         assert (await _sdk_say(conn, f"three {marker}")).endswith(f"three {marker}")
     moved = await _fake_session(switching.fake_port("openai"), f"three {marker}", min_items=4)
     assert _user_texts(moved)[0] == f"one {marker}"
+
+
+# -- failures, the fleet breaker, no flapping ---------------------------------------------------------
+
+
+async def _sdk_events(conn: Any, *types: str) -> list[Any]:
+    """Every event up to one of ``types``, errors included (the caller says which it accepts)."""
+    seen: list[Any] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            event = await conn.recv()
+            seen.append(event)
+            if event.type in types:
+                return seen
+
+
+async def _timed_response(conn: Any) -> tuple[list[Any], float | None]:
+    """Events up to response.done, and when (loop time) the first audio delta arrived."""
+    loop = asyncio.get_running_loop()
+    seen: list[Any] = []
+    first_audio: float | None = None
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            event = await conn.recv()
+            seen.append(event)
+            if event.type == "response.output_audio.delta" and first_audio is None:
+                first_audio = loop.time()
+            if event.type == "response.done":
+                return seen, first_audio
+
+
+def _transcript(events: list[Any]) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
+
+
+async def _say_events(conn: Any, text: str) -> list[Any]:
+    await conn.conversation.item.create(
+        item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    await conn.response.create()
+    events = await _sdk_events(conn, "response.done")
+    assert [e for e in events if e.type == "error"] == []
+    return events
+
+
+REFUSALS = 5  # more than the test needs: the ones left over tell how many connects were refused
+
+
+@pytest.mark.parametrize("start", ["openai", "gemini"])
+async def test_failures_switch_after_exactly_n_and_the_next_audio_follows_within_500_ms(
+    switching: SwitchStack, start: str
+) -> None:
+    """The session's connection to ``start`` drops (1011) at a response's first output (failure 1) and the
+    provider then refuses upgrades (503, failure 2). SWITCH_FAILURE_COUNT is 2: exactly one refusal is
+    taken before the session moves, now; the client's re-ask, sent as soon as it heard the cut response
+    end, is answered by the other provider with the history."""
+    marker, target = _marker(), OTHER[start]
+    port = switching.fake_port(start)
+    loop = asyncio.get_running_loop()
+    before = await _metric(switching, "rs_switches_total", reason="failure", to=target)
+    async with _sdk(switching, start, f"fail-{marker}") as conn:
+        await _manual_turns(conn)
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
+        await set_knobs(port, session=fake, close_on="response")
+        await set_knobs(port, refuse=503, refuse_count=REFUSALS)
+        try:
+            await conn.conversation.item.create(item={
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
+            await conn.response.create()
+            events = await _sdk_events(conn, "response.done")
+            failed_at = loop.time()
+            assert events[-1].response.status == "failed", events[-1]
+            assert [e.type for e in events if e.type in ("error", "rs.switched")] == []
+            await conn.response.create()  # asked at once: queued while the session moves
+            events, heard_at = await _timed_response(conn)
+            left = (await set_knobs(port))["global"]["refuse_count"]
+        finally:
+            await reset_knobs(port)
+        switched = [e for e in events if e.type == "rs.switched"]
+        assert heard_at is not None, [e.type for e in events]
+        gap_ms = (heard_at - failed_at) * 1000
+        print(f"failure switch {start}->{target}: next audio {gap_ms:.0f} ms after the cut response's end "
+              f"(switch gap {switched[0].gap_ms if switched else '-'} ms)")  # type: ignore[attr-defined]
+        assert [(s.to, s.reason) for s in switched] == [(target, "failure")]  # type: ignore[attr-defined]
+        assert [e for e in events if e.type == "error"] == []
+        assert _transcript(events) == f"turn 2: two {marker}"
+    assert left == REFUSALS - 1  # the drop, then one refusal: 2 failures, and no further connect to it
+    # Measured from the drop (the first failure, the last one the client can see): an upper bound of the
+    # time from the refusal that triggered the switch.
+    assert gap_ms <= 500, gap_ms
+    assert await _metric(switching, "rs_switches_total", reason="failure", to=target) == before + 1
+    moved = await _fake_session(switching.fake_port(target), f"two {marker}", min_items=4)
+    assert _user_texts(moved) == [f"one {marker}", f"two {marker}"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a response cut right after its first audio counts as an answered turn: the worker's turn signal comes "
+    "at the first audio and resets the policy's run of failures, so a provider that drops every connection "
+    "at its first output is never left by the failure rule"))
+async def test_a_provider_dropping_every_response_at_its_first_audio_is_left(switching: SwitchStack) -> None:
+    marker = _marker()
+    port = switching.fake_port("openai")
+    async with _sdk(switching, "openai", f"drop-{marker}") as conn:
+        await _manual_turns(conn)
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        await set_knobs(port, close_on="response")
+        try:
+            await conn.conversation.item.create(item={
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
+            outcomes: list[str] = []
+            for _ask in range(3):  # two drops, then the other provider's answer
+                await conn.response.create()
+                events = await _sdk_events(conn, "response.done")
+                outcomes.append(events[-1].response.status or "")
+                if any(e.type == "rs.switched" for e in events) or outcomes[-1] == "completed":
+                    break
+        finally:
+            await reset_knobs(port)
+    assert outcomes == ["failed", "failed", "completed"]
+
+
+BREAKER_OPEN_S = 4.0
+
+
+@pytest.fixture
+def breaker_stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchStack]:
+    """A stack of its own: an open breaker would reach every other test's new sessions."""
+    with _switch_stack(infra, tmp_path_factory.mktemp("breaker"), RS_BREAKER_SESSIONS="3",
+                       RS_BREAKER_OPEN_S=str(BREAKER_OPEN_S)) as fs:
+        yield fs
+
+
+async def _created_on(conn: Any) -> str:
+    """The provider the gateway put a new session on (session.created's ``session.rs.provider``)."""
+    created = (await _sdk_until(conn, "session.created"))[-1]
+    return str(created.session.rs["provider"])
+
+
+async def _metric_until(fs: SwitchStack, name: str, value: float, **labels: str) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        while await _metric(fs, name, **labels) != value:
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(180)
+async def test_fleet_breaker_sends_new_sessions_elsewhere_then_half_opens(breaker_stack: SwitchStack) -> None:
+    fs, marker = breaker_stack, _marker()
+    openai_port = fs.fake_port("openai")
+    assert await _metric(fs, "rs_breaker_open", provider="openai") == 0
+
+    async def victim(i: int) -> None:
+        async with _sdk(fs, "openai", f"brk-{marker}-{i}") as conn:
+            assert await _created_on(conn) == "openai"  # the breaker is still closed
+            await _manual_turns(conn)
+            # Refused twice (SWITCH_FAILURE_COUNT), the session moves to Gemini and is answered there.
+            assert await _sdk_say(conn, f"victim {i} {marker}") == f"turn 1: victim {i} {marker}"
+
+    await set_knobs(openai_port, refuse=503)  # OpenAI refuses every session
+    try:
+        await asyncio.gather(*(victim(i) for i in range(3)))  # RS_BREAKER_SESSIONS distinct sessions
+        await _metric_until(fs, "rs_breaker_open", 1, provider="openai")
+        loop = asyncio.get_running_loop()
+        opened_at = loop.time()
+        refused_before = len(await debug_sessions(openai_port, include_closed=True))
+        async with _sdk(fs, "openai", f"brk-{marker}-new") as conn:
+            assert await _created_on(conn) == "gemini"  # at once, without trying OpenAI
+            await _manual_turns(conn)
+            assert await _sdk_say(conn, f"new {marker}") == f"turn 1: new {marker}"
+        await _fake_session(fs.fake_port("gemini"), f"new {marker}", min_items=2)
+        assert len(await debug_sessions(openai_port, include_closed=True)) == refused_before
+    finally:
+        await reset_knobs(openai_port)
+    # Half-open after RS_BREAKER_OPEN_S: one new session may try OpenAI; its answered turn closes the breaker.
+    landed: list[str] = []
+    async with asyncio.timeout(BREAKER_OPEN_S + TIMEOUT_S):
+        while not landed or landed[-1] != "openai":
+            async with _sdk(fs, "openai", f"brk-{marker}-try{len(landed)}") as conn:
+                landed.append(await _created_on(conn))
+                if landed[-1] == "openai":
+                    assert loop.time() - opened_at >= BREAKER_OPEN_S - 0.5  # not before it half-opens
+                    await _manual_turns(conn)
+                    assert await _sdk_say(conn, f"trial {marker}") == f"turn 1: trial {marker}"
+            if landed[-1] != "openai":
+                await asyncio.sleep(0.25)
+    print(f"breaker: new sessions while open/half-open landed on {landed}")
+    await _fake_session(openai_port, f"trial {marker}", min_items=2)
+    await _metric_until(fs, "rs_breaker_open", 0, provider="openai")
+    async with _sdk(fs, "openai", f"brk-{marker}-after") as conn:
+        assert await _created_on(conn) == "openai"  # closed again
+
+
+async def test_alternating_slowness_switches_once_and_never_back_inside_the_cooldown(switching: SwitchStack) -> None:
+    """OpenAI slow (2 slow turns: to Gemini), then Gemini slow for 4 turns: OpenAI is in its cool-down
+    (RS_SWITCH_COOLDOWN_S=30, no dwell in this stack), so the session stays; one switch in all."""
+    marker = _marker()
+    before = await _metric(switching, "rs_switches_total", reason="latency")
+    seen: list[Any] = []
+    slowed: list[tuple[int, str]] = []
+    try:
+        async with _sdk(switching, "openai", f"flap-{marker}") as conn:
+            await _manual_turns(conn)
+            turn = 0
+
+            async def say() -> None:
+                nonlocal turn
+                turn += 1
+                events = await _say_events(conn, f"t{turn} {marker}")
+                seen.extend(events)
+                assert _transcript(events) == f"turn {turn}: t{turn} {marker}"
+
+            await say()
+            fake = (await _fake_session(switching.fake_port("openai"), f"t1 {marker}", min_items=2))["id"]
+            await set_knobs(switching.fake_port("openai"), session=fake, first_audio_delay_ms=600)
+            slowed.append((switching.fake_port("openai"), fake))
+            await say()
+            await say()  # the 2nd slow turn: switched at its end
+            await say()  # on Gemini: the announcement came first
+            assert [(e.to, e.reason) for e in seen if e.type == "rs.switched"] == [("gemini", "latency")]
+            fake = (await _fake_session(switching.fake_port("gemini"), f"t4 {marker}", min_items=8))["id"]
+            await set_knobs(switching.fake_port("gemini"), session=fake, first_audio_delay_ms=600)
+            slowed.append((switching.fake_port("gemini"), fake))
+            for _ in range(4):
+                await say()  # slow on Gemini, and the only other provider is in its cool-down
+            await reset_knobs(switching.fake_port("gemini"), session=fake)
+            await say()  # would follow a switch decided at the last slow turn's end
+    finally:
+        for port, fake_id in slowed:
+            with contextlib.suppress(RuntimeError):
+                await reset_knobs(port, session=fake_id)
+    assert [(e.to, e.reason) for e in seen if e.type == "rs.switched"] == [("gemini", "latency")]
+    assert await _metric(switching, "rs_switches_total", reason="latency") == before + 1
+    latest = await _fake_session(switching.fake_port("gemini"), f"t9 {marker}", min_items=18)
+    assert len(_user_texts(latest)) == 9
+
+
+# -- what the conversation carries across ------------------------------------------------------------
+
+
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "weather in a city",
+                "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize("start", ["openai", "gemini"])
+async def test_a_tool_call_of_the_old_provider_is_answered_on_the_new_one(switching: SwitchStack, start: str) -> None:
+    marker, target = _marker(), OTHER[start]
+    async with _sdk(switching, start, f"tool-{marker}") as conn:
+        await conn.session.update(session={
+            "type": "realtime", "audio": {"input": {"turn_detection": None}}, "tools": [WEATHER_TOOL]})
+        await _sdk_until(conn, "session.updated")
+        events = await _say_events(conn, f"please get_weather {marker}")
+        calls = [e for e in events if e.type == "response.function_call_arguments.done"]
+        assert len(calls) == 1
+        call_id = calls[0].call_id
+        await conn.send({"type": "rs.switch", "provider": target, "when": "turn_end"})  # type: ignore[arg-type]
+        assert (await _sdk_until(conn, "rs.switched"))[-1].to == target
+        await conn.conversation.item.create(
+            item={"type": "function_call_output", "call_id": call_id, "output": f"sunny {marker}"})
+        await conn.response.create()
+        events = await _sdk_events(conn, "response.done")
+        assert [e for e in events if e.type == "error"] == []
+        assert _transcript(events) == f"turn 1: tool get_weather returned sunny {marker}"
+    moved = await _fake_session(switching.fake_port(target), f"sunny {marker}", min_items=3)
+    kinds = [(i["type"], i.get("call_id")) for i in moved["items"] if i["type"] != "message"]
+    pair = [k for k in kinds if k[1] is not None]
+    assert [k[0] for k in pair][:2] == ["function_call", "function_call_output"], moved["items"]
+    assert pair[0][1] == pair[1][1]  # the output answers the call it was given
+
+
+VAD = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 10}
+FRAME = 24_000 * 2 * 20 // 1000  # 20 ms of PCM16 at 24 kHz
+
+
+async def test_a_switch_while_the_client_speaks_loses_no_speech(switching: SwitchStack) -> None:
+    """Server VAD, a 1 s tone then silence streamed in real time in 20 ms frames; the switch is asked 300 ms
+    into the speech. The new provider hears the whole turn (padding + speech + the silence that ended it)."""
+    marker = _marker()
+    async with _sdk(switching, "openai", f"vad-{marker}") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": VAD}}})
+        await _sdk_until(conn, "session.updated")
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        pcm = tone(440, 1000, 24_000) + bytes(24_000 * 2 * 600 // 1000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n, i in enumerate(range(0, len(pcm), FRAME)):
+            if n == 15:
+                await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
+            await conn.input_audio_buffer.append(audio=b64(pcm[i:i + FRAME]))
+            await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
+        events = await _sdk_events(conn, "response.done")
+        assert [e for e in events if e.type == "error"] == []
+        assert [(e.to, e.reason) for e in events if e.type == "rs.switched"] == [("gemini", "manual")]
+        assert _transcript(events) == "turn 2: audio 1.3s"
+    moved = await _fake_session(switching.fake_port("gemini"), f"one {marker}", min_items=4)
+    assert _user_texts(moved) == [f"one {marker}", "audio 1.3s"]
+
+
+# -- the provider's own session limits: a recycle on the same provider --------------------------------
+
+
+async def _recycled_conversation(fs: SwitchStack, provider: str, marker: str, **knobs: Any) -> float:
+    """Turn 1, the provider ends the connection by its own limit (``knobs``, set before the session opens),
+    turn 2: nothing but the answers reaches the client, the same provider holds the whole conversation.
+    Returns turn 2's time to first audio (s)."""
+    port = fs.fake_port(provider)
+    await set_knobs(port, **knobs)
+    try:
+        async with _sdk(fs, provider, f"cap-{marker}") as conn:
+            await _manual_turns(conn)
+            seen = await _say_events(conn, f"one {marker}")
+            assert _transcript(seen) == f"turn 1: one {marker}"
+            async with asyncio.timeout(TIMEOUT_S):  # the provider ended it; the gateway opened the next
+                while len([s for s in await debug_sessions(port, include_closed=True)
+                           if any(marker in str(i.get("text")) for i in s["items"])]) < 2:
+                    await asyncio.sleep(0.05)
+            await reset_knobs(port)
+            await conn.conversation.item.create(
+                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
+            await conn.response.create()
+            asked = asyncio.get_running_loop().time()
+            events, heard = await _timed_response(conn)
+            seen += events
+    finally:
+        await reset_knobs(port)
+    assert [e.type for e in seen if e.type == "error" or e.type.startswith("rs.")] == []
+    assert _transcript(events) == f"turn 2: two {marker}"
+    latest = await _fake_session(port, f"two {marker}", min_items=4)
+    assert _user_texts(latest) == [f"one {marker}", f"two {marker}"]
+    assert heard is not None
+    return heard - asked
+
+
+async def test_gemini_go_away_recycles_on_gemini_without_a_client_visible_event(switching: SwitchStack) -> None:
+    first_audio = await _recycled_conversation(
+        switching, "gemini", _marker(), go_away_after_s=1.0, go_away_time_left_s=3.0)
+    print(f"goAway recycle: turn 2 first audio {first_audio * 1000:.0f} ms")
+    assert first_audio < 1.0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the OpenAI session cap is not a planned recycle: the provider's session_expired error reaches the "
+    "client as an error event and counts as an upstream failure (the close 1001 is reconnected like a loss)"))
+async def test_openai_session_cap_recycles_on_openai_without_a_client_visible_event(switching: SwitchStack) -> None:
+    first_audio = await _recycled_conversation(switching, "openai", _marker(), session_cap_s=1.5)
+    print(f"session cap recycle: turn 2 first audio {first_audio * 1000:.0f} ms")
+    assert first_audio < 1.0
+
+
+# -- requests made while the session moves -------------------------------------------------------------
+
+
+async def _reask_after_a_switch_cut(switching: SwitchStack, turn: str, *, slow_target_ms: float = 0.0) -> None:
+    """A switch made now while a response streams cuts it (failed); the client asks again at once, while
+    the session is still moving: the new provider answers. The turn is a text item, or spoken (manual
+    commit, input transcription on). ``slow_target_ms``: the new provider's fake delays every event."""
+    marker = _marker()
+    port = switching.fake_port("openai")
+    async with _sdk(switching, "openai", f"reask-{marker}") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _sdk_until(conn, "session.updated")
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
+        await set_knobs(port, session=fake, response_ms=20_000, pace=1.0)  # a long answer, in real time
+        if turn == "text":
+            said = f"two {marker}"
+            await conn.conversation.item.create(
+                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": said}]})
+        else:
+            said = "audio 0.8s"
+            await conn.input_audio_buffer.append(audio=b64(tone(440, 800, 24_000)))
+            await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        await _sdk_until(conn, "response.output_audio.delta")
+        gemini = switching.fake_port("gemini")
+        if slow_target_ms:
+            await set_knobs(gemini, latency_ms=slow_target_ms)
+        try:
+            await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
+            cut = await _sdk_events(conn, "response.done")
+            assert cut[-1].response.status == "failed"
+            await conn.response.create()  # at once: the switch may not be done yet
+            events: list[Any] = []
+            with contextlib.suppress(TimeoutError):
+                events += await _sdk_events(conn, "response.done")
+            assert events, f"nothing within {TIMEOUT_S} s of the re-ask; before it: {[e.type for e in cut]}"
+        finally:
+            if slow_target_ms:
+                await reset_knobs(gemini)
+        assert [e for e in events if e.type == "error"] == []
+        assert [e.to for e in cut + events if e.type == "rs.switched"] == ["gemini"]  # type: ignore[attr-defined]
+        assert events[-1].response.status == "completed"
+        assert _transcript(events) == f"turn 2: {said}"
+
+
+async def test_a_response_asked_again_right_after_a_switch_cut_it_is_answered(switching: SwitchStack) -> None:
+    await _reask_after_a_switch_cut(switching, "text")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("slow_target_ms", [0, 400])
+@pytest.mark.parametrize("turn", ["text", "spoken"])
+async def test_a_response_asked_again_after_a_switch_cut_it_is_answered_spoken_or_slow(
+    switching: SwitchStack, turn: str, slow_target_ms: float
+) -> None:
+    """The same after a spoken turn, and with the new provider's fake delaying every event by 400 ms.
+    Intermittent today for the spoken turn (it failed 4 times in about 12 runs on a loaded machine, then
+    passed 12 times in a row), so it is not in the default suite: when it fails nothing more reaches the
+    client after the cut (neither rs.switched nor an answer) although the edge logs the switch as done.
+    The chaos run with switches (tests/e2e/test_chaos.py) loses re-asks the same way."""
+    await _reask_after_a_switch_cut(switching, turn, slow_target_ms=slow_target_ms)
+
+
+async def test_switches_asked_just_before_each_turn_leave_no_request_unanswered(switching: SwitchStack) -> None:
+    """The client asks for a switch at the turn end and starts its next turn at once (a spoken turn, manual
+    commit), six times, alternating providers: every turn is answered (a response the cutover cut is asked
+    again), and the conversation keeps its count."""
+    marker = _marker()
+    provider = "openai"
+    async with _sdk(switching, provider, f"race-{marker}") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _sdk_until(conn, "session.updated")
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        for turn in range(2, 8):
+            provider = OTHER[provider]
+            await conn.send({"type": "rs.switch", "provider": provider, "when": "turn_end"})  # type: ignore[arg-type]
+            await conn.input_audio_buffer.append(audio=b64(tone(440, 500 + 100 * (turn % 4), 24_000)))
+            await conn.input_audio_buffer.commit()
+            await conn.response.create()
+            events = await _sdk_events(conn, "response.done")
+            for _reask in range(2):
+                if events[-1].response.status == "completed":
+                    break
+                await conn.response.create()
+                events = await _sdk_events(conn, "response.done")
+            assert [e for e in events if e.type == "error"] == []
+            assert _transcript(events) == f"turn {turn}: audio {(500 + 100 * (turn % 4)) / 1000:.1f}s"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a spoken turn without input transcription is not carried to the new provider: the log holds it as an "
+    "audio item without text and the history restored on the switch has nothing to say for it, so the new "
+    "provider's context lacks the turn (its count drops by one)"))
+async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(switching: SwitchStack) -> None:
+    marker = _marker()
+    async with _sdk(switching, "openai", f"spoken-{marker}") as conn:
+        await _manual_turns(conn)  # no input transcription
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        await conn.input_audio_buffer.append(audio=b64(tone(440, 700, 24_000)))
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        assert _transcript(await _sdk_events(conn, "response.done")) == "turn 2: audio 0.7s"
+        await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
+        await _sdk_until(conn, "rs.switched")
+        assert await _sdk_say(conn, f"three {marker}") == f"turn 3: three {marker}"
+
+
+async def test_a_failure_switch_right_after_a_spoken_turn_hears_it_once(switching: SwitchStack) -> None:
+    """Server VAD with transcription: the provider commits a spoken turn, its answer drops at the first audio
+    and the provider then refuses (2 failures: switched now). The new provider holds the spoken turn once."""
+    marker = _marker()
+    port = switching.fake_port("openai")
+    async with _sdk(switching, "openai", f"vadfail-{marker}") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": VAD, "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await _sdk_until(conn, "session.updated")
+        assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
+        fake = (await _fake_session(port, f"one {marker}", min_items=2))["id"]
+        await set_knobs(port, session=fake, close_on="response")
+        await set_knobs(port, refuse=503, refuse_count=1)
+        seen: list[Any] = []
+        try:
+            pcm = tone(440, 1000, 24_000) + bytes(24_000 * 2 * 600 // 1000)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for n, i in enumerate(range(0, len(pcm), FRAME)):
+                await conn.input_audio_buffer.append(audio=b64(pcm[i:i + FRAME]))
+                await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
+            last = await _sdk_events(conn, "response.done")
+            seen += last
+            for _reask in range(2):
+                if last[-1].response.status == "completed":
+                    break
+                await conn.response.create()
+                last = await _sdk_events(conn, "response.done")
+                seen += last
+        finally:
+            await reset_knobs(port)
+        assert [(e.to, e.reason) for e in seen if e.type == "rs.switched"] == [("gemini", "failure")]
+        assert last[-1].response.status == "completed"
+        assert _transcript(last) == "turn 2: audio 1.3s"
+        events = await _say_events(conn, f"three {marker}")
+        seen += events
+        assert _transcript(events) == f"turn 3: three {marker}"
+    assert [e.type for e in seen].count("input_audio_buffer.committed") == 1
+    moved = await _fake_session(switching.fake_port("gemini"), f"three {marker}", min_items=6)
+    assert _user_texts(moved) == [f"one {marker}", "audio 1.3s", f"three {marker}"]
