@@ -250,7 +250,7 @@ async def test_openai_max_session_age_recycles_at_the_next_turn_boundary_unseen(
         first = (await _sessions_with(port, f"one {marker}", count=1, min_items=2))[0]
         try:
             # A turn that runs across the maximum age: the recycle waits for its end.
-            await set_knobs(port, session=first["id"], response_ms=int(MAX_AGE_S * 1000), pace=1.0)
+            await set_knobs(port, session=first["id"], response_ms=int((MAX_AGE_S + 1.5) * 1000), pace=1.0)
             text, more = await _say(conn, f"two {marker}")
         finally:
             with contextlib.suppress(RuntimeError):
