@@ -89,6 +89,7 @@ class Bug:
 
     reason: str
     explains: tuple[str, ...]
+    intermittent: bool = False  # seen in some runs only: kept out of the default suite (slow), not strict
 
 
 class UnexplainedFailure(Exception):
@@ -98,13 +99,15 @@ class UnexplainedFailure(Exception):
 
 # Gateway bugs, as the frameworks see them (each reason quotes the framework's own complaint).
 METADATA = Bug(
-    "on Gemini, the reply after the tool output does not carry LiveKit's response.metadata (cause not found "
-    "yet: Gemini answers a toolResponse by itself): LiveKit's generate_reply() never resolves",
+    "on Gemini, intermittently, the reply after the tool output does not carry LiveKit's response.metadata: "
+    "Gemini answers a toolResponse by itself, and when that reply reaches the transformer before the client's "
+    "response.create (another subscription) it is announced without the metadata: generate_reply() never resolves",
     (
         r"^raised: AssertionError: generate_reply\(\) still pending",
         r"^error event: .*param='response\.metadata'",
         r"^ERROR log: .*param='response\.metadata'",
     ),
+    intermittent=True,
 )
 
 
@@ -119,7 +122,10 @@ def _cases() -> Iterator[Any]:
             for scenario in SCENARIOS:
                 bugs = KNOWN.get((framework, provider, scenario), ())
                 reason = " | ".join(b.reason for b in bugs)
-                marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)] if bugs else []
+                flaky = any(b.intermittent for b in bugs)
+                marks = [pytest.mark.xfail(strict=not flaky, raises=AssertionError, reason=reason)] if bugs else []
+                if flaky:
+                    marks.append(pytest.mark.slow)
                 yield pytest.param(framework, provider, scenario, id=f"{framework}-{provider}-{scenario}", marks=marks)
 
 
