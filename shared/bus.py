@@ -188,6 +188,9 @@ class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
     switch_from: str = ""
     switch_reason: str = ""
     switch_started_ms: int = 0
+    # A replacement (``resume``, not a switch): when the edge found the old member dead (wall clock, ms).
+    # The new worker tells clients that asked for notices how long the session was without one.
+    resume_started_ms: int = 0
 
 
 class AssignReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -653,7 +653,8 @@ class Edge:
                 meta=meta, epoch=epoch, peer_epoch=peer_epoch, resume=True, reply_to_edge=self.instance,
                 delivered_down=live.delivered_down,
                 switch_from=switch.previous if switch else "", switch_reason=switch.reason if switch else "",
-                switch_started_ms=switch.started_ms if switch else 0))
+                switch_started_ms=switch.started_ms if switch else 0,
+                resume_started_ms=0 if switch else int(time.time() * 1000 - (time.perf_counter() - started) * 1000)))
             reply = await self._assign_within_budget(live, role, subject, request)
             if reply is None:
                 return False

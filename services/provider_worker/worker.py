@@ -179,6 +179,7 @@ class _Session:
         self.turns = TurnTimer()
         self.switch: bus.AssignRequest | None = None  # a switch to announce once the first upstream is ready
         self.reconfigure_at_turn_end = False  # a config the provider takes only on a new connection, mid-answer
+        self.resumed_at_ms = 0  # a replacement: when the edge found the old worker dead (the notice's duration)
         self.switch_order: bus.Control | None = None  # a switch waiting for the turn end (``_cutover``)
         # What the session ran on before a switch still being connected: taken back if the new one fails.
         self.switch_revert: tuple[Provider, SessionMeta, str] | None = None
@@ -256,6 +257,7 @@ class ProviderWorker:
         session = _Session(req.meta, req.epoch, req.peer_epoch or req.epoch, provider, self.config.stall_ms / 1000)
         session.replaying = req.resume
         session.switch = req if req.switch_from else None
+        session.resumed_at_ms = req.resume_started_ms if req.resume and not req.switch_from else 0
         self.sessions[sid] = session
         SESSIONS.labels("worker").set(len(self.sessions))
         session.subs = [
@@ -1079,7 +1081,15 @@ class ProviderWorker:
         return handed.ws, handed.codec
 
     async def _announce(self, session: _Session) -> None:
-        """A (break-before-make) switch: the new upstream has the history; Switched is the first event."""
+        """A (break-before-make) switch: the new upstream has the history; Switched is the first event. A
+        replacement of a dead worker: a notice with how long the session was without one (clients that asked
+        for notices see it; the web client's timeline shows it)."""
+        if session.resumed_at_ms:
+            gap_ms = max(0, int(time.time() * 1000) - session.resumed_at_ms)
+            session.resumed_at_ms = 0
+            await self._publish(session, [ev.Notice(
+                code="reattached", param=f"epoch {session.epoch}",
+                message=f"worker replaced (the previous one died); resumed in {gap_ms} ms")])
         if session.switch is None:
             return
         req, session.switch = session.switch, None

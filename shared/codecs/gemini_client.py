@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 JSON = Any
 IdFactory = Callable[[str], str]  # prefix ("item") -> new id
 
+# Notices about the gateway's own mechanics, not the client's request: never told in-band.
+_SILENT_NOTICES = frozenset({"reconnect_required", "history_item_skipped"})
 OUTPUT_RATE = 24_000  # Gemini Live speaks 24 kHz PCM16 (the Gemini Live API reference)
 OUTPUT_MIME = "audio/pcm;rate=24000"
 INPUT_DEFAULT_RATE = 16_000  # a mime type without rate= (e.g. the seed's media_chunks) means 16 kHz
@@ -476,6 +478,7 @@ class GeminiClientCodec:
         self._setup: _Setup | None = None  # None until the client's setup arrived
         self._ready_sent = False
         self._resumed = False  # rebuilt by resume(): the client's setup may or may not be replayed
+        self._noticed: set[tuple[str, str | None]] = set()  # notices told in-band (opted-in clients), once each
         self._out_conv = audio.RateConverter(OUTPUT_RATE)
         self._turns: dict[str, _Turn] = {}
         self._in_sent: dict[str, str] = {}  # user item id -> input transcript text sent so far
@@ -759,6 +762,15 @@ class GeminiClientCodec:
     def _nothing(self, event: ev.Event) -> Out:
         return Out()
 
+    def _out_notice(self, e: ev.Notice) -> Out:
+        """Only to clients that opted in (``LiveServerMessage`` forbids unknown fields), once per code and
+        param; the transformer counts and logs every notice."""
+        key = (e.code, e.param)
+        if not self.meta.notices or e.code in _SILENT_NOTICES or key in self._noticed:
+            return Out()
+        self._noticed.add(key)
+        return Out(wire=[_wire({"rsNotice": {"code": e.code, "param": e.param, "message": e.message}})])
+
     def _turn(self, response_id: str) -> _Turn:
         turn = self._turns.get(response_id)
         if turn is None:
@@ -945,7 +957,7 @@ GeminiClientCodec._OUTBOUND = {
     ev.Interrupted: GeminiClientCodec._out_interrupted,
     ev.RateLimits: GeminiClientCodec._nothing,  # no Gemini message carries rate limits
     ev.ProviderError: GeminiClientCodec._out_provider_error,
-    ev.Notice: GeminiClientCodec._nothing,  # counted and logged by the transformer (module docstring)
+    ev.Notice: GeminiClientCodec._out_notice,  # rsNotice to opted-in clients; counted by the transformer
     ev.GoAway: GeminiClientCodec._out_go_away,
     ev.Switched: GeminiClientCodec._out_switched,  # rsSwitched for opted-in clients, else nothing
 }

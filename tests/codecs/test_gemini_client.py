@@ -700,3 +700,23 @@ def test_a_seed_client_that_opted_in_gets_rs_switched_not_the_seed_event() -> No
     codec.feed(SETUP_PLAIN)
     codec.encode(ev.SessionReady(provider="gemini"))
     assert [set(json.loads(f)) for f in codec.encode(SWITCHED).wire] == [{"rsSwitched"}]
+
+
+def test_notices_reach_only_clients_that_opted_in_once_each() -> None:
+    notice = ev.Notice(code="reattached", param="epoch 3", message="worker replaced; resumed in 300 ms")
+    plain = GeminiClientCodec(
+        SessionMeta(sid="s", account="a", client_session_id="c", dialect="gemini", provider="gemini"),
+        id_factory=SeqIds())
+    for codec in (plain,):
+        codec.feed(SETUP_PLAIN)
+        codec.encode(ev.SessionReady(provider="gemini"))
+    assert plain.encode(notice).wire == []
+    opted = GeminiClientCodec(
+        SessionMeta(sid="s", account="a", client_session_id="c", dialect="gemini", provider="gemini", notices=True),
+        id_factory=SeqIds())
+    opted.feed(SETUP_PLAIN)
+    opted.encode(ev.SessionReady(provider="gemini"))
+    assert [json.loads(f) for f in opted.encode(notice).wire] == [{"rsNotice": {
+        "code": "reattached", "param": "epoch 3", "message": "worker replaced; resumed in 300 ms"}}]
+    assert opted.encode(notice).wire == []
+    assert opted.encode(ev.Notice(code="reconnect_required", message="x")).wire == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -673,3 +674,25 @@ async def test_an_upstream_lost_right_after_every_setup_is_redialled_at_a_bounde
             assert _transcript(events).endswith(f"two {marker}")
     finally:
         await reset_knobs(fake_port)
+
+
+async def test_a_client_that_asked_for_notices_hears_of_a_worker_replacement(
+    failover: FailoverStack, store: Store
+) -> None:
+    """The web client's timeline shows reattaches: a client with rs_notices=1 gets an rs.notice naming the
+    replacement and how long the session was without a worker (others get nothing)."""
+    marker, client_sid, sid = _ids("note")
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{failover.edge_port}/v1")
+    query = {"rs_core": "openai", "rs_u_sessid": client_sid, "rs_notices": "1"}
+    async with client.realtime.connect(model="gpt-realtime", extra_query=query) as conn:
+        await _first_manual_turn(conn, failover.stack.fake_ports["openai"], marker)
+        before = await _route_epoch(store, sid)
+        await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
+        await _route_moves(store, sid, "worker", before)
+        notice = (await _next(conn, "rs.notice"))[-1]
+        assert notice.code == "reattached", notice  # type: ignore[attr-defined]
+        ms = int(re.search(r"resumed in (\d+) ms", notice.message).group(1))  # type: ignore[attr-defined,union-attr]
+        assert 0 < ms < 10_000
+        await _say(conn, f"after {marker}")
+        events = await _next(conn, "response.done")
+        assert _transcript(events) == f"turn 2: after {marker}"
