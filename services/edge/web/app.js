@@ -33,8 +33,8 @@ let S = null; // the live session, or null
 // ---------------------------------------------------------------------------------------------------------------
 // Auth. Browsers cannot put headers on a WebSocket, so the seed URL carries rs_auth = hex HMAC-SHA256(secret,
 // session id). Dev mode signs here with WebCrypto (the secret is in the page); a signed-token mode takes an rs_auth
-// (and rs_exp) minted elsewhere so the secret never reaches the browser. A token endpoint on the edge plugs in as
-// another entry of AUTH returning the same {rs_auth, rs_exp}.
+// (and rs_exp) minted elsewhere (POST /v1/realtime/client_secrets by the application's backend) so the secret never
+// reaches the browser.
 
 async function hmacHex(secret, message) {
   if (!window.crypto || !crypto.subtle) throw new Error("WebCrypto needs a secure context (https or localhost)");
@@ -46,11 +46,33 @@ async function hmacHex(secret, message) {
   return Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// Dev mode asks the edge's token endpoint for a short-lived client token bound to the session (the URL then
+// carries the token, never a signature made with the secret); an edge without the endpoint gets the HMAC.
+async function devToken(session) {
+  const account = $("account").value.trim();
+  try {
+    const reply = await fetch("/v1/realtime/client_secrets", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${account}:${$("secret").value}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ expires_after: { anchor: "created_at", seconds: 600 }, rs_u_sessid: session }),
+    });
+    if (reply.ok) {
+      const token = (await reply.json()).value;
+      if (typeof token === "string" && token.startsWith("ek_")) return { rs_auth: token };
+    }
+  } catch (err) {
+    log("local", "token", `token endpoint unavailable (${err}); signing in the page`);
+  }
+  return { rs_auth: await hmacHex($("secret").value, session) };
+}
+
 const AUTH = {
-  dev: async (session) => ({ rs_auth: await hmacHex($("secret").value, session) }),
+  dev: devToken,
   token: async () => {
     const rs_auth = $("token").value.trim();
-    if (!/^[0-9a-f]{64}$/i.test(rs_auth)) throw new Error("rs_auth must be 64 hex characters");
+    if (!/^([0-9a-f]{64}|ek_[A-Za-z0-9_.-]+)$/i.test(rs_auth)) {
+      throw new Error("rs_auth must be a client token (ek_...) or 64 hex characters");
+    }
     const exp = $("tokenExp").value.trim();
     return exp ? { rs_auth, rs_exp: exp } : { rs_auth };
   },
@@ -251,7 +273,7 @@ async function start() {
   ws.onopen = () => {
     if (S !== mine) return;
     timeline("session", `connected: ${$("dialect").selectedOptions[0].text} on ${provider}`);
-    log("local", "open", url.replace(/rs_auth=[0-9a-f]+/i, "rs_auth=…"));
+    log("local", "open", url.replace(/rs_auth=[^&]+/i, "rs_auth=…"));
     dialect.open();
   };
   ws.onmessage = (e) => {
