@@ -637,7 +637,7 @@ async def test_a_stalled_response_is_ended_and_the_session_goes_on(
     kinds = [s.kind for s in signals]
     assert kinds.count("busy") >= 3 and kinds.count("idle") >= 3, kinds
     turns = [s for s in signals if s.kind == "turn"]
-    assert len(turns) >= 2 and all(0 < s.value_ms < 5_000 for s in turns), turns
+    assert len(turns) >= 2 and all(0 <= s.value_ms < 5_000 for s in turns), turns  # a fake can answer within 1 ms
     said = [str(i["text"]) for s in await debug_sessions(fake_port, include_closed=True)
             if any(f"three {marker}" in str(i.get("text")) for i in s["items"]) for i in s["items"]
             if i["role"] == "user"]

@@ -383,10 +383,10 @@ async def _run_rounds(
             print(f"\n[ha] redis: {name} (:{old}) killed, Sentinel promoted :{new} after "
                   f"{time.monotonic() - at:.2f} s")
             await _eventually(_turns_since(talkers, at), "turns on the promoted primary", 60)
-            # The checkpoint writes every turn: its commands to the dead primary failed and were retried.
+            # Commands that hit the dead primary were retried (how many depends on timing: none when no command
+            # was in flight; printed, not asserted — the turns above and the exact log below are the contract).
             retried = await _reconnects(ha, "rs_redis_reconnects_total") - redis_before
             print(f"[ha] redis: {retried:.0f} commands retried across the failover")
-            assert retried > 0
             await asyncio.to_thread(ha.restart_redis, name, new)
 
             async def in_sync() -> bool:
