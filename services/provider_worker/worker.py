@@ -946,7 +946,11 @@ class ProviderWorker:
                         await self._signal(session, "failure", reason=failure)
                 await self._apply(session, out)
                 if session.state is Upstream.HANDOVER:
-                    return  # the turn end a make-before-break waited for: the prepared one takes over
+                    # The turn end a make-before-break waited for: the prepared one takes over. A frame read
+                    # as the cutover came may have opened a response after ``_hand_over`` closed the open one:
+                    # the old upstream answers nothing more, so it is cut too (never left hanging).
+                    await self._end_cut_response(session)
+                    return
         finally:
             if aging is not None:
                 aging.cancel()  # a recycle by age is this connection's
