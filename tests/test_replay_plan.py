@@ -117,6 +117,20 @@ def test_a_re_ask_after_a_cut_answer_is_owed() -> None:
     assert owed is up[2][1].events[0]
 
 
+def test_a_re_ask_after_an_answer_cut_at_a_cutover_is_owed_when_the_commit_came_down_after_the_ask() -> None:
+    """Manual turn: commit, create; the provider's commit reaches the stream after the create, its answer
+    is cut (``failed``) by a switch's cutover, and the client asks again: the re-ask is the only create
+    since that commit, but a cut answer absorbs nothing, so it is owed."""
+    re_ask = ev.ResponseCreate()
+    up = [(10, _env(5, AUDIO)), (11, _env(6, ev.InputAudioCommit())), (12, _env(7, CREATE)), (17, _env(8, re_ask))]
+    down = [(13, _env(1, ev.InputCommitted(item_id="u2"))), (14, _env(2, ev.ResponseStarted(response_id="r1"))),
+            (15, _env(3, ev.ResponseDone(response_id="r1", status="failed", reason="provider_disconnected")))]
+    assert owed_create(up, down) is re_ask
+    # The same order with an answer that completed: the create was absorbed (not owed).
+    done = [*down[:2], (15, _env(3, ev.ResponseDone(response_id="r1")))]
+    assert owed_create(up, done) is None
+
+
 def test_a_provider_commit_counts_as_the_users_last_input() -> None:
     """A VAD turn: the commit comes down, not up. A response to an older input ended before it, so the
     create after the commit is not absorbed by that answer."""

@@ -12,6 +12,7 @@ from services.provider_worker.switchplan import (
     SwitchPlan,
     age_left_s,
     delta_items,
+    given_ids,
 )
 from shared import events as ev
 
@@ -104,6 +105,16 @@ def test_the_delta_is_what_the_prepared_upstream_was_not_given_in_history_order(
     assert [i.id for i in delta_items(frozenset({"a", "b"}), items)] == ["c", "d"]
     assert delta_items({"a", "b", "c", "d"}, items) == []
     assert [i.id for i in delta_items((), items)] == ["a", "b", "c", "d"]
+
+
+def test_a_spoken_turn_not_transcribed_when_prepared_is_not_given_and_the_delta_sends_it() -> None:
+    """The prepared upstream's setup skipped the spoken turn (no transcript yet); by the cutover the
+    transcript is in the log: the delta holds it (else the new provider's context lacks the turn)."""
+    spoken = ev.Message(id="u2", role="user", content=[ev.AudioContent()])
+    given = given_ids([_msg("a", "one"), spoken, ev.FunctionCall(id="f", call_id="c", name="n", arguments="{}")])
+    assert given == frozenset({"a", "f"})
+    heard = ev.Message(id="u2", role="user", content=[ev.AudioContent(transcript="audio 0.7s")])
+    assert delta_items(given, [_msg("a", "one"), heard]) == [heard]
 
 
 def test_the_age_left_of_a_connection() -> None:

@@ -102,7 +102,8 @@ def owed_create(up: Positioned, down: Positioned) -> ev.ResponseCreate | None:
     since the user's last input, sent after a response to that input had already ended (a provider that
     answers by itself, like Gemini at the end of a manual turn, may start and even finish its answer before
     the client's create reaches the stream; the codec swallows that create). A response cut by a worker's
-    death never ends in the stream."""
+    death never ends in the stream; one ended ``failed`` (cut by a switch or a lost upstream) answered
+    nothing, so a create after it is the client's re-ask, owed."""
     creates = [(pos, e) for pos, env in up for e in env.events if isinstance(e, ev.ResponseCreate)]
     if not creates:
         return None
@@ -113,8 +114,8 @@ def owed_create(up: Positioned, down: Positioned) -> ev.ResponseCreate | None:
     inputs = [pos for pos, env in up if any(isinstance(e, USER_INPUT) for e in env.events)]
     inputs += [pos for pos, env in down if any(isinstance(e, ev.InputCommitted) for e in env.events)]
     last_input = max((pos for pos in inputs if pos < position), default=0)
-    ended = any(last_input < pos < position and any(isinstance(e, ev.ResponseDone) for e in env.events)
-                for pos, env in down)
+    ended = any(last_input < pos < position and any(
+        isinstance(e, ev.ResponseDone) and e.status != "failed" for e in env.events) for pos, env in down)
     alone = sum(1 for pos, _ in creates if last_input < pos <= position) == 1
     return None if ended and alone else create
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from shared import events as ev
 
-__all__ = ["TRANSITIONS", "Action", "Phase", "Signal", "SwitchPlan", "age_left_s", "delta_items"]
+__all__ = ["TRANSITIONS", "Action", "Phase", "Signal", "SwitchPlan", "age_left_s", "delta_items", "given_ids"]
 
 
 class Phase(enum.Enum):
@@ -98,6 +98,13 @@ class SwitchPlan:
         """What the client heard: from the turn end (else the cutover) to ``now_ms``, the new one ready."""
         start = self.turn_end_ms if self.turn_end_ms is not None else self.cutover_ms
         return max(0, now_ms - start) if start is not None else 0
+
+
+def given_ids(history: Iterable[ev.Item]) -> frozenset[str]:
+    """The ids of the history items a connection's setup really gave the provider. A message with
+    nothing to say (a spoken turn not transcribed yet) is skipped by every codec's restore: not given, so
+    the cutover's delta sends it once its transcript is in the log."""
+    return frozenset(item.id for item in history if not (isinstance(item, ev.Message) and not item.text()))
 
 
 def delta_items(prepared: Iterable[str], items: list[ev.Item]) -> list[ev.Item]:

@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from services.provider_worker import replay
-from services.provider_worker.switchplan import Action, Phase, SwitchPlan, age_left_s, delta_items
+from services.provider_worker.switchplan import Action, Phase, SwitchPlan, age_left_s, delta_items, given_ids
 from services.provider_worker.switchplan import Signal as PlanSignal
 from services.provider_worker.upstream import (
     Backoff,
@@ -128,7 +128,7 @@ class _Prepared:
     meta: SessionMeta
     model: str
     config: ev.SessionConfig
-    items: frozenset[str]  # ids of the history it was given
+    items: frozenset[str]  # ids of the history it was given (``given_ids``: not the ones with nothing to say)
     codec: ProviderCodec
     ws: ClientConnection
     opened_at: float
@@ -358,7 +358,7 @@ class ProviderWorker:
                 ping_interval=20, ping_timeout=20, close_timeout=CLOSE_TIMEOUT_S)
             connect_ms = round((loop.time() - dialled) * 1000, 1)
             prepared = _Prepared(provider=provider, meta=meta, model=model, config=config,
-                                 items=frozenset(item.id for item in snapshot.items), codec=codec, ws=ws,
+                                 items=given_ids(snapshot.items), codec=codec, ws=ws,
                                  opened_at=loop.time())
             setup = codec.connect(config, snapshot.items)
             for frame in setup.wire:
@@ -948,7 +948,11 @@ class ProviderWorker:
                         await self._signal(session, "failure", reason=failure)
                 await self._apply(session, out)
                 if session.state is Upstream.HANDOVER:
-                    return  # the turn end a make-before-break waited for: the prepared one takes over
+                    # The turn end a make-before-break waited for: the prepared one takes over. A frame read
+                    # as the cutover came may have opened a response after ``_hand_over`` closed the open one:
+                    # the old upstream answers nothing more, so it is cut too (never left hanging).
+                    await self._end_cut_response(session)
+                    return
         finally:
             if aging is not None:
                 aging.cancel()  # a recycle by age is this connection's
@@ -1068,6 +1072,7 @@ class ProviderWorker:
             log.info("cut over", extra={"sid": session.meta.sid, "from": previous, "to": session.meta.provider,
                                         "recycle": plan.recycle, "gap_ms": gap_ms, "added_items": len(delta),
                                         "pending": len(session.pending),
+                                        "replayed": [type(e).__name__ for e in itertools.islice(session.pending, 8)],
                                         "checkpoint_ms": round((folded - began) * 1000, 1),
                                         "read_ms": round((read - folded) * 1000, 1)})
             for out in handed.outs:
