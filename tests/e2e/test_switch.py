@@ -542,8 +542,11 @@ async def test_alternating_slowness_switches_once_and_never_back_inside_the_cool
             await set_knobs(switching.fake_port("openai"), session=fake, first_audio_delay_ms=600)
             slowed.append((switching.fake_port("openai"), fake))
             await say()
-            await say()  # the 2nd slow turn: switched at its end
-            await say()  # on Gemini: the announcement came first
+            await say()  # the 2nd slow turn: switched at its end (the new upstream is prepared, then cut over)
+            # The client waits for the announcement before its next turn: a turn sent while the new upstream is
+            # still being prepared is answered by the old one (make-before-break cuts over at the next idle moment).
+            seen.extend(await _sdk_until(conn, "rs.switched"))
+            await say()  # on Gemini
             assert [(e.to, e.reason) for e in seen if e.type == "rs.switched"] == [("gemini", "latency")]
             fake = (await _fake_session(switching.fake_port("gemini"), f"t4 {marker}", min_items=8))["id"]
             await set_knobs(switching.fake_port("gemini"), session=fake, first_audio_delay_ms=600)
