@@ -194,3 +194,17 @@ async def test_an_accounts_own_fallback_order_is_the_sessions(bus_url: str) -> N
     assert targets == {"a1": "azure", "b1": "gemini"}
     await coord.stop()
     await nc.close()
+
+
+async def test_without_automatic_switching_the_breaker_moves_no_new_session(bus_url: str) -> None:
+    nc = await nats.connect(bus_url)
+    manual_only = load_config({"RS_AUTO_SWITCH": "false", "RS_BREAKER_SESSIONS": "3"}, dotenv=None)
+    coord = SwitchCoordinator(nc, manual_only, ["openai", "gemini"], Recorder(nc))
+    await coord.start()
+    for sid in ("m1", "m2", "m3"):
+        await coord.attach(sid, "openai", worker_epoch=1)
+        await signal(nc, sid, "stall", epoch=1, provider="openai", value_ms=2000)
+    await until(lambda: coord.breaker.state("openai", coord.clock()) == "open")  # the fleet still knows
+    assert coord.provider_for_new_session("openai") == "openai"
+    await coord.stop()
+    await nc.close()

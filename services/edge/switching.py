@@ -122,8 +122,8 @@ class SwitchCoordinator:
         """``wanted``, unless the fleet breaker keeps sessions away from it: then its first available
         fallback (a new session has no history to lose, so it goes where things work)."""
         now = self.clock()
-        if self.breaker.available(wanted, now):
-            return wanted
+        if not self.settings.automatic or self.breaker.available(wanted, now):
+            return wanted  # RS_AUTO_SWITCH=false: sessions stay on the provider they asked for, breaker or not
         for name in self.settings.fallback.get(wanted, ()):
             if name in self.installed and self.breaker.available(name, now):
                 log.info("breaker open: new session moved", extra={"from": wanted, "to": name})
