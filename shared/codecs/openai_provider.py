@@ -224,9 +224,14 @@ class OpenAIProviderCodec:
     def connect(self, config: ev.SessionConfig, history: list[ev.Item]) -> Out:
         """``session.update`` from the whole config, then one ``conversation.item.create`` per item."""
         self._connected = True
-        out = self._session_update(config)
+        return self._session_update(config).extend(self.history_frames(history))
+
+    def history_frames(self, items: list[ev.Item]) -> Out:
+        """One ``conversation.item.create`` per item, appended; items with nothing to replay are counted in
+        one ``history_item_skipped`` notice."""
+        out = Out()
         skipped = 0
-        for item in history:
+        for item in items:
             frame = self._item_create(item, None)
             if frame is None:
                 skipped += 1

@@ -25,18 +25,7 @@ class OpenAICodec(TakesConfigLive, OpenAIProviderCodec):
 
     def append_history(self, items: list[ev.Item]) -> Out:
         """One ``conversation.item.create`` per item, appended (the ``AppendsHistory`` protocol)."""
-        out = Out()
-        skipped = 0
-        for item in items:
-            frame = self._item_create(item, None)
-            if frame is None:
-                skipped += 1
-            else:
-                out.wire.append(frame)
-        if skipped:
-            out.events.append(ev.Notice(
-                code="history_item_skipped", message=f"{skipped} history item(s) had no text or transcript to replay"))
-        return out
+        return self.history_frames(items)
 
 
 class OpenAIProvider:
