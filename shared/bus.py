@@ -165,7 +165,9 @@ class Subjects:
         if len(parts) != 4 or parts[:2] != ["rs", "hb"] or not parts[2] or not parts[3]:
             return None
         return parts[2], parts[3]
-    STREAM_SUBJECTS = ["rs.s.*.cin", "rs.s.*.up.*", "rs.s.*.down.*"]
+    # ``cout`` is kept for clients that reconnect with ``rs_resume`` (the frames they missed are read back
+    # from it; cost measured in docs/entry-points.md, "Resume with missed events").
+    STREAM_SUBJECTS = ["rs.s.*.cin", "rs.s.*.up.*", "rs.s.*.down.*", "rs.s.*.cout"]
     CHECKPOINT_SUBJECTS = ["rs.s.*.up.log", "rs.s.*.down.log"]
 
 
@@ -191,6 +193,9 @@ class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):
     # A replacement (``resume``, not a switch): when the edge found the old member dead (wall clock, ms).
     # The new worker tells clients that asked for notices how long the session was without one.
     resume_started_ms: int = 0
+    # Transformer: the client event seq to number above at least (a resuming client's ``rs_resume``, for
+    # when the stream no longer holds the session's last ``cout``).
+    seq_floor: int = 0
 
 
 class AssignReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -217,6 +222,9 @@ class ClientOut(msgspec.Struct, frozen=True, array_like=True):
     close_reason: str = ""
     down: tuple[int, int] = (0, 0)  # the down envelope (epoch, seq) these frames came from; (0, 0): none
     sent: float = msgspec.field(default_factory=time.time)  # per-hop latency (see events.Envelope.sent)
+    # The session-wide event seq of ``frames[0]`` (the next frames follow it: first+1, ...): what a client
+    # resumes from (``rs_resume``). 0: the frames are not numbered (the gateway's own Gemini messages).
+    first: int = 0
 
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
@@ -291,6 +299,9 @@ class Takeover(msgspec.Struct, frozen=True, kw_only=True):
     sid: str
     epoch: int  # the new connection's epoch: connections below it are the ones taken over
     by: str = ""  # the edge instance now holding the session
+    # The new connection resumed with the session's running transformer and worker (``rs_resume``): the
+    # holder must not close them when its connection ends.
+    members_kept: bool = False
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):

@@ -204,6 +204,11 @@ class Store:
         raw = await self.redis.hget(_keys(sid)["sess"], "edge")
         return raw.decode() if isinstance(raw, bytes) else raw
 
+    async def session_record(self, sid: str) -> dict[str, str]:
+        """The session's record (edge, provider, ``route_*`` members...); empty: no such session."""
+        raw = await self.redis.hgetall(_keys(sid)["sess"])
+        return {_text(k): _text(v) for k, v in raw.items()}
+
     async def set_route(self, sid: str, **route: str) -> None:
         await self.redis.hset(_keys(sid)["sess"], mapping={f"route_{k}": v for k, v in route.items()})
 
@@ -390,3 +395,7 @@ _FOLD = {
 
 # The events that change the log: only envelopes holding one reach the checkpoint (bus.part).
 LOGGED_EVENTS: frozenset[type] = frozenset(_FOLD)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import http
 import json
@@ -37,6 +38,17 @@ from services.edge.http_admin import HttpRequest, HttpResponse, serve_http
 from services.edge.http_front import CLIENT_SECRETS_PATHS, client_secrets, front_connection, plain_response
 from services.edge.limits import TAKEOVER_REASON, AccountSessions, Fault, FloodGate, frame_verdict, refusal_of
 from services.edge.liveness import PROBE_TIMEOUT_S, Liveness, Outcome, Probe
+from services.edge.resume import (
+    GEMINI_SETUP_COMPLETE,
+    RECENT_S,
+    RESUME_GRACE_S,
+    Batch,
+    Delivery,
+    ResumeMerge,
+    covers,
+    incarnation,
+    resume_notice,
+)
 from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
 from services.edge.switching import SwitchCoordinator, SwitchTarget
 from shared import bus
@@ -79,6 +91,20 @@ class AssignError(Exception):
 
 
 WATCHDOG_INTERVAL_S = 0.05  # how often the liveness machine is asked what is due
+# A member whose last beat is older than this is not kept for a resuming connection (a fresh one is asked).
+KEEP_FRESH_S = 1.0
+ABNORMAL_CLOSURE = 1006  # what the WebSocket library reports for a connection that ended without a close frame
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Kept:
+    """The running members a resuming connection takes on (instead of attaching new ones)."""
+
+    provider: str
+    transformer: tuple[str, str]  # (instance, boot)
+    worker: tuple[str, str]
+    transformer_epoch: int  # what the transformer stamps on cout (its newest message in the stream)
+    worker_epoch: int
 
 
 class _Live:
@@ -95,6 +121,9 @@ class _Live:
         self.worker = ""
         self.closed = False
         self.taken_over = False  # another connection has the session now: nothing more is sent here
+        self.taken = asyncio.Event()  # set with taken_over
+        self.keep_members = False  # the connection that took over runs on this session's members: no close
+        self.merge: ResumeMerge | None = None  # a resuming connection (rs_resume): replay + live, once each
         self.send_lock = asyncio.Lock()
 
 
@@ -388,44 +417,74 @@ class Edge:
         self.live += 1
         SESSIONS.labels("edge").set(self.live)
         try:
-            await self._run_session(ws, meta, first)
+            await self._run_session(ws, meta, first, route.resume)
         finally:
             self.live -= 1
             SESSIONS.labels("edge").set(self.live)
 
-    async def _run_session(self, ws: ServerConnection, meta: SessionMeta, first: bytes | None) -> None:
+    async def _run_session(
+        self, ws: ServerConnection, meta: SessionMeta, first: bytes | None, resume: int | None = None
+    ) -> None:
         assert self.nc is not None and self.store is not None
         nc, sid = self.nc, meta.sid
-        holder = await self.store.session_edge(sid)  # read before open_session names this edge
+        kept: _Kept | None = None
+        if resume is None:
+            holder = await self.store.session_edge(sid)  # read before open_session names this edge
+        else:
+            record = await self.store.session_record(sid)  # read before open_session rewrites it
+            holder = record.get("edge") or None
+            kept = await self._members_to_keep(sid, record)
+            if kept is not None:
+                meta = msgspec.structs.replace(meta, provider=kept.provider)
         epoch = await self.store.open_session(meta, edge=self.instance)
         live = _Live(meta, ws, epoch)
-        await self._take_over(live, holder)
-        log.info("session open", extra={"sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider})
+        if resume is not None:
+            # A resuming Gemini connection gets setupComplete from the edge at once (the SDK drops any other
+            # first message); the transformer's own, if a new one answers the setup, is dropped.
+            gemini = meta.dialect == "gemini"
+            live.merge = ResumeMerge(resume, drop_once=GEMINI_SETUP_COMPLETE if gemini else None)
+        if kept is not None:
+            live.transformer, live.worker = kept.transformer[0], kept.worker[0]
+            live.transformer_epoch, live.worker_epoch = kept.transformer_epoch, kept.worker_epoch
+        await self._take_over(live, holder, members_kept=kept is not None)
+        log.info("session open", extra={
+            "sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider, "resume": resume,
+            "kept": kept is not None})
         cout = await nc.subscribe(Subjects.cout(sid), cb=functools.partial(self._on_cout, live))
         try:
-            started = time.perf_counter()
-            request = bus.encode(bus.AssignRequest(meta=meta, epoch=epoch, reply_to_edge=self.instance))
-            try:
-                transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
-                worker = await self._assign(Subjects.assign_worker(meta.provider), request)
-            except AssignError as exc:
-                await self._refuse_in_dialect(None, ws, meta.dialect, "service_unavailable", str(exc))
-                return
-            live.transformer, live.worker = transformer.instance, worker.instance
-            self.worker_providers[worker.instance] = tuple(worker.providers)  # before its first beat reaches us
-            ASSIGN_SECONDS.observe(time.perf_counter() - started)
+            if kept is not None:
+                members = {"transformer": kept.transformer, "worker": kept.worker}
+                worker_epoch = kept.worker_epoch
+            else:
+                started = time.perf_counter()
+                request = bus.encode(bus.AssignRequest(
+                    meta=meta, epoch=epoch, reply_to_edge=self.instance, seq_floor=resume or 0))
+                try:
+                    transformer = await self._assign(Subjects.ASSIGN_TRANSFORMER, request)
+                    worker = await self._assign(Subjects.assign_worker(meta.provider), request)
+                except AssignError as exc:
+                    await self._refuse_in_dialect(None, ws, meta.dialect, "service_unavailable", str(exc))
+                    return
+                live.transformer, live.worker = transformer.instance, worker.instance
+                self.worker_providers[worker.instance] = tuple(worker.providers)  # before its first beat reaches us
+                ASSIGN_SECONDS.observe(time.perf_counter() - started)
+                members = {
+                    "transformer": (transformer.instance, transformer.boot), "worker": (worker.instance, worker.boot)}
+                worker_epoch = epoch
             self.sessions[sid] = live
-            self.liveness.attach(sid, {
-                "transformer": (transformer.instance, transformer.boot), "worker": (worker.instance, worker.boot),
-            }, time.monotonic())
-            await self.store.set_route(sid, transformer=live.transformer, worker=live.worker, epoch=str(epoch))
+            self.liveness.attach(sid, members, time.monotonic())
+            if kept is None:
+                await self.store.set_route(
+                    sid, transformer=live.transformer, worker=live.worker, epoch=str(epoch), released="0")
             if self.switching is not None:
-                await self.switching.attach(sid, meta.provider, epoch, account=meta.account)
+                await self.switching.attach(sid, meta.provider, worker_epoch, account=meta.account)
+            if live.merge is not None:
+                await self._replay_missed(live, live.merge)
             # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
             # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
             # a replacement exactly which client frames were already turned into canonical events.
             seq = epoch << 32
-            if first is not None:
+            if first is not None and kept is None:  # a kept transformer has the session's setup already
                 seq += 1
                 await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
             rate = self.accounts.limits_for(meta.account).frames_per_s  # the account's own limit, if it has one
@@ -458,8 +517,6 @@ class Edge:
             pass
         finally:
             live.closed = True
-            if self.holders.get(sid) is live:
-                del self.holders[sid]
             if self.sessions.get(sid) is live:
                 del self.sessions[sid]
                 self.liveness.detach(sid)
@@ -467,9 +524,104 @@ class Edge:
                     await self.switching.detach(sid)
             with contextlib.suppress(Exception):
                 await cout.unsubscribe()
+            # Members are told the client left in a task of their own: a dropped connection gives the client
+            # RESUME_GRACE_S to come back (rs_resume) first, and the handler (and its seat) ends now.
+            self._tasks.spawn(self._release(live))
+
+    async def _release(self, live: _Live) -> None:
+        """The connection ended: tell the session's members the client left (``close``), unless a connection
+        that took the session over runs on them. A connection that ended without a close frame (TCP
+        dropped, a network change) waits RESUME_GRACE_S for such a takeover first."""
+        assert self.nc is not None and self.store is not None
+        sid = live.meta.sid
+        try:
+            if live.ws.close_code == ABNORMAL_CLOSURE and not live.taken_over:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(live.taken.wait(), RESUME_GRACE_S)
+        finally:
+            if self.holders.get(sid) is live:
+                del self.holders[sid]
+        if live.keep_members:
+            log.info("session closed, members kept", extra={"sid": sid, "epoch": live.epoch})
+            return
+        if not live.taken_over:
+            # A later rs_resume must not take on members told to go (see _members_to_keep).
             with contextlib.suppress(Exception):
-                await nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=live.epoch)))
-            log.info("session closed", extra={"sid": sid, "epoch": live.epoch})
+                await self.store.set_route(sid, released="1")
+        with contextlib.suppress(Exception):
+            await self.nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=live.epoch)))
+        log.info("session closed", extra={"sid": sid, "epoch": live.epoch})
+
+    # -- resume (rs_resume) -----------------------------------------------------------------------
+
+    async def _members_to_keep(self, sid: str, record: dict[str, str]) -> _Kept | None:
+        """The session's transformer and worker, when both still run it: the record names them, they were
+        not told the client left, they beat, and the stream has the transformer's newest cout (its epoch).
+        Then the resuming connection takes them on and the response in flight goes on."""
+        assert self.nc is not None
+        transformer, worker = record.get("route_transformer", ""), record.get("route_worker", "")
+        provider = record.get("provider", "")
+        if not (transformer and worker and provider) or record.get("route_released") == "1":
+            return None
+        now = time.monotonic()
+        t_key = incarnation(self.liveness.beats, transformer, now, KEEP_FRESH_S)
+        w_key = incarnation(self.liveness.beats, worker, now, KEEP_FRESH_S)
+        if t_key is None or w_key is None:
+            return None
+        try:
+            newest = await bus.last_in_stream(self.nc, Subjects.cout(sid))
+        except Exception:
+            log.exception("cout lookup failed", extra={"sid": sid})
+            return None
+        if newest is None:
+            return None
+        last = bus.decode(newest[0], bus.ClientOut)
+        return _Kept(provider, t_key, w_key, last.epoch, last.down[0] or last.epoch)
+
+    async def _replay_missed(self, live: _Live, merge: ResumeMerge) -> None:
+        """Send what the client missed (the stream's cout after its seq), then the live frames held
+        meanwhile; from then on live frames go straight through the merge (_on_cout)."""
+        assert self.nc is not None
+        sid, after = live.meta.sid, merge.after
+        batches = await self._read_cout(sid, RECENT_S)
+        if not covers(after, batches):
+            batches = await self._read_cout(sid, None)  # further back: the whole window
+        async with live.send_lock:
+            if merge.drop_once is not None:
+                await self._send_delivery(live, Delivery(frames=[merge.drop_once]))
+            replay = merge.replayed(batches)
+            if merge.gap:
+                log.info("resume older than the window", extra={"sid": sid, "after": after, "now": merge.after})
+                if live.meta.notices:
+                    replay.frames.append(resume_notice(
+                        live.meta.dialect, after, merge.after, f"event_rs_resume_{uuid.uuid4().hex[:12]}"))
+            await self._send_delivery(live, replay)
+            held = merge.finish()
+            await self._send_delivery(live, held)
+        log.info("resumed", extra={"sid": sid, "after": after, "replayed": len(replay.frames),
+                                   "held": len(held.frames), "last": merge.after})
+
+    async def _read_cout(self, sid: str, since_s: float | None) -> list[Batch]:
+        assert self.nc is not None
+        try:
+            read = await bus.replay_seq(self.nc, Subjects.cout(sid), since_s=since_s)
+        except Exception:
+            log.exception("cout replay failed", extra={"sid": sid})
+            return []
+        outs = [bus.decode(data, bus.ClientOut) for _, data in read]
+        return [_batch(out) for out in outs]
+
+    async def _send_delivery(self, live: _Live, delivery: Delivery) -> None:
+        """Send under ``live.send_lock`` (held by the caller)."""
+        try:
+            for frame in delivery.frames:
+                await live.ws.send(frame)
+            if delivery.close is not None:
+                await live.ws.close(*delivery.close)
+        except ConnectionClosed:
+            pass
+        live.delivered_down = max(live.delivered_down, delivery.down)
+        FRAMES.labels("edge", "out").inc(len(delivery.frames))
 
     def _too_big(self, size: int) -> str:
         return (f"Event too large: {size} bytes; the largest this server accepts is "
@@ -486,7 +638,7 @@ class Edge:
                     await live.ws.close(end.close_code, end.close_reason)
         return end.close_code is not None
 
-    async def _take_over(self, live: _Live, holder: str | None) -> None:
+    async def _take_over(self, live: _Live, holder: str | None, *, members_kept: bool = False) -> None:
         """A connection with a session id already held: the new one wins. A connection here is closed at
         once; the edge named in the session record (another one) is told on the bus (``_on_takeover``)."""
         assert self.nc is not None
@@ -494,9 +646,10 @@ class Edge:
         previous = self.holders.get(sid)
         self.holders[sid] = live
         if previous is not None and previous.epoch < live.epoch:
+            previous.keep_members = members_kept
             self._tasks.spawn(self._close_taken_over(previous))
         if holder and holder != self.instance:
-            notice = bus.Takeover(sid=sid, epoch=live.epoch, by=self.instance)
+            notice = bus.Takeover(sid=sid, epoch=live.epoch, by=self.instance, members_kept=members_kept)
             with contextlib.suppress(Exception):
                 await self.nc.publish(Subjects.edge_takeover(holder), bus.encode(notice))
 
@@ -505,10 +658,12 @@ class Edge:
         live = self.holders.get(notice.sid)
         if live is not None and live.epoch < notice.epoch:
             log.info("session taken over", extra={"sid": notice.sid, "epoch": live.epoch, "by": notice.by})
+            live.keep_members = notice.members_kept
             self._tasks.spawn(self._close_taken_over(live))
 
     async def _close_taken_over(self, live: _Live) -> None:
         live.taken_over = True
+        live.taken.set()
         await self._refuse_frame(live, "taken_over", TAKEOVER_REASON)
 
     async def _on_cout(self, live: _Live, msg: Msg) -> None:
@@ -517,6 +672,11 @@ class Edge:
             return  # fenced: a transformer that was replaced
         if out.epoch > live.epoch or live.taken_over:
             return  # a newer connection's transformer: this connection was taken over
+        if live.merge is not None:  # a resuming connection: in seq order, once (held during the replay)
+            async with live.send_lock:
+                await self._send_delivery(live, live.merge.live(_batch(out)))
+            observe_hop("transformer_edge", out.sent)
+            return
         try:
             async with live.send_lock:
                 for frame in out.frames:
@@ -749,6 +909,11 @@ async def _send_refusal(ws: ServerConnection, end: Refusal) -> None:
     for frame in end.frames:
         await ws.send(frame)
     await ws.close(end.close_code, end.close_reason)
+
+
+def _batch(out: bus.ClientOut) -> Batch:
+    close = (out.close_code, out.close_reason) if out.close_code is not None else None
+    return Batch(out.first, tuple(out.frames), out.down, close)
 
 
 class _SwitchBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -32,6 +32,9 @@ session id opens only that session (no session named: the bound one); bound to a
 provider (``rs_core`` / ``X-RS-Core`` / a path prefix naming another one: 403).
 
 In-band notices (``Route.notices``): ``rs_notices=1`` in the query or ``X-RS-Notices: 1``, any entry point.
+
+Resume with missed events (``Route.resume``): ``rs_resume=<last event seq>`` in the query or
+``X-RS-Resume``, any entry point (docs/entry-points.md, "Resume with missed events").
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ GEMINI_PATH = re.compile(
 )
 _PROVIDER_SEGMENT = re.compile(r"^/([A-Za-z][A-Za-z0-9_-]{0,31})(/.*)$")  # /<provider>/<SDK path>
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_RESUME = re.compile(r"^[0-9]{1,15}$")  # an event seq (well inside what JSON numbers carry exactly)
 _SESSION_ID = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces: it appears in logs and keys
 
 
@@ -89,6 +93,7 @@ class Route:
     minted: bool = False  # the client named no session here (a Gemini resumption handle may name it)
     seed: bool = False  # the seed URL (``/?rs_accid=...``)
     notices: bool = False  # ``rs_notices=1`` in the query or ``X-RS-Notices: 1``: in-band notices wanted
+    resume: int | None = None  # ``rs_resume`` / ``X-RS-Resume``: the last event seq the client got
 
 
 def provider_for_model(model: str | None) -> str | None:
@@ -159,7 +164,18 @@ def resolve(
             raise RouteError(404, "not found")
     except AuthError as exc:
         raise RouteError(exc.status, exc.reason) from None
-    return dataclasses.replace(route, notices=notices) if notices else route
+    resume = _resume(_first(query, "rs_resume") or headers.get("x-rs-resume"))
+    if notices or resume is not None:
+        route = dataclasses.replace(route, notices=notices, resume=resume)
+    return route
+
+
+def _resume(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not _RESUME.match(raw.strip()):
+        raise RouteError(400, "rs_resume / X-RS-Resume must be the seq of the last event received (0 or more)")
+    return int(raw.strip())
 
 
 def _is_sdk_path(path: str) -> bool:

@@ -28,7 +28,7 @@ from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
 
-__all__ = ["Transformer"]
+__all__ = ["STAMPS", "Transformer", "is_numbered", "last_numbered", "numbered_runs", "stamp_openai"]
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,17 @@ DOWN_REPLAY_S = 5.0
 # translated in order, within milliseconds; stream times are the server's): the cin replay starts there.
 CIN_REPLAY_MARGIN_S = 2.0
 
+# How far back the cout read looks for the last numbered frame when the newest cout carries none.
+SEQ_LOOKBACK_S = 30.0
+
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 _TOO_LARGE = ev.ProviderError(code="internal_error", message="an event for the client was too large to deliver")
 
 
 class _Session:
     __slots__ = (
-        "codec", "epoch", "held", "held_down", "last_cin", "last_down", "meta", "open_response", "replaying",
-        "seq_out", "seq_up", "subs", "worker_epoch",
+        "codec", "epoch", "event_seq", "held", "held_down", "last_cin", "last_down", "meta", "open_response",
+        "replaying", "seq_out", "seq_up", "subs", "worker_epoch",
     )
 
     def __init__(self, meta: SessionMeta, epoch: int, worker_epoch: int, codec: ClientCodec) -> None:
@@ -57,6 +60,7 @@ class _Session:
         self.codec = codec
         self.seq_up = 0
         self.seq_out = 0
+        self.event_seq = 0  # session-wide seq of the last numbered client frame (rs_resume; see ClientOut.first)
         self.last_cin = 0  # highest client frame seq fed to the codec: dedupes stream replay vs live
         self.open_response: str | None = None
         self.replaying = False
@@ -103,6 +107,8 @@ class Transformer:
         await self._drop(sid)  # a re-assign to the same instance starts from a clean codec
         session = _Session(req.meta, req.epoch, req.peer_epoch or req.epoch, client_codec(req.meta))
         session.replaying = req.resume
+        # Event numbers go on from the session's last cout (an earlier connection, a dead transformer).
+        session.event_seq = max(await self._last_event_seq(sid), req.seq_floor)
         self.sessions[sid] = session
         SESSIONS.labels("transformer").set(len(self.sessions))
         nc = self.nc
@@ -119,6 +125,23 @@ class Transformer:
         else:
             await self._send(session, session.codec.open())
         log.info("session attached", extra={"sid": sid, "epoch": req.epoch, "resume": req.resume})
+
+    async def _last_event_seq(self, sid: str) -> int:
+        """The seq of the session's newest numbered client frame still in the stream (0: none)."""
+        assert self.nc is not None
+        try:
+            newest = await bus.last_in_stream(self.nc, Subjects.cout(sid))
+            if newest is None:
+                return 0
+            found = last_numbered([bus.decode(newest[0], bus.ClientOut)])
+            if found:
+                return found
+            # The newest is unnumbered (a setupComplete): look a little further back.
+            recent = await bus.replay(self.nc, Subjects.cout(sid), since_s=SEQ_LOOKBACK_S)
+            return last_numbered([bus.decode(data, bus.ClientOut) for data in recent])
+        except Exception:  # the stream failed us: number from the floor (resume may then see a gap)
+            log.exception("cout seq lookup failed", extra={"sid": sid})
+            return 0
 
     async def _resume(self, session: _Session, delivered: tuple[int, int]) -> None:
         """Rebuild codec state from the snapshot, then feed the client frames the dead one never turned
@@ -264,28 +287,49 @@ class Transformer:
     async def _send_out(self, session: _Session, out: Out, down: tuple[int, int]) -> None:
         """Client frames in one bus message, or one message per frame when together they exceed the bus's
         max_payload (a large item echoed twice); a single frame too large for the bus is replaced by an
-        error in the dialect, never lost silently (the edge refuses client frames that large)."""
+        error in the dialect, never lost silently (the edge refuses client frames that large).
+
+        Frames are numbered per session (``ClientOut.first``; OpenAI dialects also get the number as
+        ``event_id``), except the gateway's own Gemini messages, which go in messages of their own."""
         assert self.nc is not None
         close_code, close_reason = out.close if out.close else (None, "")
         # ``down`` tells the edge how far the client got, should this transformer die (see _resume).
+        runs = numbered_runs(session.meta.dialect, out.wire) or [(False, [])]
+        for i, (numbered, frames) in enumerate(runs):
+            closing = (close_code, close_reason) if i == len(runs) - 1 else (None, "")
+            if await self._publish_out(session, numbered, frames, closing, down):
+                continue
+            singles: list[str] = []
+            for frame in frames:
+                if len(frame.encode()) + bus.FRAME_OVERHEAD_BYTES > self.nc.max_payload:
+                    log.error("client frame too large for the bus",
+                              extra={"sid": session.meta.sid, "bytes": len(frame)})
+                    singles.extend(session.codec.encode(_TOO_LARGE).wire)
+                else:
+                    singles.append(frame)
+            for k, frame in enumerate(singles):
+                await self._publish_out(
+                    session, numbered, [frame], (None, "") if k < len(singles) - 1 else closing, down, force=True)
+
+    async def _publish_out(
+        self, session: _Session, numbered: bool, frames: list[str], closing: tuple[int | None, str],
+        down: tuple[int, int], *, force: bool = False,
+    ) -> bool:
+        """One cout message, unless it exceeds the bus's max_payload (False; ``force``: sent anyway). Numbered
+        frames take the session's next event seqs and, in OpenAI dialects, the matching ``event_id``."""
+        assert self.nc is not None
+        first = session.event_seq + 1 if numbered and frames else 0
+        stamp = STAMPS.get(session.meta.dialect)
+        if first and stamp is not None:
+            frames = [stamp(frame, first + k) for k, frame in enumerate(frames)]
+        out = bus.ClientOut(session.epoch, session.seq_out + 1, frames, *closing, down, first=first)
+        payload = bus.encode(out)
+        if not force and len(payload) + bus.FRAME_OVERHEAD_BYTES > self.nc.max_payload:
+            return False
         session.seq_out += 1
-        payload = bus.encode(bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason, down))
-        if len(payload) + bus.FRAME_OVERHEAD_BYTES <= self.nc.max_payload:
-            await self.nc.publish(Subjects.cout(session.meta.sid), payload)
-            return
-        batches: list[list[str]] = []
-        for frame in out.wire:
-            if len(frame.encode()) + bus.FRAME_OVERHEAD_BYTES > self.nc.max_payload:
-                log.error("client frame too large for the bus", extra={"sid": session.meta.sid, "bytes": len(frame)})
-                batches.extend([wire] for wire in session.codec.encode(_TOO_LARGE).wire)
-            else:
-                batches.append([frame])
-        batches = batches or [[]]
-        for i, frames in enumerate(batches):
-            session.seq_out += 1 if i else 0
-            closing = (close_code, close_reason) if i == len(batches) - 1 else (None, "")
-            part = bus.ClientOut(session.epoch, session.seq_out, frames, *closing, down)
-            await self.nc.publish(Subjects.cout(session.meta.sid), bus.encode(part))
+        session.event_seq += len(frames) if first else 0
+        await self.nc.publish(Subjects.cout(session.meta.sid), payload)
+        return True
 
     async def _drop(self, sid: str) -> None:
         session = self.sessions.pop(sid, None)
@@ -296,3 +340,55 @@ class Transformer:
                 await sub.unsubscribe()
         SESSIONS.labels("transformer").set(len(self.sessions))
         log.info("session detached", extra={"sid": sid, "epoch": session.epoch})
+
+
+# -- event numbering (pure) ----------------------------------------------------------------------------
+
+# Frames the gateway sends a Gemini client of its own accord: not numbered (a Gemini client counts the
+# other messages, and the edge answers a resuming connection's setup itself).
+_GEMINI_UNNUMBERED = ('{"setupComplete"', '{"rs')
+_OPENAI_HEAD = '{"type":"'
+_OPENAI_ID = ',"event_id":"'
+
+
+def is_numbered(dialect: str, frame: str) -> bool:
+    return dialect != "gemini" or not frame.startswith(_GEMINI_UNNUMBERED)
+
+
+def numbered_runs(dialect: str, frames: list[str]) -> list[tuple[bool, list[str]]]:
+    """The frames in runs of the same kind (numbered or not), order kept."""
+    runs: list[tuple[bool, list[str]]] = []
+    for frame in frames:
+        numbered = is_numbered(dialect, frame)
+        if runs and runs[-1][0] == numbered:
+            runs[-1][1].append(frame)
+        else:
+            runs.append((numbered, [frame]))
+    return runs
+
+
+def stamp_openai(frame: str, seq: int) -> str:
+    """``{"type":"x","event_id":"event_...",...}`` -> the same with ``"event_id":"event_rs_<seq>"``: the id a
+    client resumes from, unique per session. The codec writes ``type`` then ``event_id`` first; any other
+    shape is left as it is (the frame still counts)."""
+    if not frame.startswith(_OPENAI_HEAD):
+        return frame
+    type_end = frame.find('"', len(_OPENAI_HEAD))
+    if type_end < 0 or not frame.startswith(_OPENAI_ID, type_end + 1):
+        return frame
+    id_start = type_end + 1 + len(_OPENAI_ID)
+    id_end = frame.find('"', id_start)
+    if id_end < 0:
+        return frame
+    return f"{frame[:id_start]}event_rs_{seq}{frame[id_end:]}"
+
+
+STAMPS = {"openai_ga": stamp_openai, "openai_beta": stamp_openai}
+
+
+def last_numbered(outs: list[bus.ClientOut]) -> int:
+    """The seq of the newest numbered frame among ``outs`` (oldest first); 0: none."""
+    for out in reversed(outs):
+        if out.first and out.frames:
+            return out.first + len(out.frames) - 1
+    return 0
