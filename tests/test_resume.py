@@ -121,7 +121,8 @@ def test_incarnation_is_the_newest_fresh_boot() -> None:
 
 def test_resume_notice_in_each_dialect() -> None:
     openai = json.loads(resume_notice("openai_ga", 2, 10, "event_rs_resume_x"))
-    assert openai["type"] == "rs.notice" and openai["code"] == "resume_gap" and openai["event_id"] == "event_rs_resume_x"
+    assert openai["type"] == "rs.notice" and openai["code"] == "resume_gap"
+    assert openai["event_id"] == "event_rs_resume_x"
     assert "event 11" in openai["message"]
     gemini = json.loads(resume_notice("gemini", 2, 10, "unused"))
     assert gemini["rsNotice"]["code"] == "resume_gap" and gemini["rsNotice"]["param"] == "rs_resume"
@@ -132,7 +133,8 @@ def test_resume_notice_in_each_dialect() -> None:
 
 def test_stamp_openai_replaces_the_top_level_event_id_only() -> None:
     frame = '{"type":"error","event_id":"event_abc","error":{"type":"x","event_id":"client_1"}}'
-    assert stamp_openai(frame, 42) == '{"type":"error","event_id":"event_rs_42","error":{"type":"x","event_id":"client_1"}}'
+    stamped = '{"type":"error","event_id":"event_rs_42","error":{"type":"x","event_id":"client_1"}}'
+    assert stamp_openai(frame, 42) == stamped
     assert stamp_openai('{"type":"switch","name":"GEMINI"}', 3) == '{"type":"switch","name":"GEMINI"}'
     assert stamp_openai('{"setupComplete":{}}', 3) == '{"setupComplete":{}}'
 
