@@ -452,6 +452,9 @@ class Edge:
             "kept": kept is not None})
         cout = await nc.subscribe(Subjects.cout(sid), cb=functools.partial(self._on_cout, live))
         try:
+            # What the client missed is read before new members (if any) add to the stream: their frames
+            # reach the merge live, and must not pass for history that covers the client's seq.
+            missed = await self._read_missed(sid, resume) if resume is not None else []
             if kept is not None:
                 members = {"transformer": kept.transformer, "worker": kept.worker}
                 worker_epoch = kept.worker_epoch
@@ -479,7 +482,7 @@ class Edge:
             if self.switching is not None:
                 await self.switching.attach(sid, meta.provider, worker_epoch, account=meta.account)
             if live.merge is not None:
-                await self._replay_missed(live, live.merge)
+                await self._send_missed(live, live.merge, missed)
             # cin seq is monotonic across reconnects and reattaches: the connection's epoch in the high bits.
             # The transformer stamps each up envelope with the cin seq that produced it, so the stream tells
             # a replacement exactly which client frames were already turned into canonical events.
@@ -578,14 +581,18 @@ class Edge:
         last = bus.decode(newest[0], bus.ClientOut)
         return _Kept(provider, t_key, w_key, last.epoch, last.down[0] or last.epoch)
 
-    async def _replay_missed(self, live: _Live, merge: ResumeMerge) -> None:
-        """Send what the client missed (the stream's cout after its seq), then the live frames held
-        meanwhile; from then on live frames go straight through the merge (_on_cout)."""
-        assert self.nc is not None
-        sid, after = live.meta.sid, merge.after
+    async def _read_missed(self, sid: str, after: int) -> list[Batch]:
+        """The session's cout in the stream: the last RECENT_S, or the whole window when that does not
+        reach back to the client's seq."""
         batches = await self._read_cout(sid, RECENT_S)
         if not covers(after, batches):
-            batches = await self._read_cout(sid, None)  # further back: the whole window
+            batches = await self._read_cout(sid, None)
+        return batches
+
+    async def _send_missed(self, live: _Live, merge: ResumeMerge, batches: list[Batch]) -> None:
+        """Send what the client missed (``batches`` after its seq), then the live frames held meanwhile;
+        from then on live frames go straight through the merge (_on_cout)."""
+        sid, after = live.meta.sid, merge.after
         async with live.send_lock:
             if merge.drop_once is not None:
                 await self._send_delivery(live, Delivery(frames=[merge.drop_once]))

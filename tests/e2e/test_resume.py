@@ -255,3 +255,43 @@ def _gemini_audio(message: dict[str, Any]) -> int:
 
 def _turn_complete(message: dict[str, Any]) -> bool:
     return bool(message.get("serverContent", {}).get("turnComplete"))
+
+
+async def test_a_closed_session_resumes_with_new_members_and_replays_what_was_not_read(rstack: ResumeStack) -> None:
+    """The client left (a clean close: its members were told), then comes back claiming fewer events than
+    were sent: the stream's last ones are replayed, and the new transformer numbers on after them."""
+    rstack.ensure_edges()
+    session_id = f"resume-fresh-{uuid.uuid4().hex[:8]}"
+    path = f"/v1/realtime?model=gpt-realtime&rs_u_sessid={session_id}"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    first: list[dict[str, Any]] = []
+    async with websockets.connect(rstack.url("edge-m1", path), additional_headers=headers, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "instructions": "a"}}))
+        while not (first and first[-1]["type"] == "session.updated"):
+            first.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S)))
+    last = _seq(first[-1])
+    assert [_seq(e) for e in first] == list(range(1, last + 1))
+    claimed = last - 1  # as if the session.updated never reached the client
+    again: list[dict[str, Any]] = []
+    async with websockets.connect(
+        rstack.url("edge-m2", f"{path}&rs_resume={claimed}"), additional_headers=headers, max_size=None
+    ) as ws2:
+        while not (again and again[-1]["type"] == "session.created"):
+            again.append(json.loads(await asyncio.wait_for(ws2.recv(), TIMEOUT_S)))
+    assert again[0] == first[-1]  # the very frame, its event_id included
+    # Then whatever the old members sent after the client left, then the new transformer, numbering on.
+    assert [_seq(e) for e in again] == list(range(last, last + len(again)))
+
+
+async def test_a_seq_the_stream_no_longer_holds_resumes_without_replay_and_says_so(rstack: ResumeStack) -> None:
+    """Nothing of the session is in the stream (here: it never had a connection; in production: the window
+    moved on): no replay, the opt-in notice, and numbering above the client's seq."""
+    rstack.ensure_edges()
+    path = f"/v1/realtime?model=gpt-realtime&rs_u_sessid=resume-gone-{uuid.uuid4().hex[:8]}&rs_notices=1&rs_resume=40"
+    async with websockets.connect(
+        rstack.url("edge-m2", path), additional_headers={"Authorization": f"Bearer {API_KEY}"}, max_size=None
+    ) as ws:
+        notice = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+        created = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+    assert notice["type"] == "rs.notice" and notice["code"] == "resume_gap" and notice["param"] == "rs_resume"
+    assert created["type"] == "session.created" and _seq(created) == 41
