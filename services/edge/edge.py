@@ -93,6 +93,7 @@ class AssignError(Exception):
 WATCHDOG_INTERVAL_S = 0.05  # how often the liveness machine is asked what is due
 # A member whose last beat is older than this is not kept for a resuming connection (a fresh one is asked).
 KEEP_FRESH_S = 1.0
+RESUME_READ_S = 3.0  # the longest a resume's stream reads may take (the client waits for them)
 ABNORMAL_CLOSURE = 1006  # what the WebSocket library reports for a connection that ended without a close frame
 
 
@@ -572,9 +573,10 @@ class Edge:
         if t_key is None or w_key is None:
             return None
         try:
-            newest = await bus.last_in_stream(self.nc, Subjects.cout(sid))
+            async with asyncio.timeout(RESUME_READ_S):
+                newest = await bus.last_in_stream(self.nc, Subjects.cout(sid))
         except Exception:
-            log.exception("cout lookup failed", extra={"sid": sid})
+            log.warning("cout lookup failed", extra={"sid": sid}, exc_info=True)
             return None
         if newest is None:
             return None
@@ -611,7 +613,7 @@ class Edge:
     async def _read_cout(self, sid: str, since_s: float | None) -> list[Batch]:
         assert self.nc is not None
         try:
-            read = await bus.replay_seq(self.nc, Subjects.cout(sid), since_s=since_s)
+            read = await bus.replay_seq(self.nc, Subjects.cout(sid), since_s=since_s, max_s=RESUME_READ_S)
         except Exception:
             log.exception("cout replay failed", extra={"sid": sid})
             return []

@@ -42,6 +42,7 @@ CIN_REPLAY_MARGIN_S = 2.0
 
 # How far back the cout read looks for the last numbered frame when the newest cout carries none.
 SEQ_LOOKBACK_S = 30.0
+SEQ_LOOKUP_TIMEOUT_S = 0.5
 
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 _TOO_LARGE = ev.ProviderError(code="internal_error", message="an event for the client was too large to deliver")
@@ -130,17 +131,19 @@ class Transformer:
         """The seq of the session's newest numbered client frame still in the stream (0: none)."""
         assert self.nc is not None
         try:
-            newest = await bus.last_in_stream(self.nc, Subjects.cout(sid))
-            if newest is None:
-                return 0
-            found = last_numbered([bus.decode(newest[0], bus.ClientOut)])
-            if found:
-                return found
-            # The newest is unnumbered (a setupComplete): look a little further back.
-            recent = await bus.replay(self.nc, Subjects.cout(sid), since_s=SEQ_LOOKBACK_S)
-            return last_numbered([bus.decode(data, bus.ClientOut) for data in recent])
-        except Exception:  # the stream failed us: number from the floor (resume may then see a gap)
-            log.exception("cout seq lookup failed", extra={"sid": sid})
+            # Bounded: the edge is waiting for this attach (a bus without JetStream must not stall it).
+            async with asyncio.timeout(SEQ_LOOKUP_TIMEOUT_S):
+                newest = await bus.last_in_stream(self.nc, Subjects.cout(sid))
+                if newest is None:
+                    return 0
+                found = last_numbered([bus.decode(newest[0], bus.ClientOut)])
+                if found:
+                    return found
+                # The newest is unnumbered (a setupComplete): look a little further back.
+                recent = await bus.replay(self.nc, Subjects.cout(sid), since_s=SEQ_LOOKBACK_S)
+                return last_numbered([bus.decode(data, bus.ClientOut) for data in recent])
+        except Exception:  # the stream failed us: number from the floor (a resume may then see a gap)
+            log.warning("cout seq lookup failed", extra={"sid": sid}, exc_info=True)
             return 0
 
     async def _resume(self, session: _Session, delivered: tuple[int, int]) -> None:
