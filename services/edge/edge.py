@@ -444,10 +444,12 @@ class Edge:
             # first message); the transformer's own, if a new one answers the setup, is dropped.
             gemini = meta.dialect == "gemini"
             live.merge = ResumeMerge(resume, drop_once=GEMINI_SETUP_COMPLETE if gemini else None)
+        await self._take_over(live, holder, members_kept=kept is not None)
+        if kept is not None and (await self.store.session_record(sid)).get("route_released") == "1":
+            kept = None  # the old edge told them to go just before our takeover reached it: new members
         if kept is not None:
             live.transformer, live.worker = kept.transformer[0], kept.worker[0]
             live.transformer_epoch, live.worker_epoch = kept.transformer_epoch, kept.worker_epoch
-        await self._take_over(live, holder, members_kept=kept is not None)
         log.info("session open", extra={
             "sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider, "resume": resume,
             "kept": kept is not None})
@@ -595,6 +597,10 @@ class Edge:
         """Send what the client missed (``batches`` after its seq), then the live frames held meanwhile;
         from then on live frames go straight through the merge (_on_cout)."""
         sid, after = live.meta.sid, merge.after
+        # The provider output the client already has: a transformer replaced later re-sends only what
+        # came after it (AssignRequest.delivered_down).
+        had = [batch.down for batch in batches if batch.first and batch.first <= after]
+        live.delivered_down = max([live.delivered_down, *had])
         async with live.send_lock:
             if merge.drop_once is not None:
                 await self._send_delivery(live, Delivery(frames=[merge.drop_once]))
