@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import websockets
+from openai import AsyncOpenAI
+from openai.types.websocket_reconnection import ReconnectingEvent, ReconnectingOverrides
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -295,3 +297,38 @@ async def test_a_seq_the_stream_no_longer_holds_resumes_without_replay_and_says_
         created = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
     assert notice["type"] == "rs.notice" and notice["code"] == "resume_gap" and notice["param"] == "rs_resume"
     assert created["type"] == "session.created" and _seq(created) == 41
+
+
+async def test_the_openai_sdk_reconnects_by_itself_and_resumes(rstack: ResumeStack) -> None:
+    """The official openai SDK redials a dropped connection on its own (``on_reconnecting``); the handler adds
+    ``rs_resume`` with the number of the last ``event_id`` seen, and the response plays on, each event once."""
+    rstack.ensure_edges()
+    session_id = f"resume-sdk-{uuid.uuid4().hex[:8]}"
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"ws://127.0.0.1:{rstack.ports['edge-m1']}/v1")
+    seqs: list[int] = []
+    redials: list[int] = []
+
+    def on_reconnecting(event: ReconnectingEvent) -> ReconnectingOverrides:
+        redials.append(event.close_code)
+        return {"extra_query": {**event.extra_query, "rs_resume": str(seqs[-1])}}
+
+    audio, chunks = 0, 0
+    async with client.realtime.connect(
+        model="gpt-realtime", extra_query={"rs_u_sessid": session_id}, on_reconnecting=on_reconnecting
+    ) as conn:
+        await conn.response.create(response={"output_modalities": ["audio"]})
+        async with asyncio.timeout(TIMEOUT_S):
+            async for event in conn:
+                assert event.type != "error", event
+                seqs.append(int(event.event_id.removeprefix("event_rs_")))
+                if event.type == "response.output_audio.delta":
+                    audio += len(base64.b64decode(event.delta))
+                    chunks += 1
+                    if chunks == CUT_AFTER_CHUNKS:
+                        conn._connection.transport.abort()  # the TCP connection drops under the SDK
+                if event.type == "response.done":
+                    assert event.response.status == "completed"
+                    break
+    assert redials == [1006]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert audio == AUDIO_BYTES
