@@ -120,9 +120,9 @@ def test_incarnation_is_the_newest_fresh_boot() -> None:
 
 
 def test_resume_notice_in_each_dialect() -> None:
-    openai = json.loads(resume_notice("openai_ga", 2, 10, "event_rs_resume_x"))
+    openai = json.loads(resume_notice("openai_ga", 2, 10, "event_rs_edge_x"))
     assert openai["type"] == "rs.notice" and openai["code"] == "resume_gap"
-    assert openai["event_id"] == "event_rs_resume_x"
+    assert openai["event_id"] == "event_rs_edge_x"
     assert "event 11" in openai["message"]
     gemini = json.loads(resume_notice("gemini", 2, 10, "unused"))
     assert gemini["rsNotice"]["code"] == "resume_gap" and gemini["rsNotice"]["param"] == "rs_resume"

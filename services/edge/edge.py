@@ -609,7 +609,7 @@ class Edge:
                 log.info("resume older than the window", extra={"sid": sid, "after": after, "now": merge.after})
                 if live.meta.notices:
                     replay.frames.append(resume_notice(
-                        live.meta.dialect, after, merge.after, f"event_rs_resume_{uuid.uuid4().hex[:12]}"))
+                        live.meta.dialect, after, merge.after, f"event_rs_edge_{uuid.uuid4().hex[:20]}"))
             await self._send_delivery(live, replay)
             held = merge.finish()
             await self._send_delivery(live, held)
@@ -911,7 +911,7 @@ class Edge:
         self, live: _Live | None, ws: ServerConnection, dialect: Dialect, code: str, reason: str
     ) -> None:
         """End a session we cannot serve the way the dialect's own server would (shared/codecs/refusals)."""
-        end = refusal(dialect, code, reason, event_id=f"event_rs_{uuid.uuid4().hex[:20]}")
+        end = refusal(dialect, code, reason, event_id=f"event_rs_edge_{uuid.uuid4().hex[:20]}")
         with contextlib.suppress(ConnectionClosed):
             if live is None:
                 await _send_refusal(ws, end)

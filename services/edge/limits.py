@@ -147,5 +147,5 @@ def refusal_of(dialect: Dialect, fault: Fault, message: str) -> FrameRefusal:
         return FrameRefusal([], answer.gemini_close, reason)
     error = {"type": "invalid_request_error", "code": answer.openai_code, "message": message, "param": None,
              "event_id": None}
-    frame = json.dumps({"type": "error", "event_id": f"event_rs_{uuid.uuid4().hex[:20]}", "error": error})
+    frame = json.dumps({"type": "error", "event_id": f"event_rs_edge_{uuid.uuid4().hex[:20]}", "error": error})
     return FrameRefusal([frame], answer.openai_close, reason if answer.openai_close else "")
