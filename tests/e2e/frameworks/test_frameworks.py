@@ -97,23 +97,8 @@ class UnexplainedFailure(Exception):
     xfail (``raises=AssertionError``) does not swallow it."""
 
 
-# Gateway bugs, as the frameworks see them (each reason quotes the framework's own complaint).
-METADATA = Bug(
-    "on Gemini, intermittently, the reply after the tool output does not carry LiveKit's response.metadata: "
-    "Gemini answers a toolResponse by itself, and when that reply reaches the transformer before the client's "
-    "response.create (another subscription) it is announced without the metadata: generate_reply() never resolves",
-    (
-        r"^raised: AssertionError: generate_reply\(\) still pending",
-        r"^error event: .*param='response\.metadata'",
-        r"^ERROR log: .*param='response\.metadata'",
-    ),
-    intermittent=True,
-)
-
-
-KNOWN: dict[tuple[str, str, str], tuple[Bug, ...]] = {
-    ("livekit", "gemini", "tool"): (METADATA,),
-}
+# Gateway bugs, as the frameworks see them (each reason quotes the framework's own complaint). None known now.
+KNOWN: dict[tuple[str, str, str], tuple[Bug, ...]] = {}
 
 
 def _cases() -> Iterator[Any]:
