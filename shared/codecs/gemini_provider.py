@@ -8,8 +8,7 @@ Gemini differs from the canonical (OpenAI-shaped) model in ways this codec absor
   synthesized (``InputCommitted``) from a commit, the first input transcription or the model turn start;
 - no acks, no truncate/delete/cancel: truncations are kept for history, deletes are reported, a cancel
   closes the response locally and drops the rest of its output;
-- Gemini answers a tool result (and a manual turn's ``activityEnd``) by itself, an OpenAI client asks with
-  ``response.create`` (whose ``metadata``
+- Gemini answers a tool result by itself, an OpenAI client asks with ``response.create`` (whose ``metadata``
   the client codec echoes in the response it announces next): for an OpenAI-dialect client the codec holds
   that self-started answer until the client's ``ResponseCreate`` arrives, at most ``HOLD_FOR_CREATE_S``
   (``Out.wake``), so the response is announced after the client's request, with its metadata;
@@ -473,8 +472,6 @@ class GeminiProviderCodec:
         if not self._vad:
             if self._activity_open:
                 self._end_activity(out, e.item_id)
-                # Gemini answers activityEnd by itself; an OpenAI client without VAD asks with response.create
-                self._owe_create()
             return out  # nothing was sent: the client codec answers an empty commit itself
         self._flush_audio(out)
         # server VAD: audioStreamEnd flushes what Gemini buffered so the turn ends now
@@ -558,7 +555,8 @@ class GeminiProviderCodec:
         # Gemini continues by itself after a tool response: the client's response.create is a no-op
         self._skip_response_create = True
         # ... except that an OpenAI client waits for the answer to its response.create (by its metadata)
-        self._owe_create()
+        self._create_owed = self.meta.dialect != "gemini"
+        self._late_create = False
         self._trigger = "tool"
         # ... in a turn of its own: its turnComplete (with its usage) closes a response even without output
         self._turn_closed = False
@@ -738,11 +736,6 @@ class GeminiProviderCodec:
             return Out()
         self._late_create = True
         return Out(events=self._release())
-
-    def _owe_create(self) -> None:
-        """Gemini answers by itself what an OpenAI client answers with response.create: hold that answer."""
-        self._create_owed = self.meta.dialect != "gemini"
-        self._late_create = False
 
     def _release(self) -> list[ev.Event]:
         held, self._withheld = self._withheld or [], None
