@@ -50,7 +50,7 @@ from services.provider_worker.upstream import (
 from shared import bus
 from shared import events as ev
 from shared.bus import Subjects
-from shared.codecs.base import Out, ProviderCodec
+from shared.codecs.base import Out, ProviderCodec, Wake
 from shared.config import Config
 from shared.metrics import (
     FRAMES,
@@ -702,6 +702,8 @@ class ProviderWorker:
     # -- provider -> client ----------------------------------------------------------------------
 
     async def _apply(self, session: _Session, out: Out) -> None:
+        if out.wake is not None and session.codec is not None:
+            self._tasks.spawn(self._wake(session, session.codec, out.wake))
         if out.wire and session.ws is not None:
             for frame in out.wire:
                 await session.ws.send(frame)
@@ -724,6 +726,12 @@ class ProviderWorker:
             await self._cutover(session)  # the turn end a switch was waiting for
         if session.reconfigure_at_turn_end and session.open_response is None:
             await self._reconfigure(session)  # the turn end a new configuration was waiting for
+
+    async def _wake(self, session: _Session, codec: ProviderCodec, wake: Wake) -> None:
+        """A codec's timer (``Out.wake``): its ``wake`` runs only if it still serves the session."""
+        await asyncio.sleep(wake.after_s)
+        if session.codec is codec and not session.closed:
+            await self._apply(session, codec.wake(wake.token))  # type: ignore[attr-defined]  # asked by it
 
     def _go_away(self, session: _Session, time_left_ms: int) -> None:
         """The provider ends this connection in ``time_left_ms`` (Gemini goAway): a recycle, make-before-

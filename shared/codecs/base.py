@@ -14,6 +14,9 @@ Both kinds speak through :class:`Out`:
 
 ``close`` asks the shell to close the socket the codec faces (Gemini has no in-band error: a bad
 client frame is answered by a close code and reason).
+
+``wake`` asks the shell for a timer (a codec never reads the clock): after ``wake.after_s`` seconds the shell
+calls the codec's ``wake(wake.token)`` and handles its ``Out`` like any other; a stale token is a no-op there.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import ClassVar, NamedTuple, Protocol
 
 from shared import events as ev
 
-__all__ = ["ClientCodec", "Close", "Out", "ProviderCodec", "TakesConfigLive"]
+__all__ = ["ClientCodec", "Close", "Out", "ProviderCodec", "TakesConfigLive", "Wake"]
 
 
 class Close(NamedTuple):
@@ -31,16 +34,23 @@ class Close(NamedTuple):
     reason: str  # short, fixed text: no payloads (<= 123 bytes on the wire)
 
 
+class Wake(NamedTuple):
+    token: int  # the codec's, handed back to its ``wake``
+    after_s: float
+
+
 @dataclass(slots=True)
 class Out:
     wire: list[str] = field(default_factory=list)
     events: list[ev.Event] = field(default_factory=list)
     close: Close | None = None
+    wake: Wake | None = None
 
     def extend(self, other: Out) -> Out:
         self.wire.extend(other.wire)
         self.events.extend(other.events)
         self.close = self.close or other.close
+        self.wake = self.wake or other.wake
         return self
 
 

@@ -8,6 +8,10 @@ Gemini differs from the canonical (OpenAI-shaped) model in ways this codec absor
   synthesized (``InputCommitted``) from a commit, the first input transcription or the model turn start;
 - no acks, no truncate/delete/cancel: truncations are kept for history, deletes are reported, a cancel
   closes the response locally and drops the rest of its output;
+- Gemini answers a tool result by itself, an OpenAI client asks with ``response.create`` (whose ``metadata``
+  the client codec echoes in the response it announces next): for an OpenAI-dialect client the codec holds
+  that self-started answer until the client's ``ResponseCreate`` arrives, at most ``HOLD_FOR_CREATE_S``
+  (``Out.wake``), so the response is announced after the client's request, with its metadata;
 - keys arrive camelCase or snake_case at every level; frames may be text or binary.
 
 Dispatch is data: ``_ENCODERS`` (canonical Up type -> builder), ``_TOP_LEVEL`` and ``_CONTENT`` (server
@@ -27,10 +31,10 @@ import msgspec
 from shared import events as ev
 from shared.audio import RateConverter, b64decode_any, b64encode_std, parse_pcm_mime
 from shared.codecs import tables
-from shared.codecs.base import Out
+from shared.codecs.base import Out, Wake
 from shared.session import SessionMeta
 
-__all__ = ["INPUT_MIME", "GeminiProviderCodec", "IdFactory", "parse_duration_ms"]
+__all__ = ["HOLD_FOR_CREATE_S", "INPUT_MIME", "GeminiProviderCodec", "IdFactory", "parse_duration_ms"]
 
 IdFactory = Callable[[str], str]  # prefix ("resp", "item", "call") -> a new unique id
 JsonObj = dict[str, object]
@@ -39,6 +43,9 @@ INPUT_RATE = 16_000  # native Gemini input rate; the mime type says so truthfull
 OUTPUT_RATE = 24_000  # what Gemini sends when a mime type lacks a rate
 INPUT_MIME = "audio/pcm;rate=16000"
 MAX_HELD_BYTES = 8 * 1024 * 1024  # wire text held until setupComplete (~60 s of 16 kHz audio)
+# How long Gemini's answer to a tool result waits for an OpenAI client's response.create: far above a client's
+# round trip (the create follows the item's ack), short enough that a client that never asks still hears it.
+HOLD_FOR_CREATE_S = 2.0
 
 _encoder = msgspec.json.Encoder()
 
@@ -209,6 +216,12 @@ class GeminiProviderCodec:
         self._cut: _Response | None = None
         self._usage: ev.Usage | None = None  # this turn's usage so far; cleared at every turn end
         self._minted_calls: set[str] = set()  # toolCall ids Gemini did not send (3.1 sends calls without id)
+        # An OpenAI client's tool result: its response.create is owed. Gemini's own answer to the result is
+        # withheld (every Down event from its ResponseStarted on, in order) until that create or the wake.
+        self._create_owed = False
+        self._withheld: list[ev.Event] | None = None
+        self._hold_token = 0
+        self._late_create = False  # the hold ran out: the create still to come gets an empty response
 
     # ---------------------------------------------------------------------------------------------
     # helpers
@@ -541,13 +554,16 @@ class GeminiProviderCodec:
         self._send(out, [_wire({"toolResponse": {"functionResponses": [resp]}})])
         # Gemini continues by itself after a tool response: the client's response.create is a no-op
         self._skip_response_create = True
+        # ... except that an OpenAI client waits for the answer to its response.create (by its metadata)
+        self._create_owed = self.meta.dialect != "gemini"
+        self._late_create = False
         self._trigger = "tool"
         # ... in a turn of its own: its turnComplete (with its usage) closes a response even without output
         self._turn_closed = False
         return out
 
     def _enc_response_create(self, e: ev.ResponseCreate) -> Out:
-        out = Out()
+        out = Out(events=self._release())  # the answer it asked for, held until now: announced after it
         if e.options is not None:
             for param, is_set in _RESPONSE_UNSUPPORTED.items():
                 if is_set(e.options):
@@ -564,6 +580,11 @@ class GeminiProviderCodec:
             content: JsonObj = {"turns": turns, "turnComplete": True} if turns else {"turnComplete": True}
         elif self._skip_response_create:
             self._skip_response_create = False
+            if self._late_create:
+                self._late_create = False
+                if self._resp is None:  # the client's request gets a response, and takes its metadata
+                    rid = self._ids("resp")
+                    out.events += [ev.ResponseStarted(response_id=rid), ev.ResponseDone(response_id=rid)]
             return out
         else:
             content = {"turnComplete": True}  # no new input: ask the model to speak now
@@ -695,6 +716,33 @@ class GeminiProviderCodec:
     # feed: Gemini server messages -> canonical Down
 
     def feed(self, frame: str | bytes) -> Out:
+        out = self._read(frame)
+        if self._withheld is not None:
+            self._withheld += out.events
+            out.events = []
+        elif self._create_owed:
+            at = next((i for i, e in enumerate(out.events) if isinstance(e, ev.ResponseStarted)), None)
+            if at is not None:  # Gemini answers the tool result before the client asked: hold it
+                self._withheld, out.events = out.events[at:], out.events[:at]
+                self._hold_token += 1
+                out.wake = Wake(self._hold_token, HOLD_FOR_CREATE_S)
+        return out
+
+    def wake(self, token: int) -> Out:
+        """The hold's time is up and no response.create came: the answer goes out as it is (no metadata),
+        and the create still to come gets an empty response of its own (its metadata must not land on a
+        later response)."""
+        if token != self._hold_token or self._withheld is None:
+            return Out()
+        self._late_create = True
+        return Out(events=self._release())
+
+    def _release(self) -> list[ev.Event]:
+        held, self._withheld = self._withheld or [], None
+        self._create_owed = False
+        return held
+
+    def _read(self, frame: str | bytes) -> Out:
         try:
             msg = msgspec.json.decode(frame)
         except msgspec.DecodeError:

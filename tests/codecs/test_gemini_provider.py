@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace as msgspec_replace
 
 from shared import events as ev
 from shared.audio import b64decode_any, dominant_hz, tone
@@ -658,7 +659,66 @@ def test_tool_call_after_a_client_cancel_still_reaches_the_client() -> None:
     events = feed_all(codec, frames("tool_call"))
     assert kinds(events) == ["ResponseStarted", "ToolCall", "OutputDone", "ResponseDone"]
     codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id="fc_1", output="{}")))
-    assert kinds(feed_all(codec, frames("tool_continue")))[0] == "ResponseStarted"  # not dropped
+    feed_all(codec, frames("tool_continue"))  # held for the client's response.create (below)
+    assert kinds(codec.encode(ev.ResponseCreate()).events)[0] == "ResponseStarted"  # not dropped
+
+
+def _after_tool_result(meta: SessionMeta = META) -> GeminiProviderCodec:
+    counter = itertools.count(1)
+    codec = GeminiProviderCodec(meta, "gemini-live-2.5-flash-preview", id_factory=lambda p: f"{p}_{next(counter)}")
+    codec.connect(ev.SessionConfig(), [])
+    codec.feed(SETUP_COMPLETE)
+    feed_all(codec, frames("tool_call"))
+    codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id="fc_1", output="{}")))
+    return codec
+
+
+CONTINUATION = ["ResponseStarted", "OutputTranscript", "OutputAudio", "OutputDone", "ResponseDone"]
+
+
+def test_gemini_answer_to_a_tool_result_waits_for_the_openai_clients_response_create() -> None:
+    # LiveKit matches replies by the metadata of its response.create, which the client codec echoes in the
+    # next response it announces: the answer Gemini starts by itself must not be announced before it.
+    codec = _after_tool_result()
+    lines = frames("tool_continue")
+    first = codec.feed(lines[0])
+    assert first.events == [] and first.wake is not None and first.wake.after_s > 0
+    assert feed_all(codec, lines[1:]) == []  # the whole turn, turnComplete included, is held
+    out = codec.encode(ev.ResponseCreate())
+    assert out.wire == []  # Gemini needs no clientContent to go on
+    assert kinds(out.events) == CONTINUATION  # in order, after the create
+    assert out.events[0] == ev.ResponseStarted(response_id="resp_3")
+    # the next turn is not held
+    assert kinds(feed_all(codec, frames("text_turn")))[0] == "ResponseStarted"
+
+
+def test_a_response_create_before_geminis_answer_means_nothing_is_held() -> None:
+    codec = _after_tool_result()
+    assert codec.encode(ev.ResponseCreate()).events == []
+    assert kinds(feed_all(codec, frames("tool_continue"))) == CONTINUATION
+
+
+def test_without_a_response_create_the_answer_goes_out_at_the_wake_and_a_late_create_gets_an_empty_response() -> None:
+    codec = _after_tool_result()
+    wake = codec.feed(frames("tool_continue")[0]).wake
+    assert wake is not None
+    feed_all(codec, frames("tool_continue")[1:])
+    assert codec.wake(wake.token - 1).events == []  # a stale timer
+    assert kinds(codec.wake(wake.token).events) == CONTINUATION
+    assert codec.wake(wake.token).events == []  # once
+    # the create that comes after all is answered (it carried metadata the client waits for), empty
+    out = codec.encode(ev.ResponseCreate())
+    assert out.wire == []
+    assert out.events == [ev.ResponseStarted(response_id="resp_5"), ev.ResponseDone(response_id="resp_5")]
+    # and a later create asks Gemini as usual
+    assert wire(codec.encode(ev.ResponseCreate()).wire) == [{"clientContent": {"turnComplete": True}}]
+
+
+def test_a_gemini_client_gets_the_answer_to_its_tool_response_at_once() -> None:
+    # a Gemini client sends no response.create after a toolResponse: nothing to wait for
+    codec = _after_tool_result(msgspec_replace(META, dialect="gemini"))
+    out = codec.feed(frames("tool_continue")[0])
+    assert kinds(out.events) == ["ResponseStarted", "OutputTranscript"] and out.wake is None
 
 
 def test_response_create_after_a_server_vad_commit_is_a_no_op() -> None:
@@ -858,6 +918,7 @@ def test_some_models_end_a_tool_call_turn_with_finished_and_turn_complete() -> N
     ])
     assert tail == []  # the tool call's response is already closed: no second, empty one
     codec.encode(ev.ItemCreate(item=ev.FunctionCallOutput(id="o1", call_id="c1", output="{}")))
+    codec.encode(ev.ResponseCreate())
     after = feed_all(codec, [AUDIO_PART, b'{"serverContent":{"turnComplete":true}}'])
     assert kinds(after) == ["ResponseStarted", "OutputAudio", "OutputDone", "ResponseDone"]
 

@@ -935,11 +935,12 @@ class OpenAISession(SessionBase):
                 "invalid_value", f"Audio content of {audio_ms}ms is already shorter than {end_ms}ms", "audio_end_ms"
             )
         if streaming is not None:
-            # The item is still streaming (the Agents SDK truncates on every interrupt, often before the cancel
-            # lands): the real server accepts it and its audio stops at audio_end_ms. The fake ends the response
-            # the way a cancel does, then truncates the finished item below (a no-op if the stream already did).
+            # The item is still streaming: the real server accepts it, and the response stays active. The Agents
+            # SDK sends its truncate BEFORE its response.cancel on every explicit interrupt (openai-agents
+            # openai_realtime.py _send_interrupt), and that cancel finds the response it cancels there; ending
+            # the response here made every such cancel a response_cancel_not_active error. The item keeps the
+            # audio up to audio_end_ms when its stream ends (below, and in _message).
             streaming.truncate_at_ms = end_ms
-            await streaming.cancel("client_cancelled")
         item.set_pcm((item.pcm or b"")[: end_ms * (item.rate or RATES[PCM16]) // 1000 * 2])
         # The real API drops the transcript so the context holds no text the user never heard.
         item.parts[index]["transcript"] = None

@@ -19,6 +19,13 @@ turn (call, the framework runs the tool, answer). It prints what the framework s
 assert, per scenario: the fakes' deterministic answer (``turn 1: ...``, 440 Hz audio), the tool call's
 arguments, and that the framework surfaced no ``error`` event and logged nothing at ERROR level.
 
+Barge-in (``bargein``, a run of its own with the fakes answering in real time): the frameworks that truncate
+on interruption (the OpenAI-dialect ones: openai-agents' ``interrupt()``, LiveKit's ``interrupt()`` +
+``truncate()`` as its AgentSession calls them, Pipecat's ``InterruptionFrame``) cut the answer after about a
+second of audio. The test asserts no error surfaced, the framework sent a truncate, and the provider's own
+history (the fakes' ``/debug/sessions``) holds the assistant message cut at the ``audio_end_ms`` it asked for.
+(The Gemini-dialect plugins have no truncate: LiveKit's Google plugin only warns that Gemini cannot.)
+
 Scenarios that fail today only because of a gateway bug are ``xfail(strict=True)`` with the bug as the
 reason: when the fix lands they pass, strict turns that into a failure, and the marker must go.
 
@@ -27,6 +34,7 @@ Venvs are built on first use and cached (``venvs.py``); a run skips only when pi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -40,6 +48,7 @@ from typing import Any
 import pytest
 
 from services.dev.stack import free_port
+from services.fakes.control import debug_sessions, reset_knobs, set_knobs
 
 from ...conftest import RunningStack
 from . import venvs
@@ -64,6 +73,10 @@ FRAMEWORKS = {
 }
 PROVIDERS = ("openai", "gemini")
 SCENARIOS = ("text", "audio", "tool")
+BARGE_IN = "bargein"
+# The fakes answer in real time and at length during a barge-in run, so that there is something to cut.
+BARGE_KNOBS: dict[str, Any] = {"pace": 1.0, "response_ms": 8_000}
+TRUNCATE_TOLERANCE_MS = 2  # the fake cuts at a whole sample count
 RUN_TIMEOUT_S = 200  # three scenarios of at most 25 s each, plus the framework's import time
 
 TEXT_REPLY = "turn 1: hello from the framework"
@@ -98,28 +111,26 @@ class UnexplainedFailure(Exception):
 
 
 # Gateway bugs, as the frameworks see them (each reason quotes the framework's own complaint).
-METADATA = Bug(
-    "on Gemini, intermittently, the reply after the tool output does not carry LiveKit's response.metadata: "
-    "Gemini answers a toolResponse by itself, and when that reply reaches the transformer before the client's "
-    "response.create (another subscription) it is announced without the metadata: generate_reply() never resolves",
-    (
-        r"^raised: AssertionError: generate_reply\(\) still pending",
-        r"^error event: .*param='response\.metadata'",
-        r"^ERROR log: .*param='response\.metadata'",
-    ),
-    intermittent=True,
+GEMINI_TRUNCATE = Bug(
+    "Gemini Live has no truncate: the gateway acknowledges conversation.item.truncate but cannot apply it to the "
+    "live Gemini session (it keeps it for the history it replays on a later connection), so the provider's "
+    "history never holds the answer cut at audio_end_ms (applying it would take a reconnect with the cut history "
+    "at the turn end)",
+    (r"^provider history: ",),
 )
-
-
 KNOWN: dict[tuple[str, str, str], tuple[Bug, ...]] = {
-    ("livekit", "gemini", "tool"): (METADATA,),
+    (framework, "gemini", BARGE_IN): (GEMINI_TRUNCATE,) for framework in ("agents", "livekit", "pipecat")
 }
+
+
+def _scenarios(framework: str) -> tuple[str, ...]:
+    return (*SCENARIOS, BARGE_IN) if FRAMEWORKS[framework].dialect == "openai" else SCENARIOS
 
 
 def _cases() -> Iterator[Any]:
     for framework in FRAMEWORKS:
         for provider in PROVIDERS:
-            for scenario in SCENARIOS:
+            for scenario in _scenarios(framework):
                 bugs = KNOWN.get((framework, provider, scenario), ())
                 reason = " | ".join(b.reason for b in bugs)
                 flaky = any(b.intermittent for b in bugs)
@@ -172,7 +183,7 @@ def tls_edge(running: RunningStack, tmp_path_factory: pytest.TempPathFactory) ->
     return TlsEdge(f"https://127.0.0.1:{port}", ca_file)
 
 
-_RESULTS: dict[tuple[str, str], dict[str, Any]] = {}
+_RESULTS: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 
 def _python_for(framework: str, framework_venvs: dict[str, Future[Any]]) -> str:
@@ -184,9 +195,13 @@ def _python_for(framework: str, framework_venvs: dict[str, Future[Any]]) -> str:
         pytest.fail(str(exc), pytrace=False)
 
 
-def _client_run(framework: str, provider: str, python: str, request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The script's JSON for this framework and provider: run once, shared by its three scenarios' tests."""
-    key = (framework, provider)
+def _client_run(
+    framework: str, provider: str, python: str, request: pytest.FixtureRequest, scenario: str
+) -> dict[str, Any]:
+    """The script's JSON for this framework and provider: run once, shared by its three scenarios' tests; the
+    barge-in runs on its own, with the provider's fake answering slowly (global knobs: tests run one by one)."""
+    group = BARGE_IN if scenario == BARGE_IN else ",".join(SCENARIOS)
+    key = (framework, provider, group)
     fw = FRAMEWORKS[framework]
     if key not in _RESULTS:
         # Only what a process needs: no provider keys, no PYTHONPATH pointing into the gateway's packages.
@@ -198,14 +213,21 @@ def _client_run(framework: str, provider: str, python: str, request: pytest.Fixt
         else:
             base = request.getfixturevalue("running").ws_base
         argv = [python, str(venvs.CLIENTS / fw.script), "--base", base, "--provider", provider]
-        proc = subprocess.run(
-            [*argv, "--dialect", fw.dialect],
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-            cwd=venvs.CLIENTS,
-            env=env,
-        )
+        fake_port = request.getfixturevalue("running").fake_ports[provider]
+        if group == BARGE_IN:
+            asyncio.run(set_knobs(fake_port, **BARGE_KNOBS))
+        try:
+            proc = subprocess.run(
+                [*argv, "--dialect", fw.dialect, "--scenarios", group],
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT_S,
+                cwd=venvs.CLIENTS,
+                env=env,
+            )
+        finally:
+            if group == BARGE_IN:
+                asyncio.run(reset_knobs(fake_port))
         marker = "\n@@RESULT@@"
         if marker not in proc.stdout:
             pytest.fail(
@@ -236,10 +258,32 @@ def problems(framework: str, scenario: str, result: dict[str, Any]) -> list[str]
         calls = [(c["name"], json.loads(c["arguments"])) for c in result["tool_calls"]]
         if calls != [(TOOL_NAME, TOOL_ARGS)]:
             found.append(f"tool calls {calls!r}, expected [{(TOOL_NAME, TOOL_ARGS)!r}]")
+    if scenario == BARGE_IN and not any(t["audio_end_ms"] for t in result["truncates"]):
+        found.append(f"truncates sent {result['truncates']!r}, expected one with audio_end_ms > 0")
     hz = result["audio_hz"]
     if not result["audio_bytes"] or hz is None or abs(hz - TONE_HZ) > HZ_TOLERANCE:
         found.append(f"answer audio: {result['audio_bytes']} bytes at {hz} Hz, expected the fakes' {TONE_HZ} Hz tone")
     return found
+
+
+def history_problems(result: dict[str, Any], fake_port: int) -> list[str]:
+    """The provider's own history after the barge-in: the assistant message that answers the marker turn holds
+    the audio the framework said was played (``audio_end_ms`` of its last truncate), no more."""
+    sessions = asyncio.run(debug_sessions(fake_port, include_closed=True))
+    marker = result["marker"]
+    for session in sessions:
+        items = session["items"]
+        at = next((i for i, it in enumerate(items) if it["role"] == "user" and it["text"] == marker), None)
+        if at is None:
+            continue
+        answer = next((it for it in items[at + 1 :] if it["role"] == "assistant" and it["type"] == "message"), None)
+        if answer is None:
+            return [f"provider history: no assistant message after the user turn: {items!r}"]
+        want = result["truncates"][-1]["audio_end_ms"]
+        if answer["audio_ms"] is None or abs(answer["audio_ms"] - want) > TRUNCATE_TOLERANCE_MS:
+            return [f"provider history: the answer holds {answer['audio_ms']} ms of audio, truncated at {want} ms"]
+        return []
+    return [f"provider history: no session on the fake holds the user turn {marker!r}"]
 
 
 @pytest.mark.parametrize(("framework", "provider", "scenario"), list(_cases()))
@@ -252,8 +296,10 @@ def test_framework(
     request: pytest.FixtureRequest,
 ) -> None:
     python = _python_for(framework, framework_venvs)
-    result = _client_run(framework, provider, python, request)[scenario]
+    result = _client_run(framework, provider, python, request, scenario)[scenario]
     found = problems(framework, scenario, result)
+    if scenario == BARGE_IN and result["truncates"] and result["marker"]:
+        found += history_problems(result, running.fake_ports[provider])
     bugs = KNOWN.get((framework, provider, scenario), ())
     if bugs and (other := unexplained(found, bugs)):
         raise UnexplainedFailure(

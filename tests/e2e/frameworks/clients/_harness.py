@@ -33,6 +33,10 @@ TOOL_PROMPT = f"Please call {TOOL_NAME} for Paris."  # the fakes call a tool who
 TOOL_OUTPUT = "sunny, 21 C"
 TEXT_PROMPT = "hello from the framework"
 SCENARIO_TIMEOUT_S = 25.0
+# Barge-in: the test slows the fakes' answers to real time; the framework interrupts once this much of the
+# answer has arrived, as its own interruption path does when the user speaks over the assistant.
+BARGE_PROMPT = "tell me a long story"
+BARGE_AFTER_MS = 1_000
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Result:
     audio_hz: float | None = None  # dominant frequency of the assistant audio
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments"}
     exception: str | None = None  # the scenario raised (or timed out)
+    truncates: list[dict[str, Any]] = field(default_factory=list)  # conversation.item.truncate the framework sent
+    marker: str | None = None  # the user text that names this scenario's session on the provider (fakes' debug)
     seconds: float = 0.0
 
     def event(self, name: str) -> None:
@@ -104,6 +110,22 @@ def dominant_hz(pcm: bytes, rate: int = RATE) -> float | None:
     return round(crossings / 2 / (n / rate), 1)
 
 
+def audio_ms(pcm_bytes: int, rate: int = RATE) -> int:
+    return pcm_bytes // 2 * 1000 // rate
+
+
+def barge_prompt() -> str:
+    """A user text unique to this run: the test finds the provider's session by it."""
+    return f"{BARGE_PROMPT} ({time.time_ns()})"
+
+
+def note_truncate(result: Result, event: Any) -> None:
+    """Record a client event if it is a truncate (a dict or the framework's own event model)."""
+    get = event.get if isinstance(event, dict) else lambda k: getattr(event, k, None)
+    if get("type") == "conversation.item.truncate":
+        result.truncates.append({"item_id": get("item_id"), "audio_end_ms": get("audio_end_ms")})
+
+
 def chunks(pcm: bytes, ms: int = 20, rate: int = RATE) -> list[bytes]:
     size = rate * ms // 1000 * 2
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
@@ -130,7 +152,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--base", required=True, help="ws://127.0.0.1:<port> of the edge")
     p.add_argument("--provider", required=True, choices=("openai", "gemini"))
-    p.add_argument("--scenarios", default="text,audio,tool")
+    p.add_argument("--scenarios", default="text,audio,tool", help="comma-separated; bargein runs on its own")
     p.add_argument(
         "--dialect",
         default="openai",

@@ -113,5 +113,26 @@ async def tool(args: argparse.Namespace, result: h.Result) -> None:
         await h.wait_for(lambda: "tool_end" in result.events, 10, "tool_end")
 
 
+async def bargein(args: argparse.Namespace, result: h.Result) -> None:
+    """The SDK's interrupt (what it does when the user speaks over the answer): response.cancel, a truncate at
+    the audio played so far, and the conversation.item.retrieve it sends when the truncate is acknowledged."""
+    async with _session(args, result, vad=False, tools=False) as (session, _, _):
+        model: Any = session._model  # observed only: every client event it sends passes here
+        send = model._send_raw_message
+
+        async def spy(event: Any) -> None:
+            h.note_truncate(result, event)
+            await send(event)
+
+        model._send_raw_message = spy
+        result.marker = h.barge_prompt()
+        await session.send_message(result.marker)
+        await h.wait_for(lambda: h.audio_ms(result.audio_bytes) >= h.BARGE_AFTER_MS, 15, "the answer's audio")
+        await session.interrupt()
+        await h.wait_for(lambda: "server.conversation.item.truncated" in result.events, 10, "the truncate's ack")
+        await h.wait_for(lambda: "server.conversation.item.retrieved" in result.events, 10, "the retrieved item")
+        await h.wait_for(lambda: "server.response.done" in result.events, 10, "the cancelled response's end")
+
+
 if __name__ == "__main__":
-    h.main({"text": text, "audio": audio, "tool": tool})
+    h.main({"text": text, "audio": audio, "tool": tool, "bargein": bargein})

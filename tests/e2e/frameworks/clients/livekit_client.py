@@ -32,12 +32,17 @@ async def get_weather(text: str) -> str:
 class _Observer:
     """Subscribes to the session's events and drains every generation's streams into the result."""
 
-    def __init__(self, session: Any, result: h.Result) -> None:
+    def __init__(self, session: Any, result: h.Result, *, openai: bool) -> None:
         self.result = result
         self.audio = bytearray()
         self.calls: list[llm.FunctionCall] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.responses_done = 0
+        self.messages: list[str] = []  # message ids of the generations, in order
+        self.server_events: list[str] = []  # raw server event types (OpenAI plugin only)
+        if openai:  # the OpenAI plugin's raw events (the Google plugin has none)
+            session.on("openai_server_event_received", lambda e: self.server_events.append(str(e.get("type"))))
+            session.on("openai_client_event_queued", lambda e: h.note_truncate(result, e))
         for name in (
             "input_speech_started",
             "input_speech_stopped",
@@ -70,6 +75,7 @@ class _Observer:
         messages: list[asyncio.Task[None]] = []
 
         async def message(msg: llm.MessageGeneration) -> None:
+            self.messages.append(msg.message_id)
             text: list[str] = []
 
             async def audio() -> None:
@@ -125,7 +131,7 @@ async def _session(args: argparse.Namespace, result: h.Result, *, vad: bool) -> 
                 turn_detection=td,
             )
         session = model.session()
-        observer = _Observer(session, result)
+        observer = _Observer(session, result, openai=args.dialect == "openai")
         try:
             yield session, observer
         finally:
@@ -194,5 +200,23 @@ async def tool(args: argparse.Namespace, result: h.Result) -> None:
             _resolved(final)
 
 
+async def bargein(args: argparse.Namespace, result: h.Result) -> None:
+    """What AgentSession does when the user speaks over the answer: interrupt() (response.cancel), then
+    truncate() the assistant message at the audio played so far."""
+    async with _session(args, result, vad=False) as (session, observer):
+        result.marker = h.barge_prompt()
+        await _say(session, result.marker)
+        reply = session.generate_reply()
+        await h.wait_for(lambda: h.audio_ms(len(observer.audio)) >= h.BARGE_AFTER_MS, 15, "the answer's audio")
+        played = h.audio_ms(len(observer.audio))
+        session.interrupt()
+        session.truncate(message_id=observer.messages[0], modalities=["audio"], audio_end_ms=played)
+        await h.wait_for(lambda: observer.responses_done >= 1, 10, "the interrupted generation's end")
+        await h.wait_for(
+            lambda: "conversation.item.truncated" in observer.server_events, 10, "the truncate's ack"
+        )
+        _resolved(reply)
+
+
 if __name__ == "__main__":
-    h.main({"text": text, "audio": audio, "tool": tool})
+    h.main({"text": text, "audio": audio, "tool": tool, "bargein": bargein})

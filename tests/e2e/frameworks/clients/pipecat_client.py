@@ -24,6 +24,7 @@ from pipecat.frames.frames import (
     ErrorFrame,
     FunctionCallInProgressFrame,
     InputAudioRawFrame,
+    InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMRunFrame,
     LLMTextFrame,
@@ -194,5 +195,37 @@ async def tool(args: argparse.Namespace, result: h.Result) -> None:
         await _has(result, rf"^turn 1: tool {h.TOOL_NAME} returned ", "the answer after the tool")
 
 
+async def bargein(args: argparse.Namespace, result: h.Result) -> None:
+    """The interruption a transport starts when the user speaks over the answer (an InterruptionFrame): with
+    turn detection off, Pipecat clears the input, cancels the response and truncates what was played."""
+    result.marker = h.barge_prompt()
+    context = LLMContext(messages=[{"role": "user", "content": result.marker}])
+    server_events: list[str] = []
+    parse = events.parse_server_event
+
+    def spy_parse(message: str) -> Any:  # observed only: every server event passes here
+        evt = parse(message)
+        server_events.append(evt.type)
+        return evt
+
+    events.parse_server_event = spy_parse
+    try:
+        async with _pipeline(args, result, context, vad=False) as (worker, llm):
+            send = llm.send_client_event
+
+            async def spy_send(event: Any) -> None:
+                h.note_truncate(result, event)
+                await send(event)
+
+            llm.send_client_event = spy_send
+            await worker.queue_frames([LLMRunFrame()])
+            await h.wait_for(lambda: h.audio_ms(result.audio_bytes) >= h.BARGE_AFTER_MS, 15, "the answer's audio")
+            await worker.queue_frames([InterruptionFrame()])
+            await h.wait_for(lambda: "conversation.item.truncated" in server_events, 10, "the truncate's ack")
+            await h.wait_for(lambda: "response.done" in server_events, 10, "the cancelled response's end")
+    finally:
+        events.parse_server_event = parse
+
+
 if __name__ == "__main__":
-    h.main({"text": text, "audio": audio, "tool": tool}, setup=_loguru_errors)
+    h.main({"text": text, "audio": audio, "tool": tool, "bargein": bargein}, setup=_loguru_errors)
