@@ -42,6 +42,7 @@ from services.provider_worker.upstream import (
     Trigger,
     TurnTimer,
     Upstream,
+    ends_connection,
     error_failure,
     failure_reason,
     step,
@@ -943,10 +944,22 @@ class ProviderWorker:
                 except Exception:
                     log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
                     out = Out(events=[_INTERNAL_ERROR])
+                expiring = False
                 for event in out.events:
-                    if isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
+                    if isinstance(event, ev.ProviderError) and ends_connection(event):
+                        expiring = True  # the provider's own cap (OpenAI session_expired): ours to recycle
+                    elif isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
                         await self._signal(session, "failure", reason=failure)
+                if expiring:
+                    out = Out(wire=out.wire, close=out.close, events=[
+                        e for e in out.events if not (isinstance(e, ev.ProviderError) and ends_connection(e))])
                 await self._apply(session, out)
+                if expiring:
+                    # It closes the connection right after (1001): replace it now, as a planned rotation
+                    # (no notice, no failure); too late for make-before-break, which the age recycle
+                    # (RS_OPENAI_MAX_SESSION_S, below the cap) does ahead of it.
+                    log.info("provider session cap reached", extra={"sid": session.meta.sid})
+                    await self._rotate(session)
                 if session.state is Upstream.HANDOVER:
                     # The turn end a make-before-break waited for: the prepared one takes over. A frame read
                     # as the cutover came may have opened a response after ``_hand_over`` closed the open one:

@@ -668,9 +668,6 @@ async def test_gemini_go_away_recycles_on_gemini_without_a_client_visible_event(
     assert first_audio < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the OpenAI session cap is not a planned recycle: the provider's session_expired error reaches the "
-    "client as an error event and counts as an upstream failure (the close 1001 is reconnected like a loss)"))
 async def test_openai_session_cap_recycles_on_openai_without_a_client_visible_event(switching: SwitchStack) -> None:
     first_audio = await _recycled_conversation(switching, "openai", _marker(), session_cap_s=1.5)
     print(f"session cap recycle: turn 2 first audio {first_audio * 1000:.0f} ms")
