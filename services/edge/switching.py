@@ -205,6 +205,7 @@ class SwitchCoordinator:
         elif signal.kind == "idle":
             session.busy = False
             session.idle.set()
+            session.policy.response_ended(signal.reason)  # how it ended: only an answer ends a failure run
         elif signal.kind == "turn":
             await self._publish_health(provider, session.sid, ok=True)
             decision = session.policy.turn(signal.value_ms, now=now, available=available)

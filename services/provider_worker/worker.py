@@ -767,11 +767,13 @@ class ProviderWorker:
         now = asyncio.get_running_loop().time()
         was_open = session.open_response is not None
         turn_ms: list[float] = []
+        status = ""  # of the last response this batch ended: the idle signal's reason
         for index, event in enumerate(events):
             if isinstance(event, ev.ResponseStarted):
                 session.open_response = event.response_id
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
+                status = event.status
                 if session.mbb is not None:
                     session.mbb.plan.turn_ended(int(time.time() * 1000))
                 session.turns.response_done(event.response_id)
@@ -801,7 +803,8 @@ class ProviderWorker:
             TIME_TO_FIRST_AUDIO.labels(session.meta.provider).observe(ms / 1000)  # metric observation point
             await self._signal(session, "turn", value_ms=ms)
         if is_open != was_open:
-            await self._signal(session, "busy" if is_open else "idle")
+            # idle says how the response ended: only a completed one ends the policy's run of failures.
+            await self._signal(session, "busy" if is_open else "idle", reason="" if is_open else status)
 
     async def _signal(self, session: _Session, kind: SignalKind, *, value_ms: float = 0.0, reason: str = "") -> None:
         """Tell the edge holding the session (its switch policy): see ``bus.Signal``."""
