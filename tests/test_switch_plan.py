@@ -115,6 +115,8 @@ def test_a_spoken_turn_not_transcribed_when_prepared_is_not_given_and_the_delta_
     assert given == frozenset({"a", "f"})
     heard = ev.Message(id="u2", role="user", content=[ev.AudioContent(transcript="audio 0.7s")])
     assert delta_items(given, [_msg("a", "one"), heard]) == [heard]
+    with_audio = ev.Message(id="u3", role="user", content=[ev.AudioContent(pcm=b"\x00\x00", rate=24_000)])
+    assert given_ids([with_audio]) == frozenset({"u3"})  # restored as its audio: given
 
 
 def test_the_age_left_of_a_connection() -> None:

@@ -102,9 +102,10 @@ class SwitchPlan:
 
 def given_ids(history: Iterable[ev.Item]) -> frozenset[str]:
     """The ids of the history items a connection's setup really gave the provider. A message with
-    nothing to say (a spoken turn not transcribed yet) is skipped by every codec's restore: not given, so
-    the cutover's delta sends it once its transcript is in the log."""
-    return frozenset(item.id for item in history if not (isinstance(item, ev.Message) and not item.text()))
+    nothing to say (a spoken turn not transcribed yet, its audio not restored) is skipped by every codec's
+    restore: not given, so the cutover's delta sends it once its transcript (or its audio) is known."""
+    return frozenset(item.id for item in history if not (isinstance(item, ev.Message) and not item.text() and not any(
+        isinstance(c, ev.AudioContent) and c.pcm for c in item.content)))
 
 
 def delta_items(prepared: Iterable[str], items: list[ev.Item]) -> list[ev.Item]:

@@ -191,6 +191,7 @@ class _Session:
         self.recv_timeout: asyncio.Timeout | None = None  # the upstream read's: a handover ends the read now
         self.resume_snapshot: Snapshot | None = None  # what a replacement's resume read, for its first connect
         self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
+        self.turn_audio = replay.TurnAudio()  # spoken turns' audio, for a history without their transcript
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -349,7 +350,7 @@ class ProviderWorker:
             meta = msgspec.structs.replace(session.meta, provider=move.plan.to)
             model = provider.model_for(meta.model)
             await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
-            snapshot = await self.store.snapshot(session.meta.sid)
+            snapshot = self._with_turn_audio(session, await self.store.snapshot(session.meta.sid))
             config = session.config or snapshot.config or ev.SessionConfig()
             url, headers = provider.endpoint(model)
             codec = provider.codec(meta, model)
@@ -677,6 +678,11 @@ class ProviderWorker:
             # Queued input (a reconnect's flush) is marked with the newest seq: later than it was, which
             # only makes the commit point later, as it was before there was a clock.
             session.clock.add(session.last_up, len(event.pcm), event.rate)
+            if session.config is None or not session.config.input_transcription:
+                # Only without transcription: with it, the transcript is what a new connection is told.
+                session.turn_audio.add(session.last_up, event.pcm, event.rate)
+        elif isinstance(event, ev.InputAudioClear):
+            session.turn_audio.cleared()
         elif isinstance(event, _TURN_ENDS_UP):
             session.turns.turn_end(asyncio.get_running_loop().time())
         try:
@@ -783,6 +789,9 @@ class ProviderWorker:
                     turn_ms.append(ms)
             elif isinstance(event, ev.SpeechStarted):
                 session.turns.user_speaking()
+                start_seq = session.clock.seq_at(event.audio_start_ms) if event.audio_start_ms else None
+                if start_seq is not None:
+                    session.turn_audio.speech_started(start_seq)
             elif isinstance(event, ev.SpeechStopped):
                 session.turns.turn_end(now)
                 if event.audio_end_ms:
@@ -794,6 +803,9 @@ class ProviderWorker:
                 # What the provider has committed so far: a replacement replays only what came after.
                 up_seq = session.speech_ends.pop(event.item_id, session.last_up)
                 events[index] = msgspec.structs.replace(event, up_seq=up_seq)
+                session.turn_audio.committed(event.item_id, up_seq)
+            elif isinstance(event, ev.InputTranscript) and event.final and event.text:
+                session.turn_audio.transcribed(event.item_id)
         session.seq_down += 1
         envelope = bus.envelope(session.epoch, session.seq_down, events)
         await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
@@ -990,6 +1002,7 @@ class ProviderWorker:
         if snapshot is None:  # not the first connection of a replacement, which has just read it
             await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
             snapshot = await self.store.snapshot(session.meta.sid)
+        snapshot = self._with_turn_audio(session, snapshot)
         if session.codec is not None:
             # A reconnect: the input the lost connection had not committed went with it.
             await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
@@ -1027,6 +1040,7 @@ class ProviderWorker:
                 "replayed": [type(e).__name__ for e in itertools.islice(session.pending, 8)]})
             # A new connection's audio starts at 0, and its silence is counted afresh.
             session.clock, session.speech_ends = InputClock(), {}
+            session.turn_audio.cleared()  # its buffer starts empty: the queued input is sent (and kept) again
             session.stall = StallWatch(session.stall.limit_s)
             setup = codec.connect(config, snapshot.items)
             await self._apply(session, Out(wire=setup.wire))
@@ -1052,7 +1066,7 @@ class ProviderWorker:
             # this wait is most of the gap the client hears.
             await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
             folded = loop.time()
-            snapshot = await self.store.snapshot(session.meta.sid)
+            snapshot = self._with_turn_audio(session, await self.store.snapshot(session.meta.sid))
             if session.codec is not None:
                 await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
             read = loop.time()
@@ -1066,6 +1080,7 @@ class ProviderWorker:
             if not plan.recycle:  # a new provider: nothing to back off from (a recycle keeps its streak)
                 session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
             session.clock, session.speech_ends = InputClock(), {}
+            session.turn_audio.cleared()
             session.stall = StallWatch(session.stall.limit_s)
             config = session.config or snapshot.config
             if config is not None and config != handed.config:
@@ -1120,6 +1135,12 @@ class ProviderWorker:
             await self._publish(session, [switched])
             await self._signal(session, "ready", value_ms=switched.gap_ms)
         session.switch_revert = None
+
+    @staticmethod
+    def _with_turn_audio(session: _Session, snapshot: Snapshot) -> Snapshot:
+        """The snapshot with the audio this worker holds of spoken turns the log has no text for."""
+        items = session.turn_audio.restore(snapshot.items)
+        return snapshot if items is snapshot.items else msgspec.structs.replace(snapshot, items=items)
 
     @staticmethod
     def _drop_known(session: _Session, snapshot: Snapshot) -> None:

@@ -762,10 +762,6 @@ async def test_switches_asked_just_before_each_turn_leave_no_request_unanswered(
             assert _transcript(events) == f"turn {turn}: audio {(500 + 100 * (turn % 4)) / 1000:.1f}s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a spoken turn without input transcription is not carried to the new provider: the log holds it as an "
-    "audio item without text and the history restored on the switch has nothing to say for it, so the new "
-    "provider's context lacks the turn (its count drops by one)"))
 async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(switching: SwitchStack) -> None:
     marker = _marker()
     async with _sdk(switching, "openai", f"spoken-{marker}") as conn:
@@ -778,6 +774,8 @@ async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(swit
         await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
         await _sdk_until(conn, "rs.switched")
         assert await _sdk_say(conn, f"three {marker}") == f"turn 3: three {marker}"
+    moved = await _fake_session(switching.fake_port("gemini"), f"three {marker}", min_items=6)
+    assert _user_texts(moved) == [f"one {marker}", "audio 0.7s", f"three {marker}"]  # the audio itself, heard
 
 
 async def test_a_failure_switch_right_after_a_spoken_turn_hears_it_once(switching: SwitchStack) -> None:
