@@ -27,12 +27,21 @@ import websockets
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from services.provider_worker import replay
-from services.provider_worker.switchplan import Action, Phase, SwitchPlan, age_left_s, delta_items, given_ids
+from services.provider_worker.switchplan import (
+    Action,
+    Phase,
+    SwitchPlan,
+    TurnLog,
+    age_left_s,
+    delta_items,
+    given_ids,
+)
 from services.provider_worker.switchplan import Signal as PlanSignal
 from services.provider_worker.upstream import (
     Backoff,
@@ -134,6 +143,7 @@ class _Prepared:
     ws: ClientConnection
     opened_at: float
     outs: list[Out] = field(default_factory=list)  # what it sent meanwhile, decoded: published after the cutover
+    base: int | None = None  # the TurnLog mark its history relies on (None: the checkpoint's alone)
     reader: asyncio.Task[None] | None = None
 
 
@@ -192,6 +202,13 @@ class _Session:
         self.resume_snapshot: Snapshot | None = None  # what a replacement's resume read, for its first connect
         self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
         self.turn_audio = replay.TurnAudio()  # spoken turns' audio, for a history without their transcript
+        # The conversation as this worker saw it (recent items), and the TurnLog mark of the last fold of
+        # the checkpoint it confirmed: together with a snapshot read after it, the whole history.
+        self.turn_log = TurnLog()
+        self.log_mark: int | None = None
+        self.audio_seq = 0  # up seq of the newest input audio sent upstream
+        self.committed_seq = 0  # ... up to which the provider committed (or the client cleared) the input
+        self.unanswered: ev.ResponseCreate | None = None  # sent upstream, no response started or ended since
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -349,7 +366,10 @@ class ProviderWorker:
             provider = self.providers[move.plan.to]
             meta = msgspec.structs.replace(session.meta, provider=move.plan.to)
             model = provider.model_for(meta.model)
-            await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
+            if not session.turn_log.covers(session.log_mark):
+                # No base the worker's own log covers: the snapshot must hold the last turn itself.
+                await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
+            base = session.log_mark if session.turn_log.covers(session.log_mark) else None
             snapshot = self._with_turn_audio(session, await self.store.snapshot(session.meta.sid))
             config = session.config or snapshot.config or ev.SessionConfig()
             url, headers = provider.endpoint(model)
@@ -361,7 +381,7 @@ class ProviderWorker:
             connect_ms = round((loop.time() - dialled) * 1000, 1)
             prepared = _Prepared(provider=provider, meta=meta, model=model, config=config,
                                  items=given_ids(snapshot.items), codec=codec, ws=ws,
-                                 opened_at=loop.time())
+                                 opened_at=loop.time(), base=base)
             setup = codec.connect(config, snapshot.items)
             for frame in setup.wire:
                 await ws.send(frame)
@@ -578,6 +598,16 @@ class ProviderWorker:
         assert self.nc is not None and self.store is not None
         loop = asyncio.get_running_loop()
         js = self.nc.jetstream()
+        session = self.sessions.get(sid)
+        mark = session.turn_log.mark() if session is not None else None  # what the worker had seen by now
+        confirmed = await self._checkpoint_caught_up(sid, js, loop, timeout_s, poll_s)
+        if confirmed and session is not None and mark is not None:
+            session.log_mark = mark  # every item it saw before is folded: a snapshot from now on holds it
+        return confirmed
+
+    async def _checkpoint_caught_up(self, sid: str, js: JetStreamContext, loop: asyncio.AbstractEventLoop,
+                                    timeout_s: float, poll_s: float) -> bool:
+        assert self.store is not None
         target = 0
         try:
             for subject in (Subjects.up(sid, "log"), Subjects.down(sid, "log")):  # what the checkpoint folds
@@ -691,6 +721,13 @@ class ProviderWorker:
             # A codec bug must not cost the event silently nor touch other sessions: tell the client.
             log.exception("codec failed on a client event", extra={"sid": session.meta.sid})
             out = Out(events=[_INTERNAL_ERROR])
+        session.turn_log.feed(event)
+        if isinstance(event, ev.InputAudio):
+            session.audio_seq = session.last_up
+        elif isinstance(event, ev.InputAudioClear):
+            session.committed_seq = session.last_up
+        elif isinstance(event, ev.ResponseCreate) and out.wire:  # (none: absorbed by the codec)
+            session.unanswered = event
         await self._apply(session, out)
         if session.codec.needs_reconnect and session.ws is not None and session.state is not Upstream.SWITCHING:
             # The provider cannot take this change live (Gemini: one setup per connection). Not in the middle
@@ -777,8 +814,10 @@ class ProviderWorker:
         for index, event in enumerate(events):
             if isinstance(event, ev.ResponseStarted):
                 session.open_response = event.response_id
+                session.unanswered = None
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
+                session.unanswered = None
                 status = event.status
                 if session.mbb is not None:
                     session.mbb.plan.turn_ended(int(time.time() * 1000))
@@ -804,8 +843,10 @@ class ProviderWorker:
                 up_seq = session.speech_ends.pop(event.item_id, session.last_up)
                 events[index] = msgspec.structs.replace(event, up_seq=up_seq)
                 session.turn_audio.committed(event.item_id, up_seq)
+                session.committed_seq = max(session.committed_seq, up_seq)
             elif isinstance(event, ev.InputTranscript) and event.final and event.text:
                 session.turn_audio.transcribed(event.item_id)
+            session.turn_log.feed(events[index])
         session.seq_down += 1
         envelope = bus.envelope(session.epoch, session.seq_down, events)
         await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
@@ -1041,6 +1082,7 @@ class ProviderWorker:
             # A new connection's audio starts at 0, and its silence is counted afresh.
             session.clock, session.speech_ends = InputClock(), {}
             session.turn_audio.cleared()  # its buffer starts empty: the queued input is sent (and kept) again
+            session.unanswered = None  # the replay judged it (``replay.owed_create``)
             session.stall = StallWatch(session.stall.limit_s)
             setup = codec.connect(config, snapshot.items)
             await self._apply(session, Out(wire=setup.wire))
@@ -1062,18 +1104,25 @@ class ProviderWorker:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            # The last turn's items are in the log once the checkpoint folded its end: polled closely,
-            # this wait is most of the gap the client hears.
-            await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
-            folded = loop.time()
-            snapshot = self._with_turn_audio(session, await self.store.snapshot(session.meta.sid))
-            if session.codec is not None:
-                await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
-            read = loop.time()
+            fast = self._from_own_log(session, handed)
+            if fast is not None:
+                items, config = fast
+                folded = read = loop.time()
+            else:
+                # The last turn's items are in the log once the checkpoint folded its end: polled closely,
+                # this wait is most of the gap the client hears.
+                await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
+                folded = loop.time()
+                snapshot = self._with_turn_audio(session, await self.store.snapshot(session.meta.sid))
+                if session.codec is not None:
+                    await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
+                read = loop.time()
+                self._drop_known(session, snapshot)
+                session.unanswered = None  # the replay judged it (``replay.owed_create``)
+                items, config = snapshot.items, session.config or snapshot.config
             if session.state is not Upstream.CONNECTING:  # a switch "now" came meanwhile (``_cutover``)
                 await _close_quietly(handed.ws)
                 return None
-            self._drop_known(session, snapshot)
             previous = session.meta.provider
             session.provider, session.meta, session.model = handed.provider, handed.meta, handed.model
             session.codec, session.ws, session.opened_at = handed.codec, handed.ws, handed.opened_at
@@ -1082,10 +1131,9 @@ class ProviderWorker:
             session.clock, session.speech_ends = InputClock(), {}
             session.turn_audio.cleared()
             session.stall = StallWatch(session.stall.limit_s)
-            config = session.config or snapshot.config
             if config is not None and config != handed.config:
                 await self._encode(session, config)  # changed while it was being prepared
-            delta = delta_items(handed.items, snapshot.items)
+            delta = delta_items(handed.items, items)
             if isinstance(handed.codec, AppendsHistory):
                 await self._apply(session, handed.codec.append_history(delta))
             else:
@@ -1104,6 +1152,7 @@ class ProviderWorker:
                                         "recycle": plan.recycle, "gap_ms": gap_ms, "added_items": len(delta),
                                         "pending": len(session.pending),
                                         "replayed": [type(e).__name__ for e in itertools.islice(session.pending, 8)],
+                                        "own_log": fast is not None,
                                         "checkpoint_ms": round((folded - began) * 1000, 1),
                                         "read_ms": round((read - folded) * 1000, 1)})
             for out in handed.outs:
@@ -1115,6 +1164,25 @@ class ProviderWorker:
             await _close_quietly(handed.ws)
             raise
         return handed.ws, handed.codec
+
+    @staticmethod
+    def _from_own_log(session: _Session, handed: _Prepared) -> tuple[list[ev.Item], ev.SessionConfig | None] | None:
+        """A cutover without the checkpoint: the history as of now from the prepared upstream's snapshot
+        plus the worker's own log (``TurnLog``), when that is sound: the log covers everything since the
+        snapshot's base (nothing evicted since), and the old upstream holds no input it had not committed
+        (which only the stream has). The input queued since the cutover stays queued, after the response
+        request the old upstream never answered (if any). None: take the checkpoint's way."""
+        if (session.codec is None or not session.turn_log.covers(handed.base)
+                or session.audio_seq > session.committed_seq):
+            return None
+        owed, session.unanswered = session.unanswered, None
+        known = handed.items
+        session.pending = collections.deque(
+            e for e in session.pending
+            if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in known))
+        if owed is not None:
+            session.pending.appendleft(owed)
+        return session.turn_audio.restore(session.turn_log.items()), session.config or handed.config
 
     async def _announce(self, session: _Session) -> None:
         """A (break-before-make) switch: the new upstream has the history; Switched is the first event. A
