@@ -151,11 +151,13 @@ async def test_wait_idle_holds_until_the_worker_is_idle(bus_url: str) -> None:
         await healths.put(bus.decode(msg.data, bus.Health))
 
     await nc.subscribe(Subjects.HEALTH, cb=on_health)
-    await signal(nc, "s7", "turn", epoch=1, provider="openai", value_ms=120)
-    assert (await asyncio.wait_for(healths.get(), 5)).ok  # the turn signal was handled...
+    await signal(nc, "s7", "turn", epoch=1, provider="openai", value_ms=120)  # a first audio: no health
+    await signal(nc, "s7", "failure", epoch=1, provider="openai", reason="error")
+    assert not (await asyncio.wait_for(healths.get(), 5)).ok  # both signals were handled...
     assert not waiting.done()  # ...and the turn end is still awaited
-    await signal(nc, "s7", "idle", epoch=1)
+    await signal(nc, "s7", "idle", epoch=1, provider="openai", reason="completed")
     await asyncio.wait_for(waiting, 5)
+    assert (await asyncio.wait_for(healths.get(), 5)).ok  # an answered turn: the provider's success
     await coord.stop()
     await nc.close()
 
