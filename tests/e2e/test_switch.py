@@ -762,19 +762,26 @@ async def test_switches_asked_just_before_each_turn_leave_no_request_unanswered(
             assert _transcript(events) == f"turn {turn}: audio {(500 + 100 * (turn % 4)) / 1000:.1f}s"
 
 
-async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(switching: SwitchStack) -> None:
-    marker = _marker()
-    async with _sdk(switching, "openai", f"spoken-{marker}") as conn:
+@pytest.mark.parametrize("start", ["openai", "gemini"])
+@pytest.mark.parametrize("when", ["now", "turn_end"])
+async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(
+    switching: SwitchStack, start: str, when: str
+) -> None:
+    """Manual turns, no input transcription: the log has no text for the spoken turn. The worker restores
+    its audio (break-before-make for ``now``, make-before-break for ``turn_end``): the new provider hears it
+    (its fake hears audio as its duration) and its turn count goes on."""
+    marker, target = _marker(), OTHER[start]
+    async with _sdk(switching, start, f"spoken-{marker}") as conn:
         await _manual_turns(conn)  # no input transcription
         assert await _sdk_say(conn, f"one {marker}") == f"turn 1: one {marker}"
         await conn.input_audio_buffer.append(audio=b64(tone(440, 700, 24_000)))
         await conn.input_audio_buffer.commit()
         await conn.response.create()
         assert _transcript(await _sdk_events(conn, "response.done")) == "turn 2: audio 0.7s"
-        await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
+        await conn.send({"type": "rs.switch", "provider": target, "when": when})  # type: ignore[arg-type]
         await _sdk_until(conn, "rs.switched")
         assert await _sdk_say(conn, f"three {marker}") == f"turn 3: three {marker}"
-    moved = await _fake_session(switching.fake_port("gemini"), f"three {marker}", min_items=6)
+    moved = await _fake_session(switching.fake_port(target), f"three {marker}", min_items=6)
     assert _user_texts(moved) == [f"one {marker}", "audio 0.7s", f"three {marker}"]  # the audio itself, heard
 
 
