@@ -13,6 +13,7 @@ from services.provider_worker.switchplan import (
     TurnLog,
     age_left_s,
     delta_items,
+    from_own_log,
     given_ids,
 )
 from shared import events as ev
@@ -161,3 +162,15 @@ def test_the_turn_log_covers_a_base_until_it_evicts() -> None:
     assert not turns.covers(mark)
     assert turns.covers(turns.mark())
     assert [i.id for i in turns.items()] == ["u1", "u2"]
+
+
+def test_a_cutover_takes_the_last_turn_from_its_own_log_only_when_that_is_sound() -> None:
+    turns = TurnLog(limit=2)
+    base = turns.mark()
+    assert from_own_log(turns, base, audio_seq=0, committed_seq=0)  # text turns only
+    assert from_own_log(turns, base, audio_seq=7, committed_seq=7)  # the audio sent is committed
+    assert not from_own_log(turns, base, audio_seq=8, committed_seq=7)  # uncommitted audio: in the stream only
+    assert not from_own_log(turns, None, audio_seq=0, committed_seq=0)  # the snapshot had no confirmed base
+    for n in range(3):
+        turns.feed(ev.ItemCreate(item=_msg(f"u{n}", "hi")))
+    assert not from_own_log(turns, base, audio_seq=0, committed_seq=0)  # the log evicted since the base

@@ -31,6 +31,7 @@ __all__ = [
     "TurnLog",
     "age_left_s",
     "delta_items",
+    "from_own_log",
     "given_ids",
 ]
 
@@ -186,6 +187,13 @@ class TurnLog:
     def _delete(self, event: ev.ItemDelete) -> None:
         self._items.pop(event.item_id, None)
         self._partial.pop(event.item_id, None)
+
+
+def from_own_log(log: TurnLog, base: int | None, *, audio_seq: int, committed_seq: int) -> bool:
+    """Whether a cutover may take the last turn from the worker's own log instead of the checkpoint: the
+    log still covers the prepared snapshot's ``base``, and the old upstream holds no input audio it has
+    not committed (``audio_seq``, the newest sent, after ``committed_seq``): that input only the stream has."""
+    return log.covers(base) and audio_seq <= committed_seq
 
 
 _FOLDS: dict[type, Callable[[TurnLog, Any], None]] = {

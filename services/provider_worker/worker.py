@@ -40,6 +40,7 @@ from services.provider_worker.switchplan import (
     TurnLog,
     age_left_s,
     delta_items,
+    from_own_log,
     given_ids,
 )
 from services.provider_worker.switchplan import Signal as PlanSignal
@@ -1172,8 +1173,8 @@ class ProviderWorker:
         snapshot's base (nothing evicted since), and the old upstream holds no input it had not committed
         (which only the stream has). The input queued since the cutover stays queued, after the response
         request the old upstream never answered (if any). None: take the checkpoint's way."""
-        if (session.codec is None or not session.turn_log.covers(handed.base)
-                or session.audio_seq > session.committed_seq):
+        if session.codec is None or not from_own_log(session.turn_log, handed.base, audio_seq=session.audio_seq,
+                                                     committed_seq=session.committed_seq):
             return None
         owed, session.unanswered = session.unanswered, None
         known = handed.items
