@@ -1181,8 +1181,8 @@ class ProviderWorker:
         session.pending = collections.deque(
             e for e in session.pending
             if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in known))
-        if owed is not None:
-            session.pending.appendleft(owed)
+        if owed is not None and not any(isinstance(e, ev.ResponseCreate) for e in session.pending):
+            session.pending.appendleft(owed)  # (a newer request queued meanwhile asks instead: one answer)
         return session.turn_audio.restore(session.turn_log.items()), session.config or handed.config
 
     async def _announce(self, session: _Session) -> None:
