@@ -12,6 +12,7 @@ functions over literal envelopes (tests/test_replay_plan.py):
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import msgspec
@@ -88,7 +89,7 @@ class TurnAudio:
 
     def __init__(self, limit_bytes: int = TURN_AUDIO_LIMIT_BYTES) -> None:
         self.limit_bytes = limit_bytes
-        self._pending: list[tuple[int, bytes, int]] = []  # (up seq, pcm, rate) sent, not committed yet
+        self._pending: deque[tuple[int, bytes, int]] = deque()  # (up seq, pcm, rate) sent, not committed yet
         self._pending_bytes = 0
         self._items: dict[str, tuple[bytes, int]] = {}  # item id -> (pcm, rate), oldest first
         self._item_bytes = 0
@@ -97,22 +98,24 @@ class TurnAudio:
         self._pending.append((seq, pcm, rate))
         self._pending_bytes += len(pcm)
         while self._pending_bytes > self.limit_bytes and len(self._pending) > 1:  # a long uncommitted stream
-            self._pending_bytes -= len(self._pending.pop(0)[1])
+            self._pending_bytes -= len(self._pending.popleft()[1])
 
     def speech_started(self, seq: int) -> None:
         """The provider heard speech start in envelope ``seq``: what came before is not this turn's."""
-        keep = [chunk for chunk in self._pending if chunk[0] >= seq]
-        self._pending, self._pending_bytes = keep, sum(len(c[1]) for c in keep)
+        while self._pending and self._pending[0][0] < seq:  # in seq order: the oldest go first
+            self._pending_bytes -= len(self._pending.popleft()[1])
 
     def cleared(self) -> None:
         """The input buffer was cleared (the client's clear, or a new connection's empty buffer)."""
-        self._pending, self._pending_bytes = [], 0
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def committed(self, item_id: str, up_seq: int) -> None:
         """The provider committed the input up to envelope ``up_seq`` as the user item ``item_id``."""
-        taken = [chunk for chunk in self._pending if chunk[0] <= up_seq]
-        rest = [chunk for chunk in self._pending if chunk[0] > up_seq]
-        self._pending, self._pending_bytes = rest, sum(len(c[1]) for c in rest)
+        taken: list[tuple[int, bytes, int]] = []
+        while self._pending and self._pending[0][0] <= up_seq:
+            taken.append(self._pending.popleft())
+            self._pending_bytes -= len(taken[-1][1])
         if not taken:
             return
         rate = taken[0][2]
