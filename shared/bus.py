@@ -254,7 +254,8 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     ``switch``: the client asked (``provider``, ``when``). ``turn``: a response got its first audio
     ``value_ms`` after the end of user speech or ``response.create``. ``failure``: the upstream failed
     (``reason``: connect, http_429, http_5xx, error, close_1011). ``stall``: a response open and no upstream
-    bytes for ``value_ms``. ``idle``/``busy``: the worker has no response open / has one (turn boundaries).
+    bytes for ``value_ms``. ``idle``/``busy``: the worker has no response open / has one (turn boundaries;
+    an ``idle`` says in ``reason`` how the response ended: completed, incomplete, failed, cancelled).
     ``ready``: a worker that took the session over in a switch has its upstream ready (``value_ms``: the
     gap since the decision)."""
 

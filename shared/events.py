@@ -86,10 +86,18 @@ class TextContent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
 class AudioContent(
     msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="k", tag="audio"
 ):
-    """Spoken content. The audio itself is not kept in items (the stream holds it); its transcript is."""
+    """Spoken content. The audio itself is not kept in items (the stream holds it); its transcript is.
+    ``pcm`` (s16le mono at ``rate``) is set only on the copy of the history a worker restores to a new
+    provider connection, for a spoken turn it still holds the audio of and that has no transcript."""
 
     transcript: str | None = None
     duration_ms: int | None = None
+    pcm: bytes | None = None
+    rate: int | None = None
+
+    def __repr__(self) -> str:  # keep PCM out of logs and test failure output
+        audio = f"<{len(self.pcm)} B at {self.rate} Hz>" if self.pcm is not None else None
+        return f"AudioContent(transcript={self.transcript!r}, duration_ms={self.duration_ms}, pcm={audio})"
 
 
 Content = TextContent | AudioContent

@@ -3,6 +3,7 @@ prepared earlier) and the OpenAI session length setting. Literal inputs, no I/O.
 
 from __future__ import annotations
 
+import base64
 import json
 
 from shared import events as ev
@@ -48,3 +49,33 @@ def test_openai_session_length_is_recycled_before_the_60_minute_cap() -> None:
     config = load_config(env={"RS_OPENAI_MAX_SESSION_S": "2.5"}, dotenv=None)
     assert OpenAIProvider(config.provider_settings()).max_session_s == 2.5
     assert GeminiProvider({}).max_session_s is None  # Gemini says goAway itself
+
+
+SPOKEN = ev.Message(id="u3", role="user", content=[ev.AudioContent(pcm=b"\x01\x00" * 2_400, rate=24_000)])
+
+
+def test_openai_restores_a_spoken_turn_without_transcript_as_its_audio() -> None:
+    codec = OpenAIProvider({}).codec(META, "gpt-realtime")
+    out = codec.connect(ev.SessionConfig(), [*ITEMS, SPOKEN])
+    frames = [json.loads(f) for f in out.wire if json.loads(f)["type"] == "conversation.item.create"]
+    part = frames[-1]["item"]["content"]
+    assert [p["type"] for p in part] == ["input_audio"]
+    assert len(base64.b64decode(part[0]["audio"])) == 4_800  # 0.1 s at OpenAI's 24 kHz
+    assert [e for e in out.events if isinstance(e, ev.Notice)] == []  # nothing skipped
+
+
+def test_gemini_restores_a_spoken_turn_without_transcript_as_inline_audio() -> None:
+    codec = GeminiProvider({}).codec(META, "gemini-live-2.5-flash-preview")
+    codec.connect(ev.SessionConfig(), [])
+    codec.append_history([*ITEMS, SPOKEN])
+    released = codec.feed(json.dumps({"setupComplete": {}}))
+    (turns,) = [json.loads(f)["clientContent"]["turns"] for f in released.wire]
+    audio = turns[-1]["parts"][-1]["inlineData"]
+    assert turns[-1]["role"] == "user" and audio["mimeType"] == "audio/pcm;rate=16000"
+    assert abs(len(base64.b64decode(audio["data"])) - 3_200) <= 64  # 0.1 s at Gemini's 16 kHz
+
+
+def test_without_its_audio_an_untranscribed_turn_is_still_skipped() -> None:
+    codec = OpenAIProvider({}).codec(META, "gpt-realtime")
+    out = codec.connect(ev.SessionConfig(), [ev.Message(id="u4", role="user", content=[ev.AudioContent()])])
+    assert [e.code for e in out.events if isinstance(e, ev.Notice)] == ["history_item_skipped"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from services.provider_worker.replay import (
     Replay,
+    TurnAudio,
     before_untranscribed_turn,
     commit_point,
+    has_audio,
     needs_down,
     owed_create,
     plan_replay,
@@ -144,3 +146,64 @@ def test_no_create_needs_no_down_read() -> None:
     assert not needs_down(up)
     assert owed_create(up, []) is None
     assert plan_replay(_snap(), [], []) == Replay(events=[], last_seq=0)
+
+
+# -- the audio of spoken turns without a transcript ------------------------------------------------------
+
+
+def _pcm(value: int, samples: int) -> bytes:
+    return value.to_bytes(2, "little", signed=True) * samples
+
+
+def test_a_committed_turn_takes_the_audio_up_to_its_commit_and_the_history_carries_it() -> None:
+    held = TurnAudio()
+    held.add(1, _pcm(1, 10), 24_000)
+    held.add(2, _pcm(2, 10), 24_000)
+    held.add(3, _pcm(3, 10), 24_000)  # after the commit point: the next turn's
+    held.committed("u2", 2)
+    items: list[ev.Item] = [ev.Message(id="u1", role="user", content=[ev.TextContent(text="one")]),
+                            SPOKEN_UNTRANSCRIBED]
+    restored = held.restore(items)
+    assert restored[0] is items[0]
+    assert restored[1] == ev.Message(id="u2", role="user", content=[
+        ev.AudioContent(pcm=_pcm(1, 10) + _pcm(2, 10), rate=24_000)])
+    assert has_audio(restored[1]) and not has_audio(items[1])
+    held.committed("u3", 3)
+    assert held.restore([ev.Message(id="u3", role="user", content=[])])[0] == ev.Message(
+        id="u3", role="user", content=[ev.AudioContent(pcm=_pcm(3, 10), rate=24_000)])
+
+
+def test_a_transcribed_turn_is_said_as_text_and_its_audio_let_go() -> None:
+    held = TurnAudio()
+    held.add(1, _pcm(1, 10), 24_000)
+    held.committed("u2", 1)
+    assert held.restore([SPOKEN_TRANSCRIBED]) == [SPOKEN_TRANSCRIBED]  # it has text: left as it is
+    held.transcribed("u2")
+    assert held.restore([SPOKEN_UNTRANSCRIBED]) == [SPOKEN_UNTRANSCRIBED]
+
+
+def test_cleared_input_and_the_silence_before_speech_are_not_the_turn() -> None:
+    held = TurnAudio()
+    held.add(1, _pcm(1, 10), 24_000)
+    held.cleared()
+    held.add(2, _pcm(2, 10), 24_000)  # silence before the provider heard speech start (in seq 3)
+    held.add(3, _pcm(3, 10), 24_000)
+    held.speech_started(3)
+    held.committed("u2", 3)
+    content = held.restore([SPOKEN_UNTRANSCRIBED])[0].content  # type: ignore[union-attr]
+    assert content == [ev.AudioContent(pcm=_pcm(3, 10), rate=24_000)]
+
+
+def test_held_audio_is_bounded_oldest_turn_first() -> None:
+    held = TurnAudio(limit_bytes=50)
+    for n, item in enumerate(("a", "b", "c"), start=1):
+        held.add(n, _pcm(n, 10), 24_000)  # 20 bytes a turn
+        held.committed(item, n)
+    assert not has_audio(held.restore([ev.Message(id="a", role="user", content=[])])[0])
+    assert has_audio(held.restore([ev.Message(id="c", role="user", content=[])])[0])
+
+
+def test_a_turn_restored_with_its_audio_is_not_replayed_again() -> None:
+    commits = [Commit(position=30, up_seq=3), Commit(position=60, up_seq=8)]
+    with_audio = ev.Message(id="u2", role="user", content=[ev.AudioContent(pcm=_pcm(1, 10), rate=24_000)])
+    assert commit_point(_snap(committed=8, items=[with_audio], commits=commits)) == 8

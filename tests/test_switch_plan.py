@@ -10,8 +10,10 @@ from services.provider_worker.switchplan import (
     Phase,
     Signal,
     SwitchPlan,
+    TurnLog,
     age_left_s,
     delta_items,
+    from_own_log,
     given_ids,
 )
 from shared import events as ev
@@ -115,6 +117,8 @@ def test_a_spoken_turn_not_transcribed_when_prepared_is_not_given_and_the_delta_
     assert given == frozenset({"a", "f"})
     heard = ev.Message(id="u2", role="user", content=[ev.AudioContent(transcript="audio 0.7s")])
     assert delta_items(given, [_msg("a", "one"), heard]) == [heard]
+    with_audio = ev.Message(id="u3", role="user", content=[ev.AudioContent(pcm=b"\x00\x00", rate=24_000)])
+    assert given_ids([with_audio]) == frozenset({"u3"})  # restored as its audio: given
 
 
 def test_the_age_left_of_a_connection() -> None:
@@ -122,3 +126,51 @@ def test_the_age_left_of_a_connection() -> None:
     assert age_left_s(100.0, 3.0, 200.0) == 0.0  # overdue: now
     assert age_left_s(100.0, None, 200.0) is None
     assert age_left_s(100.0, 0.0, 200.0) is None
+
+
+# -- the worker's own log of the conversation -------------------------------------------------------------
+
+
+def test_the_turn_log_folds_the_last_turn_like_the_checkpoint() -> None:
+    turns = TurnLog()
+    said = ev.Message(id="u1", role="user", content=[ev.TextContent(text="one")])
+    answer = ev.Message(id="a1", role="assistant", content=[ev.AudioContent(transcript="turn 1: one")])
+    for event in (ev.ItemCreate(item=said), ev.InputAudio(pcm=b"\x00\x00", rate=24_000),
+                  ev.ResponseStarted(response_id="r1"), ev.OutputDone(response_id="r1", item=answer),
+                  ev.InputCommitted(item_id="u2"), ev.InputTranscript(item_id="u2", text="aud"),
+                  ev.InputTranscript(item_id="u2", text="io")):
+        turns.feed(event)
+    spoken = ev.Message(id="u2", role="user", content=[ev.AudioContent(transcript="audio")])
+    assert turns.items() == [said, answer, spoken]  # partial transcripts joined, as the checkpoint does
+    turns.feed(ev.InputTranscript(item_id="u2", text="audio 0.7s", final=True))
+    turns.feed(ev.InputCommitted(item_id="u2"))  # again: the richer version stays
+    turns.feed(ev.ItemDelete(item_id="u1"))
+    assert turns.items() == [answer, ev.Message(id="u2", role="user", content=[
+        ev.AudioContent(transcript="audio 0.7s")])]
+    # the prepared upstream had the first answer: the cutover adds only the spoken turn
+    assert delta_items(given_ids([answer]), turns.items()) == turns.items()[1:]
+
+
+def test_the_turn_log_covers_a_base_until_it_evicts() -> None:
+    turns = TurnLog(limit=2)
+    assert not turns.covers(None)  # no confirmed fold yet: the checkpoint's way
+    mark = turns.mark()
+    for n in range(2):
+        turns.feed(ev.ItemCreate(item=_msg(f"u{n}", "hi")))
+    assert turns.covers(mark)
+    turns.feed(ev.ItemCreate(item=_msg("u2", "hi")))  # u0 left the log: a snapshot from before may lack it
+    assert not turns.covers(mark)
+    assert turns.covers(turns.mark())
+    assert [i.id for i in turns.items()] == ["u1", "u2"]
+
+
+def test_a_cutover_takes_the_last_turn_from_its_own_log_only_when_that_is_sound() -> None:
+    turns = TurnLog(limit=2)
+    base = turns.mark()
+    assert from_own_log(turns, base, audio_seq=0, committed_seq=0)  # text turns only
+    assert from_own_log(turns, base, audio_seq=7, committed_seq=7)  # the audio sent is committed
+    assert not from_own_log(turns, base, audio_seq=8, committed_seq=7)  # uncommitted audio: in the stream only
+    assert not from_own_log(turns, None, audio_seq=0, committed_seq=0)  # the snapshot had no confirmed base
+    for n in range(3):
+        turns.feed(ev.ItemCreate(item=_msg(f"u{n}", "hi")))
+    assert not from_own_log(turns, base, audio_seq=0, committed_seq=0)  # the log evicted since the base

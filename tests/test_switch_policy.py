@@ -53,7 +53,39 @@ def test_an_answered_turn_breaks_a_failure_run() -> None:
     p.failure(now=1)
     p.failure(now=2)
     p.turn(100, now=3)
+    p.response_ended("completed")
     assert p.failure(now=4) is None
+
+
+@pytest.mark.parametrize(("status", "breaks"), [
+    ("completed", True), ("incomplete", True), ("failed", False), ("cancelled", False), ("", False)])
+def test_only_an_answer_breaks_a_failure_run(status: str, breaks: bool) -> None:
+    p = policy()
+    p.failure(now=1)
+    p.failure(now=2)
+    p.response_ended(status)
+    assert (p.failure(now=3) is None) is breaks
+
+
+def test_a_first_audio_alone_does_not_break_a_failure_run() -> None:
+    """A provider that drops every response right after its first audio: each drop is a failure, and the
+    first audio before it (a fast turn) is not an answer; the run goes on and the session is moved."""
+    p = policy()
+    assert p.turn(100, now=1) is None
+    assert p.failure(now=1.1) is None
+    assert p.turn(120, now=2) is None
+    assert p.failure(now=2.1) is None
+    assert p.turn(90, now=3) is None
+    assert p.failure(now=3.1) == Decision("gemini", "failure", "now")
+
+
+def test_the_latency_rule_still_reads_first_audio_of_cut_responses() -> None:
+    p = policy()
+    for t in (1, 2):
+        assert p.turn(900, now=t) is None
+        assert p.failure(now=t + 0.1) is None
+        p.response_ended("completed")  # a re-ask was answered
+    assert p.turn(900, now=3) == Decision("gemini", "latency", "turn_end")
 
 
 def test_one_stall_switches_now() -> None:
@@ -97,6 +129,7 @@ def test_alternating_faults_never_flap() -> None:
             if outcome is not None:
                 decisions.append(outcome)
                 p.switched(outcome.target, now=now)
+        p.response_ended("completed")  # the good turn was answered
     assert decisions == []
 
 

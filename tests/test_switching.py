@@ -76,6 +76,25 @@ async def test_failures_from_the_worker_switch_the_session_now(bus_url: str) -> 
     await nc.close()
 
 
+async def test_only_a_completed_response_breaks_a_run_of_failures(bus_url: str) -> None:
+    """Signals are handled in order. A failure, an answered turn (idle: completed), a failure: no switch.
+    Then a first audio and a cut (idle: failed) do not break the run: the next failure switches."""
+    nc, coord, recorder = await coordinator(bus_url)
+    await coord.attach("s8", "openai", worker_epoch=1)
+    for kind, reason in (("failure", "close_1011"), ("idle", "completed"), ("failure", "close_1011"), ("busy", "")):
+        await signal(nc, "s8", kind, epoch=1, provider="openai", reason=reason)
+    await until(lambda: coord.sessions["s8"].busy)  # the only busy: everything before it was handled
+    assert recorder.calls.empty()
+    await signal(nc, "s8", "turn", epoch=1, provider="openai", value_ms=100)
+    await signal(nc, "s8", "idle", epoch=1, provider="openai", reason="failed")
+    await until(lambda: not coord.sessions["s8"].busy)
+    await signal(nc, "s8", "failure", epoch=1, provider="openai", reason="close_1011")
+    _, target = await asyncio.wait_for(recorder.calls.get(), 5)
+    assert (target.provider, target.reason) == ("gemini", "failure")
+    await coord.stop()
+    await nc.close()
+
+
 async def test_signals_of_a_replaced_worker_are_ignored(bus_url: str) -> None:
     nc, coord, recorder = await coordinator(bus_url)
     await coord.attach("s2", "openai", worker_epoch=1)
@@ -132,11 +151,13 @@ async def test_wait_idle_holds_until_the_worker_is_idle(bus_url: str) -> None:
         await healths.put(bus.decode(msg.data, bus.Health))
 
     await nc.subscribe(Subjects.HEALTH, cb=on_health)
-    await signal(nc, "s7", "turn", epoch=1, provider="openai", value_ms=120)
-    assert (await asyncio.wait_for(healths.get(), 5)).ok  # the turn signal was handled...
+    await signal(nc, "s7", "turn", epoch=1, provider="openai", value_ms=120)  # a first audio: no health
+    await signal(nc, "s7", "failure", epoch=1, provider="openai", reason="error")
+    assert not (await asyncio.wait_for(healths.get(), 5)).ok  # both signals were handled...
     assert not waiting.done()  # ...and the turn end is still awaited
-    await signal(nc, "s7", "idle", epoch=1)
+    await signal(nc, "s7", "idle", epoch=1, provider="openai", reason="completed")
     await asyncio.wait_for(waiting, 5)
+    assert (await asyncio.wait_for(healths.get(), 5)).ok  # an answered turn: the provider's success
     await coord.stop()
     await nc.close()
 

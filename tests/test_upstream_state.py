@@ -16,6 +16,7 @@ from services.provider_worker.upstream import (
     Trigger,
     TurnTimer,
     Upstream,
+    ends_connection,
     error_failure,
     failure_reason,
     step,
@@ -216,8 +217,15 @@ def test_failure_reasons(exc: BaseException, opened: bool, reason: str | None) -
 
 def test_provider_error_events_are_failures_when_the_codec_marks_them_the_providers() -> None:
     assert error_failure(ev.ProviderError(code="server_error", message="", retryable=True)) == "error"
-    assert error_failure(ev.ProviderError(code="session_expired", message="", fatal=True)) == "error"
+    assert error_failure(ev.ProviderError(code="overloaded_error", message="", fatal=True)) == "error"
     assert error_failure(ev.ProviderError(code="invalid_value", message="")) is None
+
+
+def test_the_session_cap_error_is_a_recycle_not_a_failure() -> None:
+    expired = ev.ProviderError(code="session_expired", message="maximum duration", retryable=True)
+    assert ends_connection(expired)
+    assert error_failure(expired) is None
+    assert not ends_connection(ev.ProviderError(code="server_error", message="", retryable=True))
 
 
 # -- switch ----------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ a cool-down, instead of every session finding out by itself.
 Rules (docs/switching.md):
 - latency: ``failure_count`` consecutive turns slower than ``latency_threshold_ms`` -> switch at the turn end;
 - failures: ``failure_count`` consecutive upstream failures -> switch now (the upstream is not working);
+  only a response that completes (``response_ended``) ends a run of failures: a first audio does not (a provider
+  that drops every connection right after its first output is failing, not answering), nor does a
+  response cut, failed or cancelled;
 - stall: one stall -> switch now (the worker has already ended the cut response);
 - a target is the first provider of the fallback order that is not the current one, not in its
   cool-down (we left it less than ``cooldown_s`` ago) and whose breaker is not open;
@@ -29,6 +32,7 @@ from typing import Literal
 from shared.config import DEFAULT_FALLBACK, parse_fallback
 
 __all__ = [
+    "ANSWERED",
     "AUTOMATIC_REASONS",
     "Breaker",
     "BreakerSettings",
@@ -46,6 +50,11 @@ AUTOMATIC_REASONS: dict[str, When] = {
     "failure": "now",
     "stall": "now",
 }
+
+# Response end statuses that show the upstream answering (a length or filter cut is still an answer);
+# "failed" (a lost or switched upstream cut it) and "cancelled" (the client's) do not.
+ANSWERED: frozenset[str] = frozenset({"completed", "incomplete"})
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PolicySettings:
@@ -84,8 +93,8 @@ class SwitchPolicy:
     def turn(
         self, latency_ms: float, *, now: float, available: Callable[[str], bool] = lambda _: True
     ) -> Decision | None:
-        """A response got its first audio ``latency_ms`` after the user's turn ended."""
-        self._failures = 0  # the upstream answered: failures are no longer consecutive
+        """A response got its first audio ``latency_ms`` after the user's turn ended (the latency rule only:
+        the response may still be cut, so this does not end a run of failures; ``response_ended`` does)."""
         if latency_ms <= self.settings.latency_threshold_ms:
             self._slow_turns = 0
             return None
@@ -93,6 +102,12 @@ class SwitchPolicy:
         if self._slow_turns < self.settings.failure_count or now - self._last_switch < self.settings.min_dwell_s:
             return None
         return self._decide("latency", now, available)
+
+    def response_ended(self, status: str) -> None:
+        """A response ended with ``status`` (the worker's idle signal): an answer (``ANSWERED``) means the
+        upstream works, so failures are no longer consecutive; a cut one (failed, cancelled) changes nothing."""
+        if status in ANSWERED:
+            self._failures = 0
 
     def failure(self, *, now: float, available: Callable[[str], bool] = lambda _: True) -> Decision | None:
         """The upstream failed (connect refused, 429/5xx at the upgrade, a provider-side error, close 1011)."""

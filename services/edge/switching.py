@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from services.edge.switch_policy import Breaker, BreakerSettings, Decision, PolicySettings, SwitchPolicy
+from services.edge.switch_policy import ANSWERED, Breaker, BreakerSettings, Decision, PolicySettings, SwitchPolicy
 from shared import bus
 from shared.bus import Subjects
 from shared.config import Config
@@ -205,8 +205,10 @@ class SwitchCoordinator:
         elif signal.kind == "idle":
             session.busy = False
             session.idle.set()
-        elif signal.kind == "turn":
-            await self._publish_health(provider, session.sid, ok=True)
+            if signal.reason in ANSWERED:  # how the response ended: only an answer is the provider's success
+                await self._publish_health(provider, session.sid, ok=True)
+            session.policy.response_ended(signal.reason)
+        elif signal.kind == "turn":  # a first audio: latency only (the response may still be cut)
             decision = session.policy.turn(signal.value_ms, now=now, available=available)
         elif signal.kind == "failure":
             await self._publish_health(provider, session.sid, ok=False)

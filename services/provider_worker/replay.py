@@ -12,9 +12,13 @@ functions over literal envelopes (tests/test_replay_plan.py):
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
+import msgspec
+
 from shared import events as ev
+from shared.audio import RateConverter
 from shared.store import Commit, Snapshot
 
 __all__ = [
@@ -22,8 +26,10 @@ __all__ = [
     "REPLAY_MARGIN_S",
     "USER_INPUT",
     "Replay",
+    "TurnAudio",
     "before_untranscribed_turn",
     "commit_point",
+    "has_audio",
     "needs_down",
     "owed_create",
     "plan_replay",
@@ -34,6 +40,9 @@ __all__ = [
 # Input after a commit was published at most this long (plus the VAD's silence timeout) before the
 # provider's commit reached the stream (its latency): a replay starts that much earlier.
 REPLAY_MARGIN_S = 3.0
+# Per session, each of uncommitted input and committed turns: ~43 s of 24 kHz input (sessions without
+# input transcription only).
+TURN_AUDIO_LIMIT_BYTES = 2 * 1024 * 1024
 SEMANTIC_VAD_WAIT_S = 8.0  # semantic VAD may wait this long (OpenAI, eagerness low) before it commits
 # On resume these are not replayed: they would act twice, or the snapshot already holds their effect.
 NOT_REPLAYED = (ev.ResponseCreate, ev.ResponseCancel, ev.ItemDelete, ev.ItemTruncate)
@@ -60,9 +69,89 @@ def before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], co
     ``commit_points`` are the ``up_seq`` of the provider's commits the log holds (``Snapshot.commits``)."""
     last = items[-1] if items else None
     if not (isinstance(last, ev.Message) and last.role == "user" and not last.text()
-            and any(isinstance(c, ev.AudioContent) for c in last.content)):
-        return committed
+            and any(isinstance(c, ev.AudioContent) for c in last.content)) or has_audio(last):
+        return committed  # (its audio restored with the history: not replayed a second time)
     return max((point for point in commit_points if point < committed), default=0)
+
+
+def has_audio(item: ev.Item) -> bool:
+    """A message restored with its audio (``TurnAudio.restore``): the history says the turn itself."""
+    return isinstance(item, ev.Message) and any(isinstance(c, ev.AudioContent) and c.pcm for c in item.content)
+
+
+class TurnAudio:
+    """The input audio of the spoken turns this worker sent, by the item the provider committed it as, so
+    a new connection's history can carry a turn that has no transcript (transcription off): the log keeps
+    no audio. Kept until the turn's transcript arrives; bounded (the oldest turns go first).
+
+    Chunks are keyed by their up envelope seq: a commit at ``up_seq`` (``InputCommitted.up_seq``) takes
+    the chunks up to it; with server VAD, speech starting at a seq drops what came before (silence)."""
+
+    def __init__(self, limit_bytes: int = TURN_AUDIO_LIMIT_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self._pending: deque[tuple[int, bytes, int]] = deque()  # (up seq, pcm, rate) sent, not committed yet
+        self._pending_bytes = 0
+        self._items: dict[str, tuple[bytes, int]] = {}  # item id -> (pcm, rate), oldest first
+        self._item_bytes = 0
+
+    def add(self, seq: int, pcm: bytes, rate: int) -> None:
+        self._pending.append((seq, pcm, rate))
+        self._pending_bytes += len(pcm)
+        while self._pending_bytes > self.limit_bytes and len(self._pending) > 1:  # a long uncommitted stream
+            self._pending_bytes -= len(self._pending.popleft()[1])
+
+    def speech_started(self, seq: int) -> None:
+        """The provider heard speech start in envelope ``seq``: what came before is not this turn's."""
+        while self._pending and self._pending[0][0] < seq:  # in seq order: the oldest go first
+            self._pending_bytes -= len(self._pending.popleft()[1])
+
+    def cleared(self) -> None:
+        """The input buffer was cleared (the client's clear, or a new connection's empty buffer)."""
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def committed(self, item_id: str, up_seq: int) -> None:
+        """The provider committed the input up to envelope ``up_seq`` as the user item ``item_id``."""
+        taken: list[tuple[int, bytes, int]] = []
+        while self._pending and self._pending[0][0] <= up_seq:
+            taken.append(self._pending.popleft())
+            self._pending_bytes -= len(taken[-1][1])
+        if not taken:
+            return
+        rate = taken[0][2]
+        if all(chunk[2] == rate for chunk in taken):
+            pcm = b"".join(chunk[1] for chunk in taken)
+        else:  # the client changed its rate mid-turn: one clip at the first rate
+            converter = RateConverter(rate)
+            pcm = b"".join(converter.convert(chunk[1], chunk[2]) for chunk in taken) + converter.flush()
+        self._items[item_id] = (pcm, rate)
+        self._item_bytes += len(pcm)
+        while self._item_bytes > self.limit_bytes and len(self._items) > 1:
+            self._item_bytes -= len(self._items.pop(next(iter(self._items)))[0])
+
+    def transcribed(self, item_id: str) -> None:
+        """The turn has its transcript (in the log): the history says it as text."""
+        held = self._items.pop(item_id, None)
+        if held is not None:
+            self._item_bytes -= len(held[0])
+
+    def restore(self, items: list[ev.Item]) -> list[ev.Item]:
+        """``items`` with the audio held set on user messages that have nothing else to say."""
+        if not self._items:
+            return items
+        return [self._with_audio(item) for item in items]
+
+    def _with_audio(self, item: ev.Item) -> ev.Item:
+        held = self._items.get(item.id)
+        if held is None or not isinstance(item, ev.Message) or item.role != "user" or item.text():
+            return item
+        pcm, rate = held
+        content: list[ev.Content] = [
+            msgspec.structs.replace(c, pcm=pcm, rate=rate) if isinstance(c, ev.AudioContent) else c
+            for c in item.content]
+        if not any(isinstance(c, ev.AudioContent) for c in content):
+            content.append(ev.AudioContent(pcm=pcm, rate=rate))
+        return msgspec.structs.replace(item, content=content)
 
 
 def commit_point(snapshot: Snapshot) -> int:

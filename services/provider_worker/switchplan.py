@@ -14,12 +14,26 @@ end. :class:`SwitchPlan` decides; the worker dials, sends and closes (services/p
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from shared import events as ev
 
-__all__ = ["TRANSITIONS", "Action", "Phase", "Signal", "SwitchPlan", "age_left_s", "delta_items", "given_ids"]
+__all__ = [
+    "TRANSITIONS",
+    "Action",
+    "Phase",
+    "Signal",
+    "SwitchPlan",
+    "TurnLog",
+    "age_left_s",
+    "delta_items",
+    "from_own_log",
+    "given_ids",
+]
 
 
 class Phase(enum.Enum):
@@ -100,11 +114,103 @@ class SwitchPlan:
         return max(0, now_ms - start) if start is not None else 0
 
 
+TURN_LOG_ITEMS = 128  # items a worker keeps of its sessions' recent conversation (``TurnLog``)
+
+
+class TurnLog:
+    """The conversation items a worker saw itself, most recent ``limit``: what it sent upstream (client
+    items) and what the provider said (commits, transcripts, output items), folded like the checkpoint
+    folds the log. A make-before-break cutover takes the last turn's items from here instead of waiting
+    for the checkpoint to fold them, which is most of the gap the client hears.
+
+    Sound only with a base: a snapshot read after a fold the worker confirmed (``Worker._await_checkpoint``)
+    at a ``mark()``; if nothing was evicted since (``covers``), that snapshot plus these items hold the
+    whole conversation, each item by its id (a snapshot item is never sent twice: ``delta_items``)."""
+
+    def __init__(self, limit: int = TURN_LOG_ITEMS) -> None:
+        self.limit = limit
+        self._items: dict[str, ev.Item] = {}  # oldest first
+        self._partial: dict[str, str] = {}  # item id -> transcript deltas so far (no final yet)
+        self.evicted = 0
+
+    def mark(self) -> int:
+        return self.evicted
+
+    def covers(self, mark: int | None) -> bool:
+        """Nothing left the log since ``mark`` (None: no confirmed base)."""
+        return mark is not None and self.evicted == mark
+
+    def items(self) -> list[ev.Item]:
+        return list(self._items.values())
+
+    def feed(self, event: ev.Event) -> None:
+        """One event sent upstream or published down (``_FOLDS``: the ones that change the conversation)."""
+        fold = _FOLDS.get(type(event))
+        if fold is not None:
+            fold(self, event)
+
+    def _put(self, item: ev.Item) -> None:
+        self._items[item.id] = item
+        while len(self._items) > self.limit:
+            oldest = next(iter(self._items))
+            del self._items[oldest]
+            self._partial.pop(oldest, None)
+            self.evicted += 1
+
+    def _item_create(self, event: ev.ItemCreate) -> None:
+        self._put(event.item)
+
+    def _output_done(self, event: ev.OutputDone) -> None:
+        self._put(event.item)
+
+    def _committed(self, event: ev.InputCommitted) -> None:
+        if event.item_id not in self._items:  # a richer version (its transcript) is kept
+            self._put(ev.Message(id=event.item_id, role="user", content=[ev.AudioContent()]))
+
+    def _transcript(self, event: ev.InputTranscript) -> None:
+        text = event.text if event.final else self._partial.get(event.item_id, "") + event.text
+        if event.final:
+            self._partial.pop(event.item_id, None)
+        else:
+            self._partial[event.item_id] = text
+        item = self._items.get(event.item_id)
+        base = item if isinstance(item, ev.Message) else ev.Message(id=event.item_id, role="user")
+        content = [msgspec.structs.replace(c, transcript=text) if isinstance(c, ev.AudioContent) else c
+                   for c in base.content]
+        if not any(isinstance(c, ev.AudioContent) for c in content):
+            content.append(ev.AudioContent(transcript=text))
+        if item is None:
+            self._put(msgspec.structs.replace(base, content=content))
+        else:  # in place: its position in the conversation is its first sighting's
+            self._items[event.item_id] = msgspec.structs.replace(base, content=content)
+
+    def _delete(self, event: ev.ItemDelete) -> None:
+        self._items.pop(event.item_id, None)
+        self._partial.pop(event.item_id, None)
+
+
+def from_own_log(log: TurnLog, base: int | None, *, audio_seq: int, committed_seq: int) -> bool:
+    """Whether a cutover may take the last turn from the worker's own log instead of the checkpoint: the
+    log still covers the prepared snapshot's ``base``, and the old upstream holds no input audio it has
+    not committed (``audio_seq``, the newest sent, after ``committed_seq``): that input only the stream has."""
+    return log.covers(base) and audio_seq <= committed_seq
+
+
+_FOLDS: dict[type, Callable[[TurnLog, Any], None]] = {
+    ev.ItemCreate: TurnLog._item_create,
+    ev.OutputDone: TurnLog._output_done,
+    ev.InputCommitted: TurnLog._committed,
+    ev.InputTranscript: TurnLog._transcript,
+    ev.ItemDelete: TurnLog._delete,
+}
+
+
 def given_ids(history: Iterable[ev.Item]) -> frozenset[str]:
     """The ids of the history items a connection's setup really gave the provider. A message with
-    nothing to say (a spoken turn not transcribed yet) is skipped by every codec's restore: not given, so
-    the cutover's delta sends it once its transcript is in the log."""
-    return frozenset(item.id for item in history if not (isinstance(item, ev.Message) and not item.text()))
+    nothing to say (a spoken turn not transcribed yet, its audio not restored) is skipped by every codec's
+    restore: not given, so the cutover's delta sends it once its transcript (or its audio) is known."""
+    return frozenset(item.id for item in history if not (isinstance(item, ev.Message) and not item.text() and not any(
+        isinstance(c, ev.AudioContent) and c.pcm for c in item.content)))
 
 
 def delta_items(prepared: Iterable[str], items: list[ev.Item]) -> list[ev.Item]:

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from shared import events as ev
 
 __all__ = [
+    "CONNECTION_LIMIT_ERRORS",
     "TRANSITIONS",
     "Backoff",
     "IllegalTransition",
@@ -27,6 +28,7 @@ __all__ = [
     "TurnTimer",
     "Upstream",
     "close_failure",
+    "ends_connection",
     "error_failure",
     "failure_reason",
     "http_failure",
@@ -232,8 +234,22 @@ def close_failure(code: int | None) -> str | None:
     return _CLOSE_FAILURES.get(code) if code is not None else None
 
 
+# Provider error codes that announce the provider's own end of the connection by its limits (OpenAI's
+# ``session_expired`` at the session cap, just before it closes with 1001): a recycle on the same
+# provider, which the client is not told about and the switch policy does not count.
+CONNECTION_LIMIT_ERRORS: frozenset[str] = frozenset({"session_expired"})
+
+
+def ends_connection(error: ev.ProviderError) -> bool:
+    """The provider ends this connection by its own limit (``CONNECTION_LIMIT_ERRORS``): recycle it."""
+    return error.code in CONNECTION_LIMIT_ERRORS
+
+
 def error_failure(error: ev.ProviderError) -> str | None:
-    """A provider error event: a failure when the codec marks it the provider's (retryable or fatal)."""
+    """A provider error event: a failure when the codec marks it the provider's (retryable or fatal),
+    unless it only announces the connection's planned end (``ends_connection``)."""
+    if ends_connection(error):
+        return None
     return "error" if error.retryable or error.fatal else None
 
 

@@ -27,12 +27,22 @@ import websockets
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from services.provider_worker import replay
-from services.provider_worker.switchplan import Action, Phase, SwitchPlan, age_left_s, delta_items, given_ids
+from services.provider_worker.switchplan import (
+    Action,
+    Phase,
+    SwitchPlan,
+    TurnLog,
+    age_left_s,
+    delta_items,
+    from_own_log,
+    given_ids,
+)
 from services.provider_worker.switchplan import Signal as PlanSignal
 from services.provider_worker.upstream import (
     Backoff,
@@ -42,6 +52,7 @@ from services.provider_worker.upstream import (
     Trigger,
     TurnTimer,
     Upstream,
+    ends_connection,
     error_failure,
     failure_reason,
     step,
@@ -133,6 +144,7 @@ class _Prepared:
     ws: ClientConnection
     opened_at: float
     outs: list[Out] = field(default_factory=list)  # what it sent meanwhile, decoded: published after the cutover
+    base: int | None = None  # the TurnLog mark its history relies on (None: the checkpoint's alone)
     reader: asyncio.Task[None] | None = None
 
 
@@ -190,6 +202,14 @@ class _Session:
         self.recv_timeout: asyncio.Timeout | None = None  # the upstream read's: a handover ends the read now
         self.resume_snapshot: Snapshot | None = None  # what a replacement's resume read, for its first connect
         self.speech_ends: dict[str, int] = {}  # item id -> up seq where the provider heard speech stop
+        self.turn_audio = replay.TurnAudio()  # spoken turns' audio, for a history without their transcript
+        # The conversation as this worker saw it (recent items), and the TurnLog mark of the last fold of
+        # the checkpoint it confirmed: together with a snapshot read after it, the whole history.
+        self.turn_log = TurnLog()
+        self.log_mark: int | None = None
+        self.audio_seq = 0  # up seq of the newest input audio sent upstream
+        self.committed_seq = 0  # ... up to which the provider committed (or the client cleared) the input
+        self.unanswered: ev.ResponseCreate | None = None  # sent upstream, no response started or ended since
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -347,8 +367,11 @@ class ProviderWorker:
             provider = self.providers[move.plan.to]
             meta = msgspec.structs.replace(session.meta, provider=move.plan.to)
             model = provider.model_for(meta.model)
-            await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
-            snapshot = await self.store.snapshot(session.meta.sid)
+            if not session.turn_log.covers(session.log_mark):
+                # No base the worker's own log covers: the snapshot must hold the last turn itself.
+                await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
+            base = session.log_mark if session.turn_log.covers(session.log_mark) else None
+            snapshot = self._with_turn_audio(session, await self.store.snapshot(session.meta.sid))
             config = session.config or snapshot.config or ev.SessionConfig()
             url, headers = provider.endpoint(model)
             codec = provider.codec(meta, model)
@@ -359,7 +382,7 @@ class ProviderWorker:
             connect_ms = round((loop.time() - dialled) * 1000, 1)
             prepared = _Prepared(provider=provider, meta=meta, model=model, config=config,
                                  items=given_ids(snapshot.items), codec=codec, ws=ws,
-                                 opened_at=loop.time())
+                                 opened_at=loop.time(), base=base)
             setup = codec.connect(config, snapshot.items)
             for frame in setup.wire:
                 await ws.send(frame)
@@ -576,6 +599,16 @@ class ProviderWorker:
         assert self.nc is not None and self.store is not None
         loop = asyncio.get_running_loop()
         js = self.nc.jetstream()
+        session = self.sessions.get(sid)
+        mark = session.turn_log.mark() if session is not None else None  # what the worker had seen by now
+        confirmed = await self._checkpoint_caught_up(sid, js, loop, timeout_s, poll_s)
+        if confirmed and session is not None and mark is not None:
+            session.log_mark = mark  # every item it saw before is folded: a snapshot from now on holds it
+        return confirmed
+
+    async def _checkpoint_caught_up(self, sid: str, js: JetStreamContext, loop: asyncio.AbstractEventLoop,
+                                    timeout_s: float, poll_s: float) -> bool:
+        assert self.store is not None
         target = 0
         try:
             for subject in (Subjects.up(sid, "log"), Subjects.down(sid, "log")):  # what the checkpoint folds
@@ -676,6 +709,11 @@ class ProviderWorker:
             # Queued input (a reconnect's flush) is marked with the newest seq: later than it was, which
             # only makes the commit point later, as it was before there was a clock.
             session.clock.add(session.last_up, len(event.pcm), event.rate)
+            if session.config is None or not session.config.input_transcription:
+                # Only without transcription: with it, the transcript is what a new connection is told.
+                session.turn_audio.add(session.last_up, event.pcm, event.rate)
+        elif isinstance(event, ev.InputAudioClear):
+            session.turn_audio.cleared()
         elif isinstance(event, _TURN_ENDS_UP):
             session.turns.turn_end(asyncio.get_running_loop().time())
         try:
@@ -684,6 +722,13 @@ class ProviderWorker:
             # A codec bug must not cost the event silently nor touch other sessions: tell the client.
             log.exception("codec failed on a client event", extra={"sid": session.meta.sid})
             out = Out(events=[_INTERNAL_ERROR])
+        session.turn_log.feed(event)
+        if isinstance(event, ev.InputAudio):
+            session.audio_seq = session.last_up
+        elif isinstance(event, ev.InputAudioClear):
+            session.committed_seq = session.last_up
+        elif isinstance(event, ev.ResponseCreate) and out.wire:  # (none: absorbed by the codec)
+            session.unanswered = event
         await self._apply(session, out)
         if session.codec.needs_reconnect and session.ws is not None and session.state is not Upstream.SWITCHING:
             # The provider cannot take this change live (Gemini: one setup per connection). Not in the middle
@@ -774,11 +819,15 @@ class ProviderWorker:
         now = asyncio.get_running_loop().time()
         was_open = session.open_response is not None
         turn_ms: list[float] = []
+        status = ""  # of the last response this batch ended: the idle signal's reason
         for index, event in enumerate(events):
             if isinstance(event, ev.ResponseStarted):
                 session.open_response = event.response_id
+                session.unanswered = None
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
+                session.unanswered = None
+                status = event.status
                 if session.mbb is not None:
                     session.mbb.plan.turn_ended(int(time.time() * 1000))
                 session.turns.response_done(event.response_id)
@@ -788,6 +837,9 @@ class ProviderWorker:
                     turn_ms.append(ms)
             elif isinstance(event, ev.SpeechStarted):
                 session.turns.user_speaking()
+                start_seq = session.clock.seq_at(event.audio_start_ms) if event.audio_start_ms else None
+                if start_seq is not None:
+                    session.turn_audio.speech_started(start_seq)
             elif isinstance(event, ev.SpeechStopped):
                 session.turns.turn_end(now)
                 if event.audio_end_ms:
@@ -799,6 +851,11 @@ class ProviderWorker:
                 # What the provider has committed so far: a replacement replays only what came after.
                 up_seq = session.speech_ends.pop(event.item_id, session.last_up)
                 events[index] = msgspec.structs.replace(event, up_seq=up_seq)
+                session.turn_audio.committed(event.item_id, up_seq)
+                session.committed_seq = max(session.committed_seq, up_seq)
+            elif isinstance(event, ev.InputTranscript) and event.final and event.text:
+                session.turn_audio.transcribed(event.item_id)
+            session.turn_log.feed(events[index])
         session.seq_down += 1
         envelope = bus.envelope(session.epoch, session.seq_down, events)
         await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
@@ -808,7 +865,8 @@ class ProviderWorker:
             TIME_TO_FIRST_AUDIO.labels(session.meta.provider).observe(ms / 1000)  # metric observation point
             await self._signal(session, "turn", value_ms=ms)
         if is_open != was_open:
-            await self._signal(session, "busy" if is_open else "idle")
+            # idle says how the response ended: only a completed one ends the policy's run of failures.
+            await self._signal(session, "busy" if is_open else "idle", reason="" if is_open else status)
 
     async def _signal(self, session: _Session, kind: SignalKind, *, value_ms: float = 0.0, reason: str = "") -> None:
         """Tell the edge holding the session (its switch policy): see ``bus.Signal``."""
@@ -951,10 +1009,22 @@ class ProviderWorker:
                 except Exception:
                     log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
                     out = Out(events=[_INTERNAL_ERROR])
+                expiring = False
                 for event in out.events:
-                    if isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
+                    if isinstance(event, ev.ProviderError) and ends_connection(event):
+                        expiring = True  # the provider's own cap (OpenAI session_expired): ours to recycle
+                    elif isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
                         await self._signal(session, "failure", reason=failure)
+                if expiring:
+                    out = Out(wire=out.wire, close=out.close, events=[
+                        e for e in out.events if not (isinstance(e, ev.ProviderError) and ends_connection(e))])
                 await self._apply(session, out)
+                if expiring:
+                    # It closes the connection right after (1001): replace it now, as a planned rotation
+                    # (no notice, no failure); too late for make-before-break, which the age recycle
+                    # (RS_OPENAI_MAX_SESSION_S, below the cap) does ahead of it.
+                    log.info("provider session cap reached", extra={"sid": session.meta.sid})
+                    await self._rotate(session)
                 if session.state is Upstream.HANDOVER:
                     # The turn end a make-before-break waited for: the prepared one takes over. A frame read
                     # as the cutover came may have opened a response after ``_hand_over`` closed the open one:
@@ -982,6 +1052,7 @@ class ProviderWorker:
         if snapshot is None:  # not the first connection of a replacement, which has just read it
             await self._await_checkpoint(session.meta.sid, timeout_s=1.0)
             snapshot = await self.store.snapshot(session.meta.sid)
+        snapshot = self._with_turn_audio(session, snapshot)
         if session.codec is not None:
             # A reconnect: the input the lost connection had not committed went with it.
             await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
@@ -1019,6 +1090,8 @@ class ProviderWorker:
                 "replayed": [type(e).__name__ for e in itertools.islice(session.pending, 8)]})
             # A new connection's audio starts at 0, and its silence is counted afresh.
             session.clock, session.speech_ends = InputClock(), {}
+            session.turn_audio.cleared()  # its buffer starts empty: the queued input is sent (and kept) again
+            session.unanswered = None  # the replay judged it (``replay.owed_create``)
             session.stall = StallWatch(session.stall.limit_s)
             setup = codec.connect(config, snapshot.items)
             await self._apply(session, Out(wire=setup.wire))
@@ -1040,29 +1113,36 @@ class ProviderWorker:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            # The last turn's items are in the log once the checkpoint folded its end: polled closely,
-            # this wait is most of the gap the client hears.
-            await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
-            folded = loop.time()
-            snapshot = await self.store.snapshot(session.meta.sid)
-            if session.codec is not None:
-                await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
-            read = loop.time()
+            fast = self._from_own_log(session, handed)
+            if fast is not None:
+                items, config = fast
+                folded = read = loop.time()
+            else:
+                # The last turn's items are in the log once the checkpoint folded its end: polled closely,
+                # this wait is most of the gap the client hears.
+                await self._await_checkpoint(session.meta.sid, timeout_s=1.0, poll_s=HANDOVER_POLL_S)
+                folded = loop.time()
+                snapshot = self._with_turn_audio(session, await self.store.snapshot(session.meta.sid))
+                if session.codec is not None:
+                    await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
+                read = loop.time()
+                self._drop_known(session, snapshot)
+                session.unanswered = None  # the replay judged it (``replay.owed_create``)
+                items, config = snapshot.items, session.config or snapshot.config
             if session.state is not Upstream.CONNECTING:  # a switch "now" came meanwhile (``_cutover``)
                 await _close_quietly(handed.ws)
                 return None
-            self._drop_known(session, snapshot)
             previous = session.meta.provider
             session.provider, session.meta, session.model = handed.provider, handed.meta, handed.model
             session.codec, session.ws, session.opened_at = handed.codec, handed.ws, handed.opened_at
             if not plan.recycle:  # a new provider: nothing to back off from (a recycle keeps its streak)
                 session.backoff = Backoff(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, short_lived_s=SHORT_LIVED_S)
             session.clock, session.speech_ends = InputClock(), {}
+            session.turn_audio.cleared()
             session.stall = StallWatch(session.stall.limit_s)
-            config = session.config or snapshot.config
             if config is not None and config != handed.config:
                 await self._encode(session, config)  # changed while it was being prepared
-            delta = delta_items(handed.items, snapshot.items)
+            delta = delta_items(handed.items, items)
             if isinstance(handed.codec, AppendsHistory):
                 await self._apply(session, handed.codec.append_history(delta))
             else:
@@ -1081,6 +1161,7 @@ class ProviderWorker:
                                         "recycle": plan.recycle, "gap_ms": gap_ms, "added_items": len(delta),
                                         "pending": len(session.pending),
                                         "replayed": [type(e).__name__ for e in itertools.islice(session.pending, 8)],
+                                        "own_log": fast is not None,
                                         "checkpoint_ms": round((folded - began) * 1000, 1),
                                         "read_ms": round((read - folded) * 1000, 1)})
             for out in handed.outs:
@@ -1092,6 +1173,25 @@ class ProviderWorker:
             await _close_quietly(handed.ws)
             raise
         return handed.ws, handed.codec
+
+    @staticmethod
+    def _from_own_log(session: _Session, handed: _Prepared) -> tuple[list[ev.Item], ev.SessionConfig | None] | None:
+        """A cutover without the checkpoint: the history as of now from the prepared upstream's snapshot
+        plus the worker's own log (``TurnLog``), when that is sound: the log covers everything since the
+        snapshot's base (nothing evicted since), and the old upstream holds no input it had not committed
+        (which only the stream has). The input queued since the cutover stays queued, after the response
+        request the old upstream never answered (if any). None: take the checkpoint's way."""
+        if session.codec is None or not from_own_log(session.turn_log, handed.base, audio_seq=session.audio_seq,
+                                                     committed_seq=session.committed_seq):
+            return None
+        owed, session.unanswered = session.unanswered, None
+        known = handed.items
+        session.pending = collections.deque(
+            e for e in session.pending
+            if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in known))
+        if owed is not None and not any(isinstance(e, ev.ResponseCreate) for e in session.pending):
+            session.pending.appendleft(owed)  # (a newer request queued meanwhile asks instead: one answer)
+        return session.turn_audio.restore(session.turn_log.items()), session.config or handed.config
 
     async def _announce(self, session: _Session) -> None:
         """A (break-before-make) switch: the new upstream has the history; Switched is the first event. A
@@ -1112,6 +1212,12 @@ class ProviderWorker:
             await self._publish(session, [switched])
             await self._signal(session, "ready", value_ms=switched.gap_ms)
         session.switch_revert = None
+
+    @staticmethod
+    def _with_turn_audio(session: _Session, snapshot: Snapshot) -> Snapshot:
+        """The snapshot with the audio this worker holds of spoken turns the log has no text for."""
+        items = session.turn_audio.restore(snapshot.items)
+        return snapshot if items is snapshot.items else msgspec.structs.replace(snapshot, items=items)
 
     @staticmethod
     def _drop_known(session: _Session, snapshot: Snapshot) -> None:

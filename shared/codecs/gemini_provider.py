@@ -369,10 +369,15 @@ class GeminiProviderCodec:
     def _message_parts(self, item: ev.Message) -> tuple[str, list[JsonObj]]:
         parts: list[JsonObj] = []
         for c in item.content:
-            # audio bytes are not kept in items: spoken content is replayed as its transcript
+            # audio bytes are not kept in items: spoken content is replayed as its transcript, or as the
+            # audio itself when the worker still holds it (a spoken turn never transcribed)
             text = c.text if isinstance(c, ev.TextContent) else c.transcript
             if text:
                 parts.append({"text": text})
+            elif isinstance(c, ev.AudioContent) and c.pcm and c.rate and item.role == "user":
+                converter = RateConverter(INPUT_RATE)
+                pcm = converter.convert(c.pcm, c.rate) + converter.flush()
+                parts.append({"inlineData": {"mimeType": INPUT_MIME, "data": b64encode_std(pcm)}})
         return _ROLE[item.role], parts
 
     def _call_parts(self, item: ev.FunctionCall) -> tuple[str, list[JsonObj]]:

@@ -356,6 +356,9 @@ class OpenAIProviderCodec:
             text = c.text if isinstance(c, ev.TextContent) else c.transcript
             if text:
                 content.append({"type": part_type, "text": text})
+            elif isinstance(c, ev.AudioContent) and c.pcm and c.rate and item.role == "user":
+                # A spoken turn without a transcript, its audio held by the worker: the audio itself.
+                content.append({"type": "input_audio", "audio": b64encode_std(_at_input_rate(c.pcm, c.rate))})
         if not content:
             return None
         return {"type": "message", "id": self._pid(item.id), "role": item.role, "content": content}
@@ -739,6 +742,12 @@ class OpenAIProviderCodec:
             param=_opt_str(err, "param"),
             client_event_id=_opt_str(err, "event_id"),
         )])
+
+
+def _at_input_rate(pcm: bytes, rate: int) -> bytes:
+    """One whole clip (a restored spoken turn) at the session's input rate."""
+    converter = RateConverter(INPUT_RATE)
+    return converter.convert(pcm, rate) + converter.flush()
 
 
 def _nothing(codec: OpenAIProviderCodec, m: JsonObj) -> Out:

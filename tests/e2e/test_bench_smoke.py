@@ -96,7 +96,9 @@ def _check_switch(report: dict[str, Any], stdout: str, switches: int) -> None:
     assert sw["kinds"]["stall"]["direct"]["p50"] >= sw["stall_ms"], sw["kinds"]["stall"]
     assert sw["kinds"]["stall"]["gateway"]["p50"] >= sw["stall_ms"] - 50, sw["kinds"]["stall"]
     gap = sw["kinds"]["manual"]["gateway_reported_gap"]
-    assert gap["n"] == switches and _positive(gap["p50"])
+    # Whole ms from the turn end to the new upstream ready: 0 when the cutover takes the last turn from the
+    # worker's own log (docs/switching.md), never negative.
+    assert gap["n"] == switches and 0 <= gap["p50"] <= gap["p99"], gap
 
 
 def _check_report(
