@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from shared import events as ev
-from shared.metrics import BUS_RECONNECTS
+from shared.metrics import BUS_RECONNECTS, LOG_PUBLISH_GAVE_UP, LOG_PUBLISH_RETRIES
 from shared.session import SessionMeta
 from shared.store import LOGGED_EVENTS
 
@@ -621,6 +621,8 @@ async def publish_logged(
             return 0
         delay = retry.delay(loop.time())
         if delay is None:
+            LOG_PUBLISH_GAVE_UP.inc()
             log.error("log envelope not acknowledged", extra={"tries": tries, "error": why})
             return 0
+        LOG_PUBLISH_RETRIES.inc()
         await asyncio.sleep(delay)

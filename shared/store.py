@@ -26,6 +26,8 @@ duplicates an item and two checkpoint instances may process the same session saf
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -41,10 +43,10 @@ from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
-from shared.metrics import REDIS_RECONNECTS
+from shared.metrics import CHECKPOINT_REPLICA_WAITS, REDIS_RECONNECTS
 from shared.session import SessionMeta
 
-__all__ = ["LOGGED_EVENTS", "Commit", "Snapshot", "Store"]
+__all__ = ["LOGGED_EVENTS", "Commit", "ReplicaWait", "Snapshot", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +84,78 @@ def _keys(sid: str) -> dict[str, str]:
     }
 
 
+class _Failures:
+    count = 0  # commands that failed and were retried (any connection of one client)
+
+
 class _CountingRetry(Retry):
-    """redis-py's retry, counting each failed attempt (``rs_redis_reconnects_total``)."""
+    """redis-py's retry, counting each failed attempt (``rs_redis_reconnects_total`` and ``Store.failures``)."""
+
+    def __init__(self, *args: Any, failures: _Failures, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CountingRetry:
+        # Every connection deep-copies the retry it is given: the copies share one count.
+        clone = copy.copy(self)
+        clone._backoff = copy.deepcopy(self._backoff, memo)
+        return clone
 
     async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
         async def counted(error: Exception, *more: Any) -> None:
             REDIS_RECONNECTS.inc()
+            self.failures.count += 1
             await fail(error, *more)
 
         return await super().call_with_retry(do, counted, *args, **kwargs)
 
 
+# WAIT for a replica after a checkpoint batch (Sentinel mode): how long at most, and how long to go without
+# after a WAIT no replica answered (the replica is down or resyncing: no failover could keep those writes
+# anyway, and every batch would otherwise pay the whole timeout).
+WAIT_TIMEOUT_MS = 1000
+WAIT_RETRY_S = 5.0
+
+
+@dataclasses.dataclass
+class ReplicaWait:
+    """Whether ``Store.settle`` WAITs for replicas, and for how many. Sans-I/O: times are loop seconds.
+
+    ``replicas`` 0 (one Redis, no Sentinel): never. Otherwise after every batch, except for ``retry_s``
+    after a WAIT that fewer replicas confirmed than asked."""
+
+    replicas: int
+    timeout_ms: int = WAIT_TIMEOUT_MS
+    retry_s: float = WAIT_RETRY_S
+    _skip_until: float = 0.0
+
+    def wanted(self, now: float) -> int:
+        """Replicas to WAIT for now (0: do not WAIT)."""
+        return self.replicas if self.replicas and now >= self._skip_until else 0
+
+    def confirmed(self, got: int, now: float) -> bool:
+        """Record a WAIT's answer; False when fewer replicas than asked had the writes."""
+        if got >= self.replicas:
+            return True
+        self._skip_until = now + self.retry_s
+        return False
+
+
 class Store:
-    def __init__(self, client: aioredis.Redis, *, ttl_s: int = 86_400) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, ttl_s: int = 86_400, replicas: int = 0, wait_timeout_ms: int = WAIT_TIMEOUT_MS,
+        failures: _Failures | None = None,
+    ) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.wait = ReplicaWait(replicas, timeout_ms=wait_timeout_ms)
+        self._failures = failures or _Failures()
+
+    @property
+    def failures(self) -> int:
+        """Commands that failed and were retried so far (a reconnect, a failover): writes made before one may
+        have gone to a primary that is gone (see ``settle``)."""
+        return self._failures.count
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -105,7 +164,8 @@ class Store:
     ) -> AsyncIterator[Store]:
         """``sentinels`` (``host:port,...``) selects Sentinel instead of ``url``: the client asks the
         sentinels for the current primary and asks again when a connection to it fails (a failover)."""
-        retry = _CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20)
+        failures = _Failures()
+        retry = _CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20, failures=failures)
         sentinel: Sentinel | None = None
         if sentinels:
             addresses = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels.split(","))]
@@ -122,7 +182,8 @@ class Store:
                 health_check_interval=10, socket_connect_timeout=2,
             )
         try:
-            yield cls(client, ttl_s=ttl_s)
+            # Sentinel mode runs a primary with a replica: the checkpoint WAITs for it (``settle``).
+            yield cls(client, ttl_s=ttl_s, replicas=1 if sentinels else 0, failures=failures)
         finally:
             await client.aclose()
             if sentinel is not None:
@@ -180,6 +241,28 @@ class Store:
 
     async def note_stream_seq(self, seq: int) -> None:
         await self.redis.eval(_RAISE_KEY, 1, _STREAM_LAST, str(seq))
+
+    async def settle(self, seq: int, now: float) -> int | None:
+        """After a batch of ``apply``: note ``seq`` as the newest stream sequence folded and, with a replica
+        (Sentinel mode), WAIT until it holds every write so far or ``wait.timeout_ms`` passed. Returns how
+        many replicas confirmed (None: not asked). Replication is asynchronous: what the primary acked and
+        the replica lacks is gone when Sentinel promotes the replica; after this the batch survives that.
+
+        The WAIT goes on the connection of a write that always replicates (the raise script SETs), so it
+        covers the writes of the batch made on other connections too (one replication stream)."""
+        replicas = self.wait.wanted(now)
+        if not replicas:
+            await self.note_stream_seq(seq)
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_RAISE_KEY, 1, _STREAM_LAST, str(seq))
+            pipe.execute_command("WAIT", replicas, self.wait.timeout_ms)
+            _, got = await pipe.execute()
+        confirmed = self.wait.confirmed(int(got), now)
+        CHECKPOINT_REPLICA_WAITS.labels("confirmed" if confirmed else "unconfirmed").inc()
+        if not confirmed:
+            log.warning("no replica confirmed the checkpoint's writes", extra={"replicas": int(got)})
+        return int(got)
 
     async def note_folded(self, stream_id: str, position: int) -> None:
         """The checkpoint has folded everything up to stream ``position`` (raise only: several instances)."""
@@ -315,10 +398,10 @@ redis.call('SET', KEYS[1], cur, 'KEEPTTL')
 return cur
 """
 
-# Raise a key to ARGV[1] unless it is already higher.
+# Raise a key to ARGV[1] unless it is already higher. Always a SET: a WAIT after it covers every earlier write.
 _RAISE_KEY = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('SET', KEYS[1], math.max(cur, tonumber(ARGV[1])))
 return 0
 """
 

@@ -322,11 +322,6 @@ async def test_three_nats_kills_and_two_redis_failovers(ha: HaStack) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "envelopes are core NATS publishes captured by the stream: until the surviving nodes elect a new stream "
-    "leader (4-9 s, nats-server's raft election timeout) nothing is stored, so the log misses what was said "
-    "meanwhile (the sessions go on). Needs acked JetStream publishes for the log part: docs/scaling.md"
-))
 async def test_nats_stream_leader_killed_loses_nothing(ha: HaStack) -> None:
     await _run_rounds(ha, ["openai", "gemini"], nats_nodes=["leader"], redis_failovers=0)
 
