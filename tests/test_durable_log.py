@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from services.dev.stack import Stack
 from shared import bus
 from shared import events as ev
-from shared.store import ReplicaWait, Store
+from shared.store import ReplicaWait, Store, WaitState
 
 # -- the retry schedule (sans-I/O) ------------------------------------------------------------------
 
@@ -44,14 +44,28 @@ def test_replica_wait_never_waits_with_one_redis() -> None:
     assert wait.wanted(0.0) == 0
 
 
-def test_replica_wait_pauses_after_an_unconfirmed_wait_then_tries_again() -> None:
-    wait = ReplicaWait(replicas=1, retry_s=5.0)
-    assert wait.wanted(10.0) == 1
-    assert wait.confirmed(1, 10.0)
-    assert wait.wanted(10.5) == 1
-    assert not wait.confirmed(0, 11.0)  # the replica is down: every batch would pay the whole timeout
-    assert wait.wanted(15.9) == 0
-    assert wait.wanted(16.0) == 1
+def test_replica_wait_holds_an_unconfirmed_batch_up_to_the_bound_then_gives_the_replica_up() -> None:
+    wait = ReplicaWait(replicas=1, hold_s=5.0, retry_s=5.0)
+    assert wait.wanted(10.0) == 1 and wait.answered(1, 10.0) and wait.state is WaitState.NORMAL
+    assert not wait.answered(0, 11.0)  # the replica lags: hold the batch (not acked), WAIT again
+    assert wait.state is WaitState.HOLDING and wait.wanted(12.0) == 1
+    assert not wait.answered(0, 15.9)
+    assert wait.answered(0, 16.0)  # held 5 s: ack it anyway, go without WAIT for retry_s
+    assert wait.state is WaitState.DEGRADED
+    assert wait.wanted(20.9) == 0
+    assert wait.wanted(21.0) == 1
+    assert wait.answered(0, 22.0)  # still gone: no hold this time
+    assert wait.state is WaitState.DEGRADED and wait.wanted(26.9) == 0
+    assert wait.answered(1, 27.0) and wait.state is WaitState.NORMAL  # back: the next lag holds again
+    assert not wait.answered(0, 30.0)
+
+
+def test_replica_wait_a_confirmed_retry_ends_the_hold() -> None:
+    wait = ReplicaWait(replicas=1, hold_s=5.0)
+    assert not wait.answered(0, 1.0)
+    assert wait.answered(1, 2.0) and wait.state is WaitState.NORMAL
+    assert not wait.answered(0, 9.0)  # a new hold counts from its own start
+    assert not wait.answered(0, 13.9)
 
 
 # -- acked publishes against a real nats-server -----------------------------------------------------
@@ -150,10 +164,12 @@ async def _replica_linked(port: int) -> None:
 async def test_settle_waits_for_the_replica_in_sentinel_mode(redis_pair: Stack) -> None:
     await _replica_linked(redis_pair.redis_nodes["redis-b"])
     async with Store.connect("", sentinels=redis_pair.env["REDIS_SENTINELS"]) as store:
+        assert store.wait.replicas == 1
         sid = uuid.uuid4().hex
         item = ev.ItemCreate(item=ev.Message(id="u1", role="user", content=[ev.TextContent(text="kept")]))
         await store.apply(sid, 7, [item])
-        assert await store.settle(7, 0.0) == 1
+        assert await store.settle(7, 0.0)
+        assert store.wait.state is WaitState.NORMAL
     # Confirmed: the replica has the write now, not just eventually.
     replica = Store(aioredis.Redis(port=redis_pair.redis_nodes["redis-b"]))
     try:
@@ -162,7 +178,7 @@ async def test_settle_waits_for_the_replica_in_sentinel_mode(redis_pair: Stack) 
         await replica.redis.aclose()
 
 
-async def test_settle_with_a_stopped_replica_gives_up_after_the_timeout_then_skips_the_wait(redis_pair: Stack) -> None:
+async def test_settle_holds_a_batch_a_stopped_replica_has_not_confirmed(redis_pair: Stack) -> None:
     await _replica_linked(redis_pair.redis_nodes["redis-b"])
     async with Store.connect("", sentinels=redis_pair.env["REDIS_SENTINELS"]) as store:
         store.wait.timeout_ms = 300
@@ -172,18 +188,19 @@ async def test_settle_with_a_stopped_replica_gives_up_after_the_timeout_then_ski
             loop = asyncio.get_running_loop()
             await store.apply(uuid.uuid4().hex, 8, [ev.ItemDelete(item_id="x")])
             started = loop.time()
-            assert await store.settle(8, 100.0) == 0
+            assert not await store.settle(8, 100.0)  # not confirmed: hold
             assert 0.25 <= loop.time() - started < 0.9
-            assert await store.settle(9, 101.0) is None  # within retry_s: no WAIT, no timeout paid
+            assert store.wait.state is WaitState.HOLDING
         finally:
             replica.kill(signal.SIGCONT)
-        assert await store.settle(10, 100.0 + store.wait.retry_s) == 1
+        assert await store.settle(8, 101.0)  # the replica is back: the held batch is confirmed
+        assert store.wait.state is WaitState.NORMAL
 
 
 async def test_settle_with_one_redis_never_waits(redis_pair: Stack) -> None:
     async with Store.connect(redis_pair.redis_url) as store:
         assert store.wait.replicas == 0
-        assert await store.settle(11, 0.0) is None
+        assert await store.settle(11, 0.0)
         assert await store.stream_floor() >= 12
 
 

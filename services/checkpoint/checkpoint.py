@@ -149,17 +149,20 @@ class Checkpoint:
 
     async def _fold(self, store: Store, batch: list[tuple[str, int, list[ev.Event]]]) -> None:
         """Fold a batch into Redis before any of it is acked: every envelope (``Store.apply``), then
-        ``Store.settle`` (with a replica: WAIT until it holds the batch). A Redis command that failed meanwhile
-        (a failover: what the old primary acked may be gone with it) folds the whole batch again (the writes
-        are idempotent); Redis down: hold the batch (no ack) and retry, the stream keeps the rest."""
+        ``Store.settle`` (with a replica: WAIT until it holds the batch; again while it does not, for a
+        bound). A Redis command that failed meanwhile (a failover: what the old primary acked may be gone
+        with it) folds the whole batch again (the writes are idempotent); Redis down: hold the batch (no
+        ack) and retry, the stream keeps the rest."""
         backoff = 0.05
         loop = asyncio.get_running_loop()
+        failures = store.failures
         while True:
-            failures = store.failures
             try:
                 for sid, position, events in batch:
                     await store.apply(sid, position, events)
-                await store.settle(batch[-1][1], loop.time())
+                # Held while the replica has not confirmed (bounded by ReplicaWait); a failure meanwhile refolds.
+                while not await store.settle(batch[-1][1], loop.time()) and store.failures == failures:
+                    pass
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("store unavailable", extra={"error": type(exc).__name__})
                 await asyncio.sleep(backoff)
@@ -167,6 +170,7 @@ class Checkpoint:
                 continue
             if store.failures == failures:
                 return
+            failures = store.failures
             CHECKPOINT_REFOLDS.inc()
             log.info("redis failed during a batch: folding it again", extra={"envelopes": len(batch)})
 
