@@ -2,8 +2,10 @@
 
 - ``bus.publish_logged``: a ``log`` envelope is published with JetStream acks and retried under one
   ``Nats-Msg-Id`` until the stream stores it (once), within a bound.
-- ``Store.settle`` with a replica (Sentinel mode): WAIT until the replica holds the checkpoint's batch; no
-  WAIT with one Redis; after a WAIT no replica answered, none for a while (``ReplicaWait``).
+- ``Store.settle`` with a replica (Sentinel mode): WAIT until the replica holds the checkpoint's batch; a
+  batch it did not confirm is held, for a bound, then the replica is given up for a while (``ReplicaWait``);
+  no WAIT with one Redis. ``Store.failures`` counts retried commands of every pooled connection (the
+  checkpoint folds a batch again when it moved).
 """
 
 from __future__ import annotations

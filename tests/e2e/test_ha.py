@@ -144,7 +144,7 @@ class Talker:
     def expected_log(self) -> list[str]:
         return [text for asked, heard in self.turns for text in (asked, heard)]
 
-    def gap_around(self, at: float, window_s: float = 5.0) -> tuple[float, float]:
+    def gap_around(self, at: float, window_s: float = 15.0) -> tuple[float, float]:
         """(longest silence between two audio deltas in the ``window_s`` before ``at``, longest one that
         ends in the ``window_s`` from ``at`` on)."""
         times = self.audio_at
