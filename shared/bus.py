@@ -3,7 +3,7 @@
 Everything on the bus is msgpack (msgspec). Audio is raw bytes inside canonical events; client frames
 travel as the client sent them (``cin``) or as the client will receive them (``cout``).
 The hot path is core NATS publish; a JetStream stream captures ``rs.s.>`` for the checkpoint and for
-replay (see ``ensure_stream``).
+replay (see ``ensure_stream``). The ``log`` part of ``up``/``down`` is published with acks (``publish_logged``).
 """
 
 from __future__ import annotations

@@ -49,11 +49,11 @@ async def measure(label: str, url: str, pids: list[int]) -> None:
     nc = await bus.connect(url, name="bench")
     await bus.ensure_stream(nc)
     payloads = [_envelope(i) for i in range(N)]
-    await bus.publish_logged(nc, "rs.s.warm.up.log", payloads[0])  # the first request sets up the inbox
+    await bus.publish_logged(nc, bus.Subjects.up("warm", "log"), payloads[0])  # the first request sets up the inbox
 
     cpu, server, started = time.process_time(), _server_cpu_s(pids), time.perf_counter()
     for payload in payloads:
-        await nc.publish("rs.s.core.up.log", payload)
+        await nc.publish(bus.Subjects.up("core", "log"), payload)
     await nc.flush()
     await _stored(nc, N + 1)
     core = (time.process_time() - cpu, _server_cpu_s(pids) - server, time.perf_counter() - started)
@@ -63,7 +63,7 @@ async def measure(label: str, url: str, pids: list[int]) -> None:
     async def session(index: int) -> None:
         for payload in payloads[index::SESSIONS]:
             at = time.perf_counter()
-            assert await bus.publish_logged(nc, f"rs.s.s{index}.up.log", payload)
+            assert await bus.publish_logged(nc, bus.Subjects.up(f"s{index}", "log"), payload)
             latencies.append(time.perf_counter() - at)
 
     cpu, server, started = time.process_time(), _server_cpu_s(pids), time.perf_counter()
