@@ -3,7 +3,9 @@
 A durable JetStream pull consumer (shared by every checkpoint instance) reads ``up`` and ``down``
 envelopes; each is folded into Redis by ``Store.apply`` with the stream sequence as the item position,
 so redelivery and several instances never duplicate or reorder an item. A restarted checkpoint resumes
-from the consumer's acknowledged position.
+from the consumer's acknowledged position. A batch is acked only once Redis holds it: with a replica
+(Sentinel mode), once the replica confirms it too (``Store.settle``: WAIT, bounded), and folded again when
+a Redis command failed meanwhile (a failover may have taken the old primary's writes with it).
 
 After each batch, and once a second when idle, the checkpoint records in Redis the position up to which
 the log holds the stream (the consumer's ack floor: with several instances, or a redelivery pending,
