@@ -132,7 +132,7 @@ class Checkpoint:
                 batch.append((sid, msg.metadata.sequence.stream, list(env.events)))
                 good.append(msg)
             if batch:
-                await self._fold(store, batch)
+                await self._fold(store, batch, good)
             for msg in good:
                 FRAMES.labels("checkpoint", "in").inc()
                 self.applied += 1
@@ -149,7 +149,7 @@ class Checkpoint:
                 # returns one or two messages and its request/reply costs more than folding them.
                 await asyncio.sleep(FETCH_PAUSE_S)
 
-    async def _fold(self, store: Store, batch: list[tuple[str, int, list[ev.Event]]]) -> None:
+    async def _fold(self, store: Store, batch: list[tuple[str, int, list[ev.Event]]], msgs: list[Msg]) -> None:
         """Fold a batch into Redis before any of it is acked: every envelope (``Store.apply``), then
         ``Store.settle`` (with a replica: WAIT until it holds the batch; again while it does not, for a
         bound). A Redis command that failed meanwhile (a failover: what the old primary acked may be gone
@@ -164,7 +164,9 @@ class Checkpoint:
                     await store.apply(sid, position, events)
                 # Held while the replica has not confirmed (bounded by ReplicaWait); a failure meanwhile refolds.
                 while not await store.settle(batch[-1][1], loop.time()) and store.failures == failures:
-                    pass
+                    for msg in msgs:  # held longer than ack_wait: not redelivered meanwhile
+                        with contextlib.suppress(nats.errors.Error):
+                            await msg.in_progress()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("store unavailable", extra={"error": type(exc).__name__})
                 await asyncio.sleep(backoff)
