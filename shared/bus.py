@@ -3,7 +3,7 @@
 Everything on the bus is msgpack (msgspec). Audio is raw bytes inside canonical events; client frames
 travel as the client sent them (``cin``) or as the client will receive them (``cout``).
 The hot path is core NATS publish; a JetStream stream captures ``rs.s.>`` for the checkpoint and for
-replay (see ``ensure_stream``).
+replay (see ``ensure_stream``). The ``log`` part of ``up``/``down`` is published with acks (``publish_logged``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import json
 import logging
+import os
 import time
 from typing import Literal, TypeVar
 
@@ -24,13 +26,14 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from shared import events as ev
-from shared.metrics import BUS_RECONNECTS
+from shared.metrics import BUS_RECONNECTS, LOG_PUBLISH_GAVE_UP, LOG_PUBLISH_RETRIES
 from shared.session import SessionMeta
 from shared.store import LOGGED_EVENTS
 
 __all__ = [
     "CHECKPOINT_CONSUMER",
     "STREAM",
+    "AckRetry",
     "AssignReply",
     "AssignRequest",
     "ClientIn",
@@ -53,6 +56,7 @@ __all__ = [
     "last_in_stream",
     "parse_version",
     "part",
+    "publish_logged",
     "replay",
     "replay_seq",
 ]
@@ -542,3 +546,95 @@ async def replay_seq(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+# -- acked publishes: the ``log`` part ---------------------------------------------------------------
+# Everything else on the bus is a core publish the stream captures. That loses what is published while
+# the stream has no leader (a killed leader node: 4-9 s until the survivors elect one) or no stream at all
+# (a restarted single server before the stream is created again). The ``log`` part is what the checkpoint
+# folds into Redis (``Subjects.CHECKPOINT_SUBJECTS``: items, commits, transcripts, config), a few
+# envelopes per turn: those are published as JetStream requests and retried until the stream acks them.
+# The retry carries the first attempt's ``Nats-Msg-Id``, so the stream stores the envelope once (its
+# duplicate window is the default 2 min); members that received a copy live drop the second one by seq.
+
+LOG_ATTEMPT_S = 1.0  # one request's wait for the ack (an ack takes ~1 ms; a leader may be gone)
+LOG_PUBLISH_MAX_S = 20.0  # give up after this: two raft elections and a reconnect fit in it
+_MSG_ID_PREFIX = os.urandom(6).hex()  # this process; the counter makes each envelope's id unique
+_MSG_IDS = itertools.count(1)
+
+
+@dataclasses.dataclass
+class AckRetry:
+    """When to try an unacknowledged publish again: exponential from ``first_s`` up to ``cap_s`` between
+    tries (the cap bounds how long after a new leader is elected the envelope waits), none after ``max_s``
+    since ``start``. Times are loop seconds; sans-I/O."""
+
+    start: float
+    max_s: float = LOG_PUBLISH_MAX_S
+    first_s: float = 0.05
+    cap_s: float = 0.5
+    _next: float = 0.0
+
+    def delay(self, now: float) -> float | None:
+        """Seconds to wait before the next try, or None: give up (the next try would end past ``max_s``)."""
+        wait = self._next or self.first_s
+        if now + wait > self.start + self.max_s:
+            return None
+        self._next = min(wait * 2, self.cap_s)
+        return wait
+
+
+class _PubAck(msgspec.Struct, frozen=True):
+    """JetStream's answer to a publish: ``seq`` when stored, ``error`` when refused (e.g. no leader)."""
+
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+_PUBACK_DEC = msgspec.json.Decoder(_PubAck)
+
+
+def log_msg_id() -> str:
+    """A fresh deduplication id for one envelope (unique across processes and restarts)."""
+    return f"{_MSG_ID_PREFIX}.{next(_MSG_IDS)}"
+
+
+async def publish_logged(
+    nc: NATS, subject: str, payload: bytes, *, max_s: float = LOG_PUBLISH_MAX_S, attempt_s: float = LOG_ATTEMPT_S
+) -> int:
+    """Publish a ``log`` envelope and return once the stream has stored it: its stream sequence, or 0 when
+    it was not acknowledged within ``max_s`` (logged; the envelope may still have been stored).
+
+    The caller awaits it on the session's own path (a subscription callback or upstream loop per session),
+    so the session's later envelopes follow it and no other session waits. Each try is also delivered to
+    the session's members like a core publish; they drop repeats by envelope seq."""
+    loop = asyncio.get_running_loop()
+    headers = {"Nats-Msg-Id": log_msg_id()}
+    retry = AckRetry(loop.time(), max_s=max_s)
+    tries = 0
+    while True:
+        tries += 1
+        why = ""
+        try:
+            reply = await nc.request(subject, payload, timeout=attempt_s, headers=headers)
+            ack = _PUBACK_DEC.decode(reply.data)
+            if ack.error is None and ack.seq:
+                if tries > 1:
+                    log.info("log envelope stored after retries", extra={"tries": tries, "seq": ack.seq})
+                return ack.seq
+            why = str((ack.error or {}).get("description", "no sequence"))
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            why = type(exc).__name__  # no leader (yet), or our server is gone and the client reconnects
+        except msgspec.DecodeError:
+            why = "unreadable ack"
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            log.error("log envelope not stored: connection closed", extra={"subject_kind": "log"})
+            return 0
+        delay = retry.delay(loop.time())
+        if delay is None:
+            LOG_PUBLISH_GAVE_UP.inc()
+            log.error("log envelope not acknowledged", extra={"tries": tries, "error": why})
+            return 0
+        LOG_PUBLISH_RETRIES.inc()
+        await asyncio.sleep(delay)

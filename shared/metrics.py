@@ -10,9 +10,13 @@ __all__ = [
     "ASSIGN_SECONDS",
     "BREAKER_OPEN",
     "BUS_RECONNECTS",
+    "CHECKPOINT_REFOLDS",
+    "CHECKPOINT_REPLICA_WAITS",
     "FRAMES",
     "HOPS",
     "HOP_SECONDS",
+    "LOG_PUBLISH_GAVE_UP",
+    "LOG_PUBLISH_RETRIES",
     "NOTICES",
     "PROBES",
     "PROVIDER_CONNECTS",
@@ -88,6 +92,21 @@ BUS_RECONNECTS = Counter("rs_bus_reconnects_total", "NATS connection re-establis
 REDIS_RECONNECTS = Counter(
     "rs_redis_reconnects_total", "Redis commands retried after a connection failure (each retry reconnects; "
     "a Sentinel client asks the sentinels for the primary again)",
+)
+LOG_PUBLISH_RETRIES = Counter(
+    "rs_log_publish_retries_total", "Log-part envelopes published again because the stream did not ack them "
+    "(no stream leader, a reconnect)",
+)
+LOG_PUBLISH_GAVE_UP = Counter(
+    "rs_log_publish_gave_up_total", "Log-part envelopes the stream did not ack within the bound (may be missing "
+    "from the log)",
+)
+CHECKPOINT_REPLICA_WAITS = Counter(
+    "rs_checkpoint_replica_waits_total", "Checkpoint batches that waited for the Redis replica (Sentinel mode), "
+    "by result: confirmed, or unconfirmed (no replica answered in time)", ["result"],
+)
+CHECKPOINT_REFOLDS = Counter(
+    "rs_checkpoint_refolds_total", "Checkpoint batches folded again because a Redis command failed meanwhile",
 )
 
 

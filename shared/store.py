@@ -26,6 +26,9 @@ duplicates an item and two checkpoint instances may process the same session saf
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,17 +37,17 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
-from shared.metrics import REDIS_RECONNECTS
+from shared.metrics import CHECKPOINT_REPLICA_WAITS, REDIS_RECONNECTS
 from shared.session import SessionMeta
 
-__all__ = ["LOGGED_EVENTS", "Commit", "Snapshot", "Store"]
+__all__ = ["LOGGED_EVENTS", "Commit", "ReplicaWait", "Snapshot", "Store", "WaitState"]
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +85,125 @@ def _keys(sid: str) -> dict[str, str]:
     }
 
 
+class _Failures:
+    count = 0  # commands that failed and were retried (any connection of one client)
+
+
 class _CountingRetry(Retry):
-    """redis-py's retry, counting each failed attempt (``rs_redis_reconnects_total``)."""
+    """redis-py's retry, counting each failed attempt (``rs_redis_reconnects_total`` and ``Store.failures``)."""
+
+    def __init__(self, *args: Any, failures: _Failures, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CountingRetry:
+        # Every connection deep-copies the retry it is given: the copies share one count.
+        clone = copy.copy(self)
+        clone._backoff = copy.deepcopy(self._backoff, memo)
+        return clone
 
     async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
         async def counted(error: Exception, *more: Any) -> None:
             REDIS_RECONNECTS.inc()
+            self.failures.count += 1
             await fail(error, *more)
 
         return await super().call_with_retry(do, counted, *args, **kwargs)
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """Asks the sentinels for the primary at every socket connect. redis-py does so only when a connection
+    is taken from the pool: a command in flight when the primary died reconnects (``send_packed_command``)
+    to the dead address, retry after retry (~30 s), though Sentinel promoted the replica after ~2 s."""
+
+    async def _connect(self) -> None:
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()
+
+
+# WAIT for a replica after a checkpoint batch (Sentinel mode): each WAIT's bound; how long a batch is held
+# (not acked, WAIT again) while the replica does not confirm; how long to go without WAIT after that (the
+# replica is down or resyncing: no promotion could keep those writes anyway, and holding longer would leave
+# the log behind the stream until the stream's window drops what was never folded).
+WAIT_TIMEOUT_MS = 1000
+WAIT_HOLD_S = 5.0
+WAIT_RETRY_S = 5.0
+
+
+class WaitState(enum.Enum):
+    NORMAL = "normal"  # WAIT after every batch
+    HOLDING = "holding"  # the replica did not confirm the batch: WAIT again before acking it
+    DEGRADED = "degraded"  # gave up on the replica: no WAIT until retry_s, then one try
+
+
+# (state, outcome of a WAIT) -> (next state, go on and ack the batch)
+_WAIT_TABLE: dict[tuple[WaitState, str], tuple[WaitState, bool]] = {
+    (WaitState.NORMAL, "confirmed"): (WaitState.NORMAL, True),
+    (WaitState.NORMAL, "short"): (WaitState.HOLDING, False),
+    (WaitState.HOLDING, "confirmed"): (WaitState.NORMAL, True),
+    (WaitState.HOLDING, "short"): (WaitState.HOLDING, False),
+    (WaitState.HOLDING, "over"): (WaitState.DEGRADED, True),
+    (WaitState.DEGRADED, "confirmed"): (WaitState.NORMAL, True),
+    (WaitState.DEGRADED, "over"): (WaitState.DEGRADED, True),
+}
+
+
+@dataclasses.dataclass
+class ReplicaWait:
+    """Whether ``Store.settle`` WAITs for replicas, and whether a batch may be acked after the answer.
+    Sans-I/O: times are loop seconds.
+
+    ``replicas`` 0 (one Redis, no Sentinel): never WAIT. Otherwise WAIT after every batch; a batch the
+    replica did not confirm is held (WAIT again) up to ``hold_s``, then acked anyway and the replica given up
+    (``DEGRADED``: one WAIT per ``retry_s`` until one confirms)."""
+
+    replicas: int
+    timeout_ms: int = WAIT_TIMEOUT_MS
+    hold_s: float = WAIT_HOLD_S
+    retry_s: float = WAIT_RETRY_S
+    state: WaitState = WaitState.NORMAL
+    _since: float = 0.0  # HOLDING: the first unconfirmed WAIT of the batch
+    _retry_at: float = 0.0  # DEGRADED: the next WAIT
+
+    def wanted(self, now: float) -> int:
+        """Replicas to WAIT for now (0: do not WAIT)."""
+        if not self.replicas or (self.state is WaitState.DEGRADED and now < self._retry_at):
+            return 0
+        return self.replicas
+
+    def answered(self, got: int, now: float) -> bool:
+        """Record a WAIT's answer (``got`` replicas confirmed); True: ack the batch, False: WAIT again."""
+        if got >= self.replicas:
+            outcome = "confirmed"
+        elif self.state is WaitState.NORMAL or (self.state is WaitState.HOLDING and now - self._since < self.hold_s):
+            outcome = "short"
+        else:
+            outcome = "over"
+        state, go = _WAIT_TABLE[(self.state, outcome)]
+        if state is WaitState.HOLDING and self.state is not WaitState.HOLDING:
+            self._since = now
+        if state is WaitState.DEGRADED:
+            self._retry_at = now + self.retry_s
+        self.state = state
+        return go
+
+
 class Store:
-    def __init__(self, client: aioredis.Redis, *, ttl_s: int = 86_400) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, ttl_s: int = 86_400, replicas: int = 0, wait_timeout_ms: int = WAIT_TIMEOUT_MS,
+        failures: _Failures | None = None,
+    ) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.wait = ReplicaWait(replicas, timeout_ms=wait_timeout_ms)
+        self._failures = failures or _Failures()
+
+    @property
+    def failures(self) -> int:
+        """Commands that failed and were retried so far (a reconnect, a failover): writes made before one may
+        have gone to a primary that is gone (see ``settle``)."""
+        return self._failures.count
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -105,7 +212,8 @@ class Store:
     ) -> AsyncIterator[Store]:
         """``sentinels`` (``host:port,...``) selects Sentinel instead of ``url``: the client asks the
         sentinels for the current primary and asks again when a connection to it fails (a failover)."""
-        retry = _CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20)
+        failures = _Failures()
+        retry = _CountingRetry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=20, failures=failures)
         sentinel: Sentinel | None = None
         if sentinels:
             addresses = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels.split(","))]
@@ -113,7 +221,8 @@ class Store:
             # ReadOnlyError: a connection still open to the demoted primary after a failover; the retry
             # reconnects and the pool asks the sentinels again.
             client = sentinel.master_for(
-                sentinel_master, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError, ReadOnlyError],
+                sentinel_master, retry=retry, connection_class=_SentinelConnection,
+                retry_on_error=[RedisConnectionError, RedisTimeoutError, ReadOnlyError],
                 health_check_interval=10, socket_connect_timeout=2, socket_timeout=5,
             )
         else:
@@ -122,7 +231,8 @@ class Store:
                 health_check_interval=10, socket_connect_timeout=2,
             )
         try:
-            yield cls(client, ttl_s=ttl_s)
+            # Sentinel mode runs a primary with a replica: the checkpoint WAITs for it (``settle``).
+            yield cls(client, ttl_s=ttl_s, replicas=1 if sentinels else 0, failures=failures)
         finally:
             await client.aclose()
             if sentinel is not None:
@@ -180,6 +290,30 @@ class Store:
 
     async def note_stream_seq(self, seq: int) -> None:
         await self.redis.eval(_RAISE_KEY, 1, _STREAM_LAST, str(seq))
+
+    async def settle(self, seq: int, now: float) -> bool:
+        """After a batch of ``apply``: note ``seq`` as the newest stream sequence folded and, with a replica
+        (Sentinel mode), WAIT until it holds every write so far (at most ``wait.timeout_ms``). True: the
+        batch may be acked; False: the replica has not confirmed it, call again (``ReplicaWait`` holds a
+        batch for a while, then gives the replica up). Replication is asynchronous: what the primary acked
+        and the replica lacks is gone when Sentinel promotes the replica; a confirmed batch survives that.
+
+        The WAIT goes on the connection of a write that always replicates (the raise script SETs), so it
+        covers the batch's writes made on other connections too (one replication stream)."""
+        replicas = self.wait.wanted(now)
+        if not replicas:
+            await self.note_stream_seq(seq)
+            return True
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_RAISE_KEY, 1, _STREAM_LAST, str(seq))
+            pipe.execute_command("WAIT", replicas, self.wait.timeout_ms)
+            _, got = await pipe.execute()
+        was = self.wait.state
+        go = self.wait.answered(int(got), now)
+        CHECKPOINT_REPLICA_WAITS.labels("confirmed" if int(got) >= replicas else "unconfirmed").inc()
+        if self.wait.state is not was:
+            log.warning("replica wait state changed", extra={"from": was.value, "to": self.wait.state.value})
+        return go
 
     async def note_folded(self, stream_id: str, position: int) -> None:
         """The checkpoint has folded everything up to stream ``position`` (raise only: several instances)."""
@@ -320,10 +454,10 @@ redis.call('SET', KEYS[1], cur, 'KEEPTTL')
 return cur
 """
 
-# Raise a key to ARGV[1] unless it is already higher.
+# Raise a key to ARGV[1] unless it is already higher. Always a SET: a WAIT after it covers every earlier write.
 _RAISE_KEY = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('SET', KEYS[1], math.max(cur, tonumber(ARGV[1])))
 return 0
 """
 

@@ -3,7 +3,9 @@
 A durable JetStream pull consumer (shared by every checkpoint instance) reads ``up`` and ``down``
 envelopes; each is folded into Redis by ``Store.apply`` with the stream sequence as the item position,
 so redelivery and several instances never duplicate or reorder an item. A restarted checkpoint resumes
-from the consumer's acknowledged position.
+from the consumer's acknowledged position. A batch is acked only once Redis holds it: with a replica
+(Sentinel mode), once the replica confirms it too (``Store.settle``: WAIT, bounded), and folded again when
+a Redis command failed meanwhile (a failover may have taken the old primary's writes with it).
 
 After each batch, and once a second when idle, the checkpoint records in Redis the position up to which
 the log holds the stream (the consumer's ack floor: with several instances, or a redelivery pending,
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import bus
 from shared import events as ev
 from shared.config import Config
-from shared.metrics import FRAMES
+from shared.metrics import CHECKPOINT_REFOLDS, FRAMES
 from shared.runtime import heartbeat_loop, instance_id, stream_id
 from shared.store import Store
 
@@ -116,6 +119,8 @@ class Checkpoint:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            batch: list[tuple[str, int, list[ev.Event]]] = []
+            good: list[Msg] = []
             for msg in msgs:
                 sid = msg.subject.split(".")[2]
                 try:
@@ -124,31 +129,54 @@ class Checkpoint:
                     log.error("undecodable envelope", extra={"sid": sid})
                     await msg.term()
                     continue
-                while True:
-                    try:
-                        await store.apply(sid, msg.metadata.sequence.stream, list(env.events))
-                        break
-                    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                        # Redis is down: hold the message (no ack) and retry; the stream keeps the rest.
-                        log.warning("store unavailable", extra={"error": type(exc).__name__})
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 2.0)
+                batch.append((sid, msg.metadata.sequence.stream, list(env.events)))
+                good.append(msg)
+            if batch:
+                await self._fold(store, batch, good)
+            for msg in good:
                 FRAMES.labels("checkpoint", "in").inc()
                 self.applied += 1
-                if msg is msgs[-1]:
+                if msg is good[-1]:
                     # Confirmed: the server has taken this batch's acks before the ack floor is read.
                     with contextlib.suppress(nats.errors.TimeoutError):
                         await msg.ack_sync(timeout=1.0)
                 else:
                     await msg.ack()
             if msgs:
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                    await store.note_stream_seq(msgs[-1].metadata.sequence.stream)
                 await self._note_folded(nc, store)
             if len(msgs) < BATCH:
                 # Caught up: let the stream fill a little before the next pull. Without the pause each pull
                 # returns one or two messages and its request/reply costs more than folding them.
                 await asyncio.sleep(FETCH_PAUSE_S)
+
+    async def _fold(self, store: Store, batch: list[tuple[str, int, list[ev.Event]]], msgs: list[Msg]) -> None:
+        """Fold a batch into Redis before any of it is acked: every envelope (``Store.apply``), then
+        ``Store.settle`` (with a replica: WAIT until it holds the batch; again while it does not, for a
+        bound). A Redis command that failed meanwhile (a failover: what the old primary acked may be gone
+        with it) folds the whole batch again (the writes are idempotent); Redis down: hold the batch (no
+        ack) and retry, the stream keeps the rest."""
+        backoff = 0.05
+        loop = asyncio.get_running_loop()
+        failures = store.failures
+        while True:
+            try:
+                for sid, position, events in batch:
+                    await store.apply(sid, position, events)
+                # Held while the replica has not confirmed (bounded by ReplicaWait); a failure meanwhile refolds.
+                while not await store.settle(batch[-1][1], loop.time()) and store.failures == failures:
+                    for msg in msgs:  # held longer than ack_wait: not redelivered meanwhile
+                        with contextlib.suppress(nats.errors.Error):
+                            await msg.in_progress()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("store unavailable", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if store.failures == failures:
+                return
+            failures = store.failures
+            CHECKPOINT_REFOLDS.inc()
+            log.info("redis failed during a batch: folding it again", extra={"envelopes": len(batch)})
 
     async def _note_folded(self, nc: NATS, store: Store) -> None:
         """Record the consumer's ack floor in Redis: every message below it is in the log."""

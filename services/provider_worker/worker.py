@@ -92,6 +92,7 @@ HANDOVER_POLL_S = 0.002  # ... at a make-before-break cutover, where the client 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 SHORT_LIVED_S = 3.0  # a connection lost sooner than this after its setup backs off, even a planned rotation
+STALL_CREDIT_S = 0.5  # a log publish that waited longer (no stream leader) does not count towards a stall
 CLOSE_TIMEOUT_S = 2.0  # a closing handshake a stalled provider never answers is given up after this
 ROTATE_MARGIN_S = 1.0  # a connection going away is replaced at the latest this long before its end
 DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
@@ -858,7 +859,14 @@ class ProviderWorker:
             session.turn_log.feed(events[index])
         session.seq_down += 1
         envelope = bus.envelope(session.epoch, session.seq_down, events)
-        await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
+        if bus.part(events) == "log":
+            # Stored before this session's next envelope (bus.publish_logged). A wait for a new stream leader
+            # is ours, not the provider's silence: the stall clock restarts after it.
+            await bus.publish_logged(self.nc, Subjects.down(session.meta.sid, "log"), envelope)
+            if asyncio.get_running_loop().time() - now > STALL_CREDIT_S:
+                session.stall.bytes_in(asyncio.get_running_loop().time())
+        else:
+            await self.nc.publish(Subjects.down(session.meta.sid, "live"), envelope)
         is_open = session.open_response is not None
         session.stall.response(is_open, now)
         for ms in turn_ms:

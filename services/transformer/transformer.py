@@ -285,7 +285,12 @@ class Transformer:
             # Up envelopes carry the cin seq of the client frame they came from (see Edge._run_session).
             session.seq_up = up_seq if up_seq is not None else session.seq_up
             envelope = bus.envelope(session.epoch, session.seq_up, events)
-            await self.nc.publish(Subjects.up(sid, bus.part(events)), envelope)
+            if bus.part(events) == "log":
+                # Stored before this session's next frame goes on (bus.publish_logged): the log loses nothing
+                # while the stream elects a leader, and keeps the order the worker answered in.
+                await bus.publish_logged(self.nc, Subjects.up(sid, "log"), envelope)
+            else:
+                await self.nc.publish(Subjects.up(sid, "live"), envelope)
 
     async def _send_out(self, session: _Session, out: Out, down: tuple[int, int]) -> None:
         """Client frames in one bus message, or one message per frame when together they exceed the bus's
