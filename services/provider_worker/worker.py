@@ -89,6 +89,7 @@ _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
 _TURN_ENDS_UP = (ev.ResponseCreate, ev.ActivityEnd)  # client events that end the user's turn (turn signal)
 SignalKind = Literal["switch", "turn", "failure", "stall", "idle", "busy"]
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
+_FIRST_OUTPUT = (ev.OutputAudio, ev.OutputText)  # a response's first one ends a coalesced read (_ends_burst)
 
 
 class InputClock:
@@ -146,6 +147,25 @@ class _Move:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+def _ends_burst(session: _Session, events: list[ev.Event]) -> bool:
+    """After these events the burst goes out as it is: a ``bus.BATCH_ENDS`` event, or a response's first
+    output (the latency the client hears: it does not wait for the rest of the burst to be decoded)."""
+    for event in events:
+        if isinstance(event, bus.BATCH_ENDS):
+            return True
+        if isinstance(event, _FIRST_OUTPUT) and event.response_id != session.first_output:
+            session.first_output = event.response_id
+            return True
+    return False
+
+
+def _pieces(out: Out) -> list[Out]:
+    """A coalesced burst as one ``Out`` per run of one bus part (``bus.runs``), the wire frames with the first."""
+    runs = bus.runs(out.events) or [[]]
+    return [Out(wire=out.wire if i == 0 else [], events=run, close=out.close if i == 0 else None)
+            for i, run in enumerate(runs)]
+
+
 async def _close_quietly(ws: ClientConnection, reason: str = "") -> None:
     with contextlib.suppress(Exception):
         await ws.close(1000, reason)
@@ -173,6 +193,7 @@ class _Session:
         self.input_loss = InputLoss.NONE
         self.open_response: str | None = None
         self.seq_down = 0
+        self.first_output = ""  # the response whose first output went out (``_ends_burst``)
         self.rotate_by: float | None = None  # loop time the provider ends this connection (goAway)
         self.clock = InputClock()  # of the current provider connection
         self.stall = StallWatch(stall_s)  # of the current provider connection
@@ -937,16 +958,14 @@ class ProviderWorker:
                 finally:
                     session.recv_timeout = None
                 session.stall.bytes_in(loop.time())
-                FRAMES.labels("worker", "provider_in").inc()
-                try:
-                    out = codec.feed(frame)
-                except Exception:
-                    log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
-                    out = Out(events=[_INTERNAL_ERROR])
+                out = await self._read_burst(session, codec, ws, frame)
                 for event in out.events:
                     if isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
                         await self._signal(session, "failure", reason=failure)
-                await self._apply(session, out)
+                for piece in _pieces(out):
+                    await self._apply(session, piece)
+                    if session.state is Upstream.HANDOVER:
+                        break  # cut over: the rest of the burst is the old upstream's, as if never read
                 if session.state is Upstream.HANDOVER:
                     # The turn end a make-before-break waited for: the prepared one takes over. A frame read
                     # as the cutover came may have opened a response after ``_hand_over`` closed the open one:
@@ -961,6 +980,24 @@ class ProviderWorker:
             else:
                 with contextlib.suppress(Exception):
                     await ws.close()
+
+    @staticmethod
+    async def _read_burst(session: _Session, codec: ProviderCodec, ws: ClientConnection, frame: str | bytes) -> Out:
+        """``frame`` and every provider frame already received after it (never waiting for one), decoded into
+        one ``Out``: a provider's burst (a turn's first deltas) goes out as one ``down`` envelope instead of
+        one per frame. The burst ends after a frame holding a ``bus.BATCH_ENDS`` event or a close."""
+        out = Out()
+        while True:
+            FRAMES.labels("worker", "provider_in").inc()
+            try:
+                piece = codec.feed(frame)
+            except Exception:
+                log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
+                piece = Out(events=[_INTERNAL_ERROR])
+            out.extend(piece)
+            if piece.close or not bus.ready(ws) or _ends_burst(session, piece.events):
+                return out
+            frame = await ws.recv()  # already received: returns without waiting
 
     async def _dial(self, session: _Session) -> tuple[ClientConnection | None, ProviderCodec]:
         """Connect (the history, the uncommitted input and the queued input sent); None: switched or
