@@ -13,6 +13,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 
+from services.provider_worker import worker as worker_module
 from services.provider_worker.worker import ProviderWorker, _pieces
 from shared import bus
 from shared import events as ev
@@ -99,6 +100,18 @@ async def test_a_single_ready_frame_is_not_waited_on(sent: ClientConnection) -> 
         ProviderWorker._read_burst(session, _codec(), sent, await sent.recv()), 1)  # type: ignore[arg-type]
     assert out.events == _one_by_one(TURN[:1])
     assert not bus.ready(sent)
+
+
+@pytest.mark.parametrize("sent", [TURN[8:11]], indirect=True)
+async def test_a_burst_stops_at_the_byte_cap(sent: ClientConnection, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "BURST_MAX_BYTES", len(TURN[8]) + len(TURN[9]))
+    session = types.SimpleNamespace(meta=meta("openai_ga"), first_output="")
+    codec = _codec()
+    first = await ProviderWorker._read_burst(session, codec, sent, await sent.recv())  # type: ignore[arg-type]
+    assert bus.ready(sent)  # the third frame waits for the next read
+    rest = await ProviderWorker._read_burst(session, codec, sent, await sent.recv())  # type: ignore[arg-type]
+    assert first.events + rest.events == _one_by_one(TURN[8:11])
+    assert len(rest.events) == len(_one_by_one(TURN[8:11])) - len(_one_by_one(TURN[8:10]))
 
 
 def test_ready_is_false_for_what_it_cannot_read() -> None:

@@ -84,6 +84,7 @@ SHORT_LIVED_S = 3.0  # a connection lost sooner than this after its setup backs 
 CLOSE_TIMEOUT_S = 2.0  # a closing handshake a stalled provider never answers is given up after this
 ROTATE_MARGIN_S = 1.0  # a connection going away is replaced at the latest this long before its end
 DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
+BURST_MAX_BYTES = 256 * 1024  # provider frames coalesced into one read at most (``_read_burst``)
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
 _TURN_ENDS_UP = (ev.ResponseCreate, ev.ActivityEnd)  # client events that end the user's turn (turn signal)
@@ -985,9 +986,13 @@ class ProviderWorker:
     async def _read_burst(session: _Session, codec: ProviderCodec, ws: ClientConnection, frame: str | bytes) -> Out:
         """``frame`` and every provider frame already received after it (never waiting for one), decoded into
         one ``Out``: a provider's burst (a turn's first deltas) goes out as one ``down`` envelope instead of
-        one per frame. The burst ends after a frame holding a ``bus.BATCH_ENDS`` event or a close."""
+        one per frame. The burst ends after a frame holding a ``bus.BATCH_ENDS`` event, a response's first
+        output or a close, and at ``BURST_MAX_BYTES`` (the envelope, and the client frames the transformer
+        makes of it, stay far below the bus's max_payload)."""
         out = Out()
+        size = 0
         while True:
+            size += len(frame)
             FRAMES.labels("worker", "provider_in").inc()
             try:
                 piece = codec.feed(frame)
@@ -995,7 +1000,7 @@ class ProviderWorker:
                 log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
                 piece = Out(events=[_INTERNAL_ERROR])
             out.extend(piece)
-            if piece.close or not bus.ready(ws) or _ends_burst(session, piece.events):
+            if _ends_burst(session, piece.events) or piece.close or size >= BURST_MAX_BYTES or not bus.ready(ws):
                 return out
             frame = await ws.recv()  # already received: returns without waiting
 
