@@ -31,6 +31,7 @@ from shared.session import SessionMeta
 from shared.store import LOGGED_EVENTS
 
 __all__ = [
+    "BATCH_ENDS",
     "CHECKPOINT_CONSUMER",
     "STREAM",
     "AckRetry",
@@ -57,8 +58,10 @@ __all__ = [
     "parse_version",
     "part",
     "publish_logged",
+    "ready",
     "replay",
     "replay_seq",
+    "runs",
 ]
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,36 @@ class Subjects:
 def part(events: list[ev.Event]) -> str:
     """The part of ``up``/``down`` an envelope goes on: ``log`` when the checkpoint must see it."""
     return "log" if any(type(event) in LOGGED_EVENTS for event in events) else "live"
+
+
+# -- batching: several frames or events per bus message (docs/bench.md, "Batching") ------------------
+# The bus costs per message, not per byte: a sender takes every frame that is already there (never waiting
+# for one) and publishes them together.
+
+# Events that end a coalesced provider read: what follows them must be read after their effects (a turn
+# end lets a switch cut over; an error or a goAway changes the upstream's state).
+BATCH_ENDS: tuple[type, ...] = (ev.ResponseDone, ev.ProviderError, ev.GoAway)
+
+
+def runs(events: list[ev.Event]) -> list[list[ev.Event]]:
+    """``events`` cut into the fewest consecutive runs of one part each, in order: a coalesced batch goes
+    out as one envelope per run, so the checkpoint (``log`` only) never receives the batch's audio."""
+    out: list[list[ev.Event]] = []
+    current = ""
+    for event in events:
+        kind = "log" if type(event) in LOGGED_EVENTS else "live"
+        if kind != current or not out:
+            out.append([])
+            current = kind
+        out[-1].append(event)
+    return out
+
+
+def ready(ws: object) -> bool:
+    """A whole message is already received on the websocket ``ws`` (websockets' asyncio connection): its
+    ``recv()`` returns at once, without waiting. False when unsure (another websockets version): no batch."""
+    queue = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
+    return bool(queue) and bool(getattr(queue[0], "fin", False))
 
 
 class AssignRequest(msgspec.Struct, frozen=True, kw_only=True):

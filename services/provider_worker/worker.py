@@ -96,11 +96,13 @@ STALL_CREDIT_S = 0.5  # a log publish that waited longer (no stream leader) does
 CLOSE_TIMEOUT_S = 2.0  # a closing handshake a stalled provider never answers is given up after this
 ROTATE_MARGIN_S = 1.0  # a connection going away is replaced at the latest this long before its end
 DROP_WAIT_S = 2.0  # how long dropping a session waits for its upstream task to stop
+BURST_MAX_BYTES = 256 * 1024  # provider frames coalesced into one read at most (``_read_burst``)
 MAX_CONNECT_FAILURES = 8  # consecutive failed connects before the session is told it is over
 _FATAL_HTTP = {400, 401, 403, 404}  # retrying cannot fix these
 _TURN_ENDS_UP = (ev.ResponseCreate, ev.ActivityEnd)  # client events that end the user's turn (turn signal)
 SignalKind = Literal["switch", "turn", "failure", "stall", "idle", "busy"]
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
+_FIRST_OUTPUT = (ev.OutputAudio, ev.OutputText)  # a response's first one ends a coalesced read (_ends_burst)
 
 
 class InputClock:
@@ -159,6 +161,28 @@ class _Move:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+def _ends_burst(session: _Session, events: list[ev.Event]) -> bool:
+    """After these events the burst goes out as it is: a ``bus.BATCH_ENDS`` event, or a response's first
+    output (the latency the client hears: it does not wait for the rest of the burst to be decoded)."""
+    for event in events:
+        if isinstance(event, bus.BATCH_ENDS):
+            return True
+        if isinstance(event, _FIRST_OUTPUT) and event.response_id != session.first_output:
+            session.first_output = event.response_id
+            return True
+    return False
+
+
+def _pieces(out: Out) -> list[Out]:
+    """A coalesced burst as one ``Out`` per run of one bus part (``bus.runs``): the wire frames with the first,
+    the close and the codec's timer with the last (after every event the burst decoded)."""
+    runs = bus.runs(out.events) or [[]]
+    last = len(runs) - 1
+    return [Out(wire=out.wire if i == 0 else [], events=run, close=out.close if i == last else None,
+                wake=out.wake if i == last else None)
+            for i, run in enumerate(runs)]
+
+
 async def _close_quietly(ws: ClientConnection, reason: str = "") -> None:
     with contextlib.suppress(Exception):
         await ws.close(1000, reason)
@@ -186,6 +210,7 @@ class _Session:
         self.input_loss = InputLoss.NONE
         self.open_response: str | None = None
         self.seq_down = 0
+        self.first_output = ""  # the response whose first output went out (``_ends_burst``)
         self.rotate_by: float | None = None  # loop time the provider ends this connection (goAway)
         self.clock = InputClock()  # of the current provider connection
         self.stall = StallWatch(stall_s)  # of the current provider connection
@@ -1011,12 +1036,7 @@ class ProviderWorker:
                 finally:
                     session.recv_timeout = None
                 session.stall.bytes_in(loop.time())
-                FRAMES.labels("worker", "provider_in").inc()
-                try:
-                    out = codec.feed(frame)
-                except Exception:
-                    log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
-                    out = Out(events=[_INTERNAL_ERROR])
+                out = await self._read_burst(session, codec, ws, frame)
                 expiring = False
                 for event in out.events:
                     if isinstance(event, ev.ProviderError) and ends_connection(event):
@@ -1024,10 +1044,13 @@ class ProviderWorker:
                     elif isinstance(event, ev.ProviderError) and (failure := error_failure(event)) is not None:
                         await self._signal(session, "failure", reason=failure)
                 if expiring:
-                    out = Out(wire=out.wire, close=out.close, events=[
+                    out = Out(wire=out.wire, close=out.close, wake=out.wake, events=[
                         e for e in out.events if not (isinstance(e, ev.ProviderError) and ends_connection(e))])
-                await self._apply(session, out)
-                if expiring:
+                for piece in _pieces(out):
+                    await self._apply(session, piece)
+                    if session.state is Upstream.HANDOVER:
+                        break  # cut over: the rest of the burst is the old upstream's, as if never read
+                if expiring and session.state is not Upstream.HANDOVER:
                     # It closes the connection right after (1001): replace it now, as a planned rotation
                     # (no notice, no failure); too late for make-before-break, which the age recycle
                     # (RS_OPENAI_MAX_SESSION_S, below the cap) does ahead of it.
@@ -1047,6 +1070,28 @@ class ProviderWorker:
             else:
                 with contextlib.suppress(Exception):
                     await ws.close()
+
+    @staticmethod
+    async def _read_burst(session: _Session, codec: ProviderCodec, ws: ClientConnection, frame: str | bytes) -> Out:
+        """``frame`` and every provider frame already received after it (never waiting for one), decoded into
+        one ``Out``: a provider's burst (a turn's first deltas) goes out as one ``down`` envelope instead of
+        one per frame. The burst ends after a frame holding a ``bus.BATCH_ENDS`` event, a response's first
+        output or a close, and at ``BURST_MAX_BYTES`` (the envelope, and the client frames the transformer
+        makes of it, stay far below the bus's max_payload)."""
+        out = Out()
+        size = 0
+        while True:
+            size += len(frame)
+            FRAMES.labels("worker", "provider_in").inc()
+            try:
+                piece = codec.feed(frame)
+            except Exception:
+                log.exception("codec failed on a provider frame", extra={"sid": session.meta.sid})
+                piece = Out(events=[_INTERNAL_ERROR])
+            out.extend(piece)
+            if _ends_burst(session, piece.events) or piece.close or size >= BURST_MAX_BYTES or not bus.ready(ws):
+                return out
+            frame = await ws.recv()  # already received: returns without waiting
 
     async def _dial(self, session: _Session) -> tuple[ClientConnection | None, ProviderCodec]:
         """Connect (the history, the uncommitted input and the queued input sent); None: switched or
