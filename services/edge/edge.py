@@ -400,6 +400,11 @@ class Edge:
         epoch = await self.store.open_session(meta, edge=self.instance)
         live = _Live(meta, ws, epoch)
         await self._take_over(live, holder)
+        if holder:
+            # The members serving the session's previous connection: an edge killed (-9) never told them it
+            # ended, and left there they would serve this one too (every input translated and sent upstream
+            # twice). A close below this epoch lets them go; the members assigned next are at this epoch.
+            await nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=epoch - 1)))
         log.info("session open", extra={"sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider})
         cout = await nc.subscribe(Subjects.cout(sid), cb=functools.partial(self._on_cout, live))
         try:

@@ -294,7 +294,7 @@ class ProviderWorker:
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             # Not awaited here: _drop unsubscribes the very subscription running this callback, which
             # cancels it; the drop runs in its own task so it always completes.
-            self._tasks.spawn(self._drop(session.meta.sid))
+            self._tasks.spawn(self._drop(session.meta.sid, only=session))
         elif ctl.kind == "replace" and ctl.role == "transformer" and ctl.epoch > session.transformer_epoch:
             session.transformer_epoch = ctl.epoch
         elif ctl.kind == "switch" and ctl.epoch >= session.epoch:
@@ -601,7 +601,11 @@ class ProviderWorker:
                 return False
             await asyncio.sleep(poll_s)
 
-    async def _drop(self, sid: str) -> None:
+    async def _drop(self, sid: str, only: _Session | None = None) -> None:
+        """Let ``sid`` go; with ``only``, just that incarnation (a close for an older one must not drop the
+        session re-assigned here meanwhile)."""
+        if only is not None and self.sessions.get(sid) is not only:
+            return
         session = self.sessions.pop(sid, None)
         if session is None:
             return

@@ -228,7 +228,7 @@ class Transformer:
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             # Not awaited here: _drop unsubscribes the very subscription running this callback, which
             # cancels it; the drop runs in its own task so it always completes.
-            self._tasks.spawn(self._drop(session.meta.sid))
+            self._tasks.spawn(self._drop(session.meta.sid, only=session))
         elif ctl.kind == "replace" and ctl.role == "worker" and ctl.epoch > session.worker_epoch:
             session.worker_epoch = ctl.epoch
             if session.open_response is not None:
@@ -287,7 +287,11 @@ class Transformer:
             part = bus.ClientOut(session.epoch, session.seq_out, frames, *closing, down)
             await self.nc.publish(Subjects.cout(session.meta.sid), bus.encode(part))
 
-    async def _drop(self, sid: str) -> None:
+    async def _drop(self, sid: str, only: _Session | None = None) -> None:
+        """Let ``sid`` go; with ``only``, just that incarnation (a close for an older one must not drop the
+        session re-assigned here meanwhile)."""
+        if only is not None and self.sessions.get(sid) is not only:
+            return
         session = self.sessions.pop(sid, None)
         if session is None:
             return
