@@ -40,8 +40,19 @@ DOWN_REPLAY_S = 5.0
 # translated in order, within milliseconds; stream times are the server's): the cin replay starts there.
 CIN_REPLAY_MARGIN_S = 2.0
 
+BUS_WATCH_S = 0.25  # how often the bus's reconnect count is looked at
+_Mark = tuple[str | None, tuple[int, int]]  # (open response, newest down envelope (worker epoch, seq))
+
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 _TOO_LARGE = ev.ProviderError(code="internal_error", message="an event for the client was too large to deliver")
+
+
+def tails_lost(at_reconnect: dict[str, _Mark], now: dict[str, _Mark]) -> list[str]:
+    """Sessions whose response, open when the bus came back, has heard nothing from its worker since (the
+    same response still open, the same newest down envelope). Core NATS drops what a peer flushed before
+    this transformer's subscriptions were back on a restarted server: that response's tail, its end among
+    it, is gone and would leave the client waiting for ever."""
+    return [sid for sid, mark in at_reconnect.items() if now.get(sid) == mark]
 
 
 class _Session:
@@ -83,14 +94,39 @@ class Transformer:
         on_assign = self._tasks.each_in_a_task(self._on_assign)
         sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=on_assign)
         beat = asyncio.create_task(heartbeat_loop(nc, "transformer", self.instance, lambda: len(self.sessions)))
+        watch = asyncio.create_task(self._watch_bus(nc))
         try:
             yield
         finally:
             beat.cancel()
+            watch.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             for sid in list(self.sessions):
                 await self._drop(sid)
+
+    def _marks(self) -> dict[str, _Mark]:
+        return {sid: (s.open_response, s.last_down) for sid, s in self.sessions.items()}
+
+    async def _watch_bus(self, nc: NATS) -> None:
+        """After a bus reconnect, a response that hears nothing more from its worker for the stall time
+        (RS_STALL_MS, the worker's own limit for a silent provider) lost its tail on the bus: it is ended
+        (failed, ``bus_interrupted``) so the client can ask again."""
+        seen = nc.stats["reconnects"]
+        while True:
+            await asyncio.sleep(BUS_WATCH_S)
+            if nc.stats["reconnects"] == seen:
+                continue
+            seen = nc.stats["reconnects"]
+            marks = {sid: mark for sid, mark in self._marks().items() if mark[0] is not None}
+            await asyncio.sleep(self.config.stall_ms / 1000)
+            for sid in tails_lost(marks, self._marks()):
+                session = self.sessions[sid]
+                assert session.open_response is not None
+                log.warning("response tail lost on the bus", extra={"sid": sid, "response": session.open_response})
+                cut = ev.ResponseDone(response_id=session.open_response, status="failed", reason="bus_interrupted")
+                session.open_response = None
+                await self._send(session, session.codec.encode(cut))
 
     async def _on_assign(self, msg: Msg) -> None:
         assert self.nc is not None and self.store is not None
