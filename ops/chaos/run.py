@@ -158,6 +158,7 @@ class SessionRun:
     reasks: int = 0
     wrong: list[str] = field(default_factory=list)  # answers whose turn count or echo was not the expected one
     dropped: str | None = None
+    dropped_at: float = 0.0  # when the request it waited for in vain was sent (or its socket closed)
     errors: Counter[str] = field(default_factory=Counter)
     busy: bool = False  # a request is out and its response is not done
     edge_killed: bool = False  # its edge was killed: the socket's close is expected, reconnect elsewhere
@@ -257,6 +258,7 @@ async def _until_done(conn: Any, run: SessionRun, asked_at: float, timeout: floa
                         run.completed()
                     return event.response.status or "", "".join(transcript)
     except TimeoutError:
+        run.dropped_at = asked_at
         raise Dropped(f"no response.done within {timeout:.0f} s") from None
     except Exception as exc:  # the socket closed: websockets.ConnectionClosed and the SDK's wrappers
         raise Dropped(f"socket: {type(exc).__name__}: {exc}") from None
@@ -279,6 +281,7 @@ async def _session(
                 why = str(exc) if isinstance(exc, Dropped) else f"{type(exc).__name__}: {exc}"
                 if not run.edge_killed or run.reconnects >= MAX_RECONNECTS:
                     run.dropped = why
+                    run.dropped_at = run.dropped_at or loop.time()
                     return
                 run.reconnects += 1
                 run.edge = (run.edge + 1) % len(bases)
@@ -764,8 +767,10 @@ def _blame(run: SessionRun, role: str, text: str) -> str:
     """The fault a lost entry is put down to: the last one that hit the session before it was sent (or
     heard), up to 1 s after (a fault strikes a moment before the client learns of it); "none" if none."""
     at = next((t for (r, x), t in zip(run.expected, run.expected_at, strict=True) if (r, x) == (role, text)), None)
-    if at is None:
-        return "none"
+    return "none" if at is None else _blame_at(run, at)
+
+
+def _blame_at(run: SessionRun, at: float) -> str:
     hits = [kind for t, kind in run.faults if t <= at + 1.0]
     return hits[-1] if hits else "none"
 
@@ -924,8 +929,9 @@ def _by_fault(
     opts: Options, runs: list[SessionRun], log: list[dict[str, Any]], lost: Counter[str]
 ) -> dict[str, dict[str, Any]]:
     """Per fault kind: how often it was injected (and skipped: no target), the sessions it hit, the gap
-    their clients heard (SessionRun.note_kill), the responses it cut, and the items lost that are put down
-    to it (_blame)."""
+    their clients heard (SessionRun.note_kill), the responses it cut, and the items lost and sessions dropped
+    that are put down to it (_blame)."""
+    dropped = Counter(_blame_at(r, r.dropped_at) for r in runs if r.dropped)
     out: dict[str, dict[str, Any]] = {}
     for kind in [k for k in FAULTS if k in opts.faults]:
         events = [e for e in log if e["role"] == kind]
@@ -936,20 +942,21 @@ def _by_fault(
             "gap": quantiles([s for r in runs for k, s in r.reattach_s if k == kind]),
             "cut": sum(r.cut_by[kind] for r in runs),
             "lost": lost.get(kind, 0),
+            "dropped": dropped.get(kind, 0),
         }
-    if lost.get("none"):
+    if lost.get("none") or dropped.get("none"):
         out["(no fault)"] = {"injected": 0, "skipped": 0, "sessions_hit": 0, "gap": quantiles([]), "cut": 0,
-                             "lost": lost["none"]}
+                             "lost": lost.get("none", 0), "dropped": dropped.get("none", 0)}
     return out
 
 
 def fault_table(result: dict[str, Any]) -> str:
     """One row per fault kind: the client-heard gap (p50/p99/max over the sessions it hit) and what it lost."""
-    head = ("fault", "injected", "sessions hit", "gap p50", "gap p99", "gap max", "n", "cut", "lost")
+    head = ("fault", "injected", "sessions hit", "gap p50", "gap p99", "gap max", "n", "cut", "lost", "dropped")
     rows = [head] + [
         (kind, str(f["injected"]) + (f" ({f['skipped']} skipped)" if f["skipped"] else ""), str(f["sessions_hit"]),
          _ms(f["gap"]["p50"]), _ms(f["gap"]["p99"]), _ms(f["gap"]["max"]), str(f["gap"]["n"]), str(f["cut"]),
-         str(f["lost"]))
+         str(f["lost"]), str(f["dropped"]))
         for kind, f in result["faults"].items()
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
