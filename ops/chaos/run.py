@@ -1141,7 +1141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result["ok"] and opts.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     elif not result["ok"]:
-        print(f"\nFAILED; process logs kept in {workdir}", file=sys.stderr)
+        (workdir / "result.json").write_text(json.dumps(result, indent=2))
+        print(f"\nFAILED; process logs and result.json kept in {workdir}", file=sys.stderr)
     return 0 if result["ok"] else 1
 
 

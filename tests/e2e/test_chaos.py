@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ops.chaos.run import FAULTS, fault_plan, kill_plan
+from ops.chaos.run import FAULTS, fault_plan, fault_table, kill_plan
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,10 @@ KNOWN_LOSSY = frozenset({"nats"})
 
 
 def _assert_all_faults(proc: subprocess.CompletedProcess[str], result: dict[str, Any], sessions: int) -> None:
-    report = f"\n{proc.stdout[-7000:]}\n{proc.stderr[-2000:]}"
+    lost = {name: {k: v for k, v in d.items() if k not in ("store", "upstream")}
+            for name, d in result["loss_detail"].items()}
+    report = (f"\n{fault_table(result)}\ndropped: {result['dropped_detail']}\nlost: {json.dumps(lost)[:3000]}"
+              f"\nwrong: {result['wrong_detail']}\n{proc.stderr[-500:]}")
     assert "| fault " in proc.stdout and "| nats " in proc.stdout, report  # the per-kind table was printed
     assert result["sessions"] == sessions
     faults = result["faults"]
