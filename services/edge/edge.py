@@ -108,6 +108,7 @@ class Edge:
         self.auth = Authenticator(self.accounts.secrets(), max_token_s=config.token_max_s)
         self.installed = frozenset(installed_providers())
         self.nc: NATS | None = None
+        self.gate: bus.OutageGate | None = None  # session traffic held over a bus outage (bus.OutageGate)
         self.store: Store | None = None
         self.server: Server | None = None
         self.live = 0
@@ -128,6 +129,7 @@ class Edge:
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
+        self.gate = bus.OutageGate(nc)
         await bus.ensure_stream(nc, first_seq=await store.stream_floor())
         self._reconnects = nc.stats["reconnects"]
         tls: ssl.SSLContext | None = None
@@ -394,8 +396,8 @@ class Edge:
             SESSIONS.labels("edge").set(self.live)
 
     async def _run_session(self, ws: ServerConnection, meta: SessionMeta, first: bytes | None) -> None:
-        assert self.nc is not None and self.store is not None
-        nc, sid = self.nc, meta.sid
+        assert self.nc is not None and self.store is not None and self.gate is not None
+        nc, sid, gate = self.nc, meta.sid, self.gate
         holder = await self.store.session_edge(sid)  # read before open_session names this edge
         epoch = await self.store.open_session(meta, edge=self.instance)
         live = _Live(meta, ws, epoch)
@@ -432,7 +434,7 @@ class Edge:
             seq = epoch << 32
             if first is not None:
                 seq += 1
-                await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
+                await gate.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
             rate = self.accounts.limits_for(meta.account).frames_per_s  # the account's own limit, if it has one
             rate = self.config.rate_limit_fps if rate is None else rate
             gate = FloodGate(rate, self.config.rate_burst, time.monotonic())
@@ -457,7 +459,7 @@ class Edge:
                     continue
                 seq += 1
                 frame = bus.ClientIn(live.epoch, seq, data, not isinstance(message, str))
-                await nc.publish(Subjects.cin(sid), bus.encode(frame))
+                await gate.publish(Subjects.cin(sid), bus.encode(frame))
                 FRAMES.labels("edge", "in").inc()
         except ConnectionClosed:
             pass

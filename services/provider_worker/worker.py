@@ -219,12 +219,14 @@ class ProviderWorker:
         self.sessions: dict[str, _Session] = {}
         self._tasks = TaskSet()
         self.nc: NATS | None = None
+        self.gate: bus.OutageGate | None = None  # session traffic held over a bus outage (bus.OutageGate)
         self.store: Store | None = None
         self._stream: tuple[int, str] | None = None  # (bus reconnects when read, the stream's id)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
+        self.gate = bus.OutageGate(nc)
         on_assign = self._tasks.each_in_a_task(self._on_assign)
         subs = [
             await nc.subscribe(Subjects.assign_worker(p), queue=Subjects.queue_worker(p), cb=on_assign)
@@ -766,7 +768,7 @@ class ProviderWorker:
             await session.ws.close(1000, "go away")
 
     async def _publish(self, session: _Session, events: list[ev.Event]) -> None:
-        assert self.nc is not None
+        assert self.nc is not None and self.gate is not None
         now = asyncio.get_running_loop().time()
         was_open = session.open_response is not None
         turn_ms: list[float] = []
@@ -797,7 +799,7 @@ class ProviderWorker:
                 events[index] = msgspec.structs.replace(event, up_seq=up_seq)
         session.seq_down += 1
         envelope = bus.envelope(session.epoch, session.seq_down, events)
-        await self.nc.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
+        await self.gate.publish(Subjects.down(session.meta.sid, bus.part(events)), envelope)
         is_open = session.open_response is not None
         session.stall.response(is_open, now)
         for ms in turn_ms:

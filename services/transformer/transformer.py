@@ -86,11 +86,13 @@ class Transformer:
         self.sessions: dict[str, _Session] = {}
         self._tasks = TaskSet()
         self.nc: NATS | None = None
+        self.gate: bus.OutageGate | None = None  # session traffic held over a bus outage (bus.OutageGate)
         self.store: Store | None = None
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
+        self.gate = bus.OutageGate(nc)
         on_assign = self._tasks.each_in_a_task(self._on_assign)
         sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=on_assign)
         beat = asyncio.create_task(heartbeat_loop(nc, "transformer", self.instance, lambda: len(self.sessions)))
@@ -277,7 +279,7 @@ class Transformer:
         self, session: _Session, out: Out, *, up_seq: int | None = None, down: tuple[int, int] = (0, 0)
     ) -> None:
         """Client frames to the edge, canonical events to the worker. Order within each is kept."""
-        assert self.nc is not None
+        assert self.nc is not None and self.gate is not None
         sid = session.meta.sid
         if self.sessions.get(sid) is not session:
             return  # dropped (or re-assigned) while a resume was still running
@@ -295,19 +297,19 @@ class Transformer:
             # Up envelopes carry the cin seq of the client frame they came from (see Edge._run_session).
             session.seq_up = up_seq if up_seq is not None else session.seq_up
             envelope = bus.envelope(session.epoch, session.seq_up, events)
-            await self.nc.publish(Subjects.up(sid, bus.part(events)), envelope)
+            await self.gate.publish(Subjects.up(sid, bus.part(events)), envelope)
 
     async def _send_out(self, session: _Session, out: Out, down: tuple[int, int]) -> None:
         """Client frames in one bus message, or one message per frame when together they exceed the bus's
         max_payload (a large item echoed twice); a single frame too large for the bus is replaced by an
         error in the dialect, never lost silently (the edge refuses client frames that large)."""
-        assert self.nc is not None
+        assert self.nc is not None and self.gate is not None
         close_code, close_reason = out.close if out.close else (None, "")
         # ``down`` tells the edge how far the client got, should this transformer die (see _resume).
         session.seq_out += 1
         payload = bus.encode(bus.ClientOut(session.epoch, session.seq_out, out.wire, close_code, close_reason, down))
         if len(payload) + bus.FRAME_OVERHEAD_BYTES <= self.nc.max_payload:
-            await self.nc.publish(Subjects.cout(session.meta.sid), payload)
+            await self.gate.publish(Subjects.cout(session.meta.sid), payload)
             return
         batches: list[list[str]] = []
         for frame in out.wire:
@@ -321,7 +323,7 @@ class Transformer:
             session.seq_out += 1 if i else 0
             closing = (close_code, close_reason) if i == len(batches) - 1 else (None, "")
             part = bus.ClientOut(session.epoch, session.seq_out, frames, *closing, down)
-            await self.nc.publish(Subjects.cout(session.meta.sid), bus.encode(part))
+            await self.gate.publish(Subjects.cout(session.meta.sid), bus.encode(part))
 
     async def _drop(self, sid: str, only: _Session | None = None) -> None:
         """Let ``sid`` go; with ``only``, just that incarnation (a close for an older one must not drop the
