@@ -397,7 +397,7 @@ class Edge:
 
     async def _run_session(self, ws: ServerConnection, meta: SessionMeta, first: bytes | None) -> None:
         assert self.nc is not None and self.store is not None and self.gate is not None
-        nc, sid, gate = self.nc, meta.sid, self.gate
+        nc, sid, outage = self.nc, meta.sid, self.gate
         holder = await self.store.session_edge(sid)  # read before open_session names this edge
         epoch = await self.store.open_session(meta, edge=self.instance)
         live = _Live(meta, ws, epoch)
@@ -434,7 +434,7 @@ class Edge:
             seq = epoch << 32
             if first is not None:
                 seq += 1
-                await gate.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
+                await outage.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
             rate = self.accounts.limits_for(meta.account).frames_per_s  # the account's own limit, if it has one
             rate = self.config.rate_limit_fps if rate is None else rate
             gate = FloodGate(rate, self.config.rate_burst, time.monotonic())
@@ -459,7 +459,7 @@ class Edge:
                     continue
                 seq += 1
                 frame = bus.ClientIn(live.epoch, seq, data, not isinstance(message, str))
-                await gate.publish(Subjects.cin(sid), bus.encode(frame))
+                await outage.publish(Subjects.cin(sid), bus.encode(frame))
                 FRAMES.labels("edge", "in").inc()
         except ConnectionClosed:
             pass
