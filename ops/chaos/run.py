@@ -122,6 +122,7 @@ class Options:
     switch_every: float = 0.0  # seconds between random switches (0: none)
     faults: tuple[str, ...] = KILL_ROLES  # fault kinds injected, in turn (FAULTS)
     outage: float = 1.5  # seconds nats-server / redis-server stay down
+    all_traces: bool = False  # every session's trace in the results (else only the failed ones')
     seed: int | None = None
     json_path: str | None = None
     workdir: str | None = None
@@ -169,6 +170,7 @@ class SessionRun:
     faults: list[tuple[float, str]] = field(default_factory=list)  # (time, kind) of every fault that hit it
     # Silence measurement after a fault that hit this session (see SessionRun.heard).
     measuring: str = ""  # the fault kind, while measuring
+    armed: str = ""  # a fault that strikes at the next request (the response under way is not hit)
     silent_since: float | None = None
     longest_silence: float = 0.0
     reattach_s: list[tuple[str, float]] = field(default_factory=list)  # (fault kind, seconds)
@@ -192,19 +194,26 @@ class SessionRun:
         self.expected.append((role, text))
         self.expected_at.append(asyncio.get_running_loop().time())
 
-    def note_kill(self, at: float, role: str, *, silent_now: bool = False) -> None:
+    def note_kill(self, at: float, role: str, *, silent_now: bool = False, next_ask: bool = False) -> None:
         """A fault hit this session. The client-heard gap: the longest silence the client hears while it
         waits for audio, from the fault to its next completed response. Waiting starts at the fault when a
         request was out (or ``silent_now``: the client lost its socket), else at the next request; the
         silence across a cut response and its re-ask counts as one. For a worker killed mid-response that is
         kill -> first audio delta of the re-asked response (from the last delta of the dead worker's tail,
-        which may arrive just after the kill)."""
+        which may arrive just after the kill). ``next_ask``: the fault strikes the next response (a knob
+        that acts when a response is asked for or starts), so a response under way does not end the
+        measurement: it starts at the next request."""
         self.faults.append((at, role))
+        if next_ask and self.busy and not self.measuring:
+            self.armed = role
+            return
         if not self.measuring and self.dropped is None:
             self.measuring, self.longest_silence = role, 0.0
             self.silent_since = at if self.busy or silent_now else None
 
     def asked(self, at: float) -> None:
+        if self.armed and not self.measuring:
+            self.measuring, self.longest_silence, self.silent_since, self.armed = self.armed, 0.0, None, ""
         if self.measuring and self.silent_since is None:
             self.silent_since = at
 
@@ -589,7 +598,7 @@ async def _restart_infra(ctx: FaultContext, kind: str, at: float) -> tuple[str, 
 async def _provider_fault(ctx: FaultContext, kind: str, at: float) -> tuple[str, list[SessionRun]] | None:
     """One session's live upstream connection gets the fault (the fakes' knobs, per session)."""
     gemini = ctx.cluster.stack.fake_ports["gemini"]
-    live = [r for r in ctx.runs if r.dropped is None and not r.finished.is_set() and not r.measuring]
+    live = [r for r in ctx.runs if r.dropped is None and not r.finished.is_set() and not (r.measuring or r.armed)]
     ctx.rng.shuffle(live)
     for run in live:
         upstream = await _live_upstream(ctx.cluster, run)
@@ -609,7 +618,7 @@ async def _provider_fault(ctx: FaultContext, kind: str, at: float) -> tuple[str,
             await set_knobs(port, session=session, **knobs[kind])
         except RuntimeError:
             continue  # that connection ended meanwhile (a kill, a switch): another session
-        run.note_kill(at, kind)
+        run.note_kill(at, kind, next_ask=kind in ("close", "stall", "refuse"))
         run.note(f"** {kind} on upstream {session}")
         if kind == "latency":
 
@@ -1044,7 +1053,8 @@ async def run(opts: Options, cluster: Cluster) -> dict[str, Any]:
         },
         "dropped": len(dropped),
         "dropped_detail": {r.name: r.dropped for r in dropped},
-        "traces": {r.name: r.trace for r in runs if r.dropped or r.wrong or r.name in loss["details"]},
+        "traces": {r.name: r.trace for r in runs
+                   if opts.all_traces or r.dropped or r.wrong or r.name in loss["details"]},
         "lost_store": loss["lost_store"],
         "lost_upstream": loss["lost_upstream"],
         "lost": loss["lost_store"] + loss["lost_upstream"],
@@ -1093,6 +1103,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
                    help="seconds between random switches of a random session (admin API, the client's rs.switch, "
                         "or a provider fault); 0: none")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--all-traces", action="store_true", help="every session's trace in --json (else the failed ones)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     p.add_argument("--workdir", default=None, help="keep the process logs here (default: a temp dir, "
                                                    "kept only when the run fails)")
