@@ -171,6 +171,8 @@ class SessionRun:
     # Silence measurement after a fault that hit this session (see SessionRun.heard).
     measuring: str = ""  # the fault kind, while measuring
     armed: str = ""  # a fault that strikes at the next request (the response under way is not hit)
+    armed_at: float = 0.0
+    last_heard: float = 0.0  # the newest audio delta
     silent_since: float | None = None
     longest_silence: float = 0.0
     reattach_s: list[tuple[str, float]] = field(default_factory=list)  # (fault kind, seconds)
@@ -205,7 +207,7 @@ class SessionRun:
         measurement: it starts at the next request."""
         self.faults.append((at, role))
         if next_ask and self.busy and not self.measuring:
-            self.armed = role
+            self.armed, self.armed_at = role, at
             return
         if not self.measuring and self.dropped is None:
             self.measuring, self.longest_silence = role, 0.0
@@ -218,9 +220,17 @@ class SessionRun:
             self.silent_since = at
 
     def heard(self, at: float) -> None:
+        self.last_heard = at
         if self.measuring and self.silent_since is not None:
             self.longest_silence = max(self.longest_silence, at - self.silent_since)
             self.silent_since = at
+
+    def cut(self) -> None:
+        """The response under way was cut after all (the fault struck before its first output): the
+        silence counts from the fault, or the last audio heard after it."""
+        if self.armed and not self.measuring:
+            self.measuring, self.longest_silence = self.armed, 0.0
+            self.silent_since, self.armed = max(self.armed_at, self.last_heard), ""
 
     def completed(self) -> None:
         if self.measuring and self.longest_silence > 0:
@@ -401,6 +411,7 @@ async def _answer(conn: Any, run: SessionRun, opts: Options, turn: Turn, *, ask_
         if status not in CUT:
             break
         run.cuts += 1
+        run.cut()
         run.cut_by[run.measuring or "none"] += 1
         if attempt < MAX_REASKS:
             run.reasks += 1
