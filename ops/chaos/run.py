@@ -55,7 +55,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from services.dev.stack import Proc, Stack, free_port
-from services.fakes.control import debug_sessions, reset_knobs, set_knobs
+from services.fakes.control import http_request, reset_knobs, set_knobs
 from shared import events as ev
 from shared.audio import tone
 from shared.session import session_key
@@ -690,10 +690,18 @@ async def _live_upstream(cluster: Cluster, run: SessionRun) -> tuple[int, str] |
     found: list[tuple[float, int, str]] = []
     for provider in ("openai", "gemini"):
         port = cluster.stack.fake_ports[provider]
-        for upstream in await debug_sessions(port):
+        for upstream in await _debug_sessions(port):
             if any((i["text"] or "").startswith(f"{run.name} turn ") for i in upstream["items"]):
                 found.append((upstream["created_at"], port, upstream["id"]))
     return max(found)[1:] if found else None
+
+
+async def _debug_sessions(port: int, *, include_closed: bool = False, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The fake's ``/debug/sessions`` (a fake busy with many sessions and their history can be slow)."""
+    status, body = await http_request(port, "/debug/sessions" + ("?all=1" if include_closed else ""), timeout=timeout)
+    if status != 200:
+        raise RuntimeError(f"/debug/sessions answered {status}")
+    return list(json.loads(body)["sessions"])
 
 
 async def _switcher(
@@ -729,7 +737,10 @@ async def _switcher(
             pending.add(task)
             task.add_done_callback(pending.discard)
         else:
-            upstream = await _live_upstream(cluster, run)
+            try:
+                upstream = await _live_upstream(cluster, run)
+            except (OSError, RuntimeError, TimeoutError):
+                upstream = None  # the fake is too busy to answer now: another switch next time
             if upstream is None:
                 continue
             try:
@@ -815,7 +826,7 @@ async def _verify(cluster: Cluster, store: Store, runs: list[SessionRun], settle
             break
         await asyncio.sleep(0.2)
     upstream: dict[str, list[dict[str, Any]]] = {
-        p: await debug_sessions(port, include_closed=True)
+        p: await _debug_sessions(port, include_closed=True, timeout=60.0)
         for p, port in cluster.stack.fake_ports.items() if p in ("openai", "gemini")
     }
     report: dict[str, Any] = {"lost_store": 0, "lost_upstream": 0, "duplicates": 0, "misordered": 0,
