@@ -14,10 +14,17 @@ the client's own ``rs.switch`` before its next turn, or a provider fault (the se
 connection drops with 1011 at its next response's first output: the policy switches it, now). The kills go
 on meanwhile.
 
-Every ``--kill-every`` seconds a random provider-worker (among those serving sessions, when any does) gets
-SIGKILL (the 2nd kill is a transformer, the 3rd the checkpoint, then every 5th / 10th) and is respawned
-under the same instance id after ``--respawn-delay`` (capacity comes back like a restarted pod). The
-edge, nats and redis are never killed.
+Every ``--kill-every`` seconds one fault (``--faults``; FAULTS lists the kinds). The default, ``kills``: a
+random provider-worker (among those serving sessions, when any does) gets SIGKILL (the 2nd kill is a
+transformer, the 3rd the checkpoint, then every 5th / 10th) and is respawned under the same instance id after
+``--respawn-delay`` (capacity comes back like a restarted pod). ``all`` adds, in turn: an edge killed (2 edges;
+its clients reconnect to the other one with their session id), nats-server and redis-server killed and
+restarted on their ports after ``--outage`` (Redis with its append-only file, as in production), and provider
+faults on one session's live upstream through the fakes' knobs (a drop, refused reconnects, a stall, added
+latency, a Gemini goAway). A table per fault kind gives the gap the clients it hit heard (from the fault to
+their next completed answer), the responses it cut, and what was lost or dropped after it.
+
+    python -m ops.chaos.run --sessions 8 --duration 48 --kill-every 4 --faults all
 
 A response cut by a kill (status failed/incomplete/cancelled) is allowed and counted; the client re-asks
 (one new response.create per cut). At the end, for every session, what the client sent and the answers it
