@@ -42,6 +42,7 @@ __all__ = [
     "Control",
     "Health",
     "Heartbeat",
+    "OutageGate",
     "Signal",
     "Subjects",
     "SwitchCommand",
@@ -393,6 +394,60 @@ async def connect(url: str, *, name: str) -> NATS:
         reconnected_cb=on_reconnected,
         pending_size=64 * 1024 * 1024,
     )
+
+
+# After this process's connection is back on a restarted nats-server, the time its peers get to re-subscribe.
+OUTAGE_GRACE_S = 1.0
+
+
+class OutageGate:
+    """Session traffic published while the bus is down, and for ``grace_s`` after it is back, is held here and
+    then sent in order.
+
+    Why: nats-py keeps what is published during an outage and flushes it the moment its own connection is
+    back, before the peers (reconnecting on their own schedule) have re-subscribed on the restarted server,
+    which drops a message nobody subscribes to (core NATS is at most once): a request, or the end of a
+    response, was lost and the client waited for ever. The memory stream is re-created after the reconnect
+    too, so the log missed it as well. Held until the peers are back, nothing published during an outage is
+    lost (what was in the dead socket's buffer at the kill still is). A bus that never went down costs one
+    check per publish."""
+
+    def __init__(self, nc: NATS, grace_s: float = OUTAGE_GRACE_S) -> None:
+        self.nc = nc
+        self.grace_s = grace_s
+        self._reconnects = nc.stats["reconnects"]
+        self._open_at = 0.0  # monotonic time the grace after the last reconnect ends
+        self._held: list[tuple[str, bytes]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    def closed(self) -> bool:
+        if not self.nc.is_connected:
+            return True
+        if self.nc.stats["reconnects"] != self._reconnects:
+            self._reconnects = self.nc.stats["reconnects"]
+            self._open_at = time.monotonic() + self.grace_s
+        return time.monotonic() < self._open_at
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        if self._held or self.closed():
+            self._held.append((subject, payload))
+            if self._drainer is None:
+                self._drainer = asyncio.create_task(self._drain())
+            return
+        await self.nc.publish(subject, payload)
+
+    async def _drain(self) -> None:
+        try:
+            while self.closed():
+                await asyncio.sleep(max(0.02, self._open_at - time.monotonic()))
+            held = 0
+            while self._held:  # what is published meanwhile joins the end: order kept
+                subject, payload = self._held.pop(0)
+                await self.nc.publish(subject, payload)
+                held += 1
+            log.info("held during a bus outage, sent", extra={"messages": held})
+        finally:
+            self._drainer = None
 
 
 def check_frame_limit(nc: NATS, max_frame_bytes: int) -> None:

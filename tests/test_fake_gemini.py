@@ -507,6 +507,15 @@ async def test_go_away_then_close_and_refuse(server: GeminiFake) -> None:
     assert status == 200 and json.loads(body)["sessions"][0]["close_code"] == 1011
 
 
+async def test_go_away_set_on_a_live_session_counts_from_then(server: GeminiFake) -> None:
+    """The knob is read at setup; set per session through /control it starts that session's goAway now."""
+    async with raw(server.port, {}) as client:
+        session = await only_session(server.port)
+        await set_knobs(server.port, session=session["id"], go_away_after_s=0.05, go_away_time_left_s=0.1)
+        assert await client.next() == {"goAway": {"timeLeft": "0.1s"}}
+        assert await client.closed() == (1011, CAP_REASON)
+
+
 def keys_of(messages: list[dict[str, Any]]) -> list[str]:
     """``serverContent`` members (or the top-level key) of each message, in order."""
     return [next(iter(m["serverContent"])) if "serverContent" in m else next(iter(m)) for m in messages]

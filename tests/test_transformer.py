@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from services.dev.stack import Stack
-from services.transformer.transformer import Transformer
+from services.transformer.transformer import Transformer, tails_lost
 from shared import bus
 from shared import events as ev
 from shared.bus import Subjects
@@ -104,3 +104,52 @@ async def test_a_switch_request_goes_to_the_edge_as_a_signal_and_never_upstream(
     assert (signal.kind, signal.provider, signal.when, signal.epoch) == ("switch", "gemini", "now", 3)
     envelope = await asyncio.wait_for(ups.get(), 5)
     assert [type(event) for event in envelope.events] == [ev.InputAudioClear]
+
+
+def test_tails_lost_are_the_responses_that_heard_nothing_since_the_reconnect() -> None:
+    at_reconnect = {"a": ("r1", (1, 5)), "b": ("r2", (1, 9)), "c": ("r3", (2, 1)), "d": ("r4", (1, 1))}
+    now = {"a": ("r1", (1, 5)), "b": ("r2", (1, 10)), "c": (None, (2, 2)), "e": ("r9", (1, 1))}
+    # a: same response, same newest envelope -> lost; b: heard more; c: ended; d: dropped meanwhile.
+    assert tails_lost(at_reconnect, now) == ["a"]
+
+
+async def test_a_response_whose_tail_was_lost_on_a_restarted_bus_is_ended(infra: Infra, tmp_path: Path) -> None:
+    """nats-server restarted while a response streams: what the worker flushed before this transformer's
+    subscriptions were back is gone (core NATS), its end among it. The transformer ends the response
+    (failed, ``bus_interrupted``) once it heard nothing for the stall time, so the client is not left
+    waiting (found by the chaos run's nats restarts)."""
+    stack = Stack(tmp_path)
+    nats_url = stack.start_nats()
+    try:
+        config = load_config({"NATS_URL": nats_url, "REDIS_URL": infra.redis_url, "RS_STALL_MS": "300"}, dotenv=None)
+        service = Transformer(config)
+        nc = await bus.connect(nats_url, name="transformer-under-test")
+        peer = await bus.connect(nats_url, name="edge-and-worker")
+        async with Store.connect(infra.redis_url) as store, service.running(nc, store):
+            sid = uuid.uuid4().hex[:30]
+            meta = SessionMeta(sid=sid, account="a", client_session_id="c", dialect="openai_ga", provider="openai")
+            frames: asyncio.Queue[dict] = asyncio.Queue()
+
+            async def on_cout(msg: nats.aio.msg.Msg) -> None:
+                for frame in bus.decode(msg.data, bus.ClientOut).frames:
+                    await frames.put(json.loads(frame))
+
+            await peer.subscribe(Subjects.cout(sid), cb=on_cout)
+            await nc.flush()  # the transformer's assignment subscription is on the server
+            reply = await peer.request(
+                Subjects.ASSIGN_TRANSFORMER, bus.encode(bus.AssignRequest(meta=meta, epoch=1)), timeout=5)
+            assert bus.decode(reply.data, bus.AssignReply).ok
+            assert (await asyncio.wait_for(frames.get(), 5))["type"] == "session.created"
+            await peer.publish(Subjects.down(sid), bus.envelope(1, 1, [ev.ResponseStarted(response_id="r1")]))
+            assert (await asyncio.wait_for(frames.get(), 5))["type"] == "response.created"
+
+            await asyncio.to_thread(stack.restart_nats, 0.3)  # the response's tail never comes
+
+            async with asyncio.timeout(10):
+                while (done := await frames.get())["type"] != "response.done":
+                    pass
+            assert done["response"]["status"] == "failed", done
+        await peer.close()
+        await nc.close()
+    finally:
+        stack.stop()

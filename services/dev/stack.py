@@ -435,10 +435,13 @@ class Stack:
         wait_port(port)
         return proc
 
-    def start_redis(self, port: int | None = None) -> str:
+    def start_redis(self, port: int | None = None, *, persist: bool = False) -> str:
+        """One redis-server. ``persist``: append-only file on (what a production Redis runs with), so a
+        restart after kill -9 keeps every acknowledged write (Redis writes the AOF before it replies)."""
         port = port or free_port()
         argv = [
-            find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if persist else "no", "--appendfilename", "redis.aof",
             "--dir", str(self.workdir), "--protected-mode", "no",
         ]
         self._spawn("redis", argv)
@@ -446,6 +449,37 @@ class Stack:
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         self.env["REDIS_URL"] = self.redis_url
         return self.redis_url
+
+    # -- restarts under live sessions (chaos, infra tests) ------------------------------------------
+
+    def live_proc(self, name: str) -> Proc:
+        """The newest running process started under ``name`` (a restarted one is a new Proc)."""
+        for proc in reversed(self.procs):
+            if proc.name == name and proc.alive():
+                return proc
+        raise LookupError(f"no running process named {name!r}")
+
+    def kill9(self, name: str) -> None:
+        proc = self.live_proc(name)
+        proc.kill(signal.SIGKILL)
+        proc.popen.wait(5)
+
+    def restart_nats(self, down_s: float = 0.0) -> str:
+        """kill -9 the nats-server of ``start_nats``, and start it again on its port after ``down_s``."""
+        port = int(self.nats_url.rsplit(":", 1)[1])
+        self.kill9("nats")
+        time.sleep(down_s)  # the outage itself, not a synchronisation
+        return self.start_nats(port)
+
+    def restart_redis(self, down_s: float = 0.0) -> str:
+        """kill -9 the redis-server of ``start_redis`` and start it again on its port (same --dir: a
+        persisting one loads its append-only file)."""
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        argv = self.live_proc("redis").argv
+        persist = argv[argv.index("--appendonly") + 1] == "yes"
+        self.kill9("redis")
+        time.sleep(down_s)  # the outage itself, not a synchronisation
+        return self.start_redis(port, persist=persist)
 
     # -- services ------------------------------------------------------------------------------
 

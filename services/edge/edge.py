@@ -138,6 +138,7 @@ class Edge:
         self.auth = Authenticator(self.accounts.secrets(), max_token_s=config.token_max_s)
         self.installed = frozenset(installed_providers())
         self.nc: NATS | None = None
+        self.gate: bus.OutageGate | None = None  # session traffic held over a bus outage (bus.OutageGate)
         self.store: Store | None = None
         self.server: Server | None = None
         self.live = 0
@@ -158,6 +159,7 @@ class Edge:
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
+        self.gate = bus.OutageGate(nc)
         await bus.ensure_stream(nc, first_seq=await store.stream_floor())
         self._reconnects = nc.stats["reconnects"]
         tls: ssl.SSLContext | None = None
@@ -426,8 +428,8 @@ class Edge:
     async def _run_session(
         self, ws: ServerConnection, meta: SessionMeta, first: bytes | None, resume: int | None = None
     ) -> None:
-        assert self.nc is not None and self.store is not None
-        nc, sid = self.nc, meta.sid
+        assert self.nc is not None and self.store is not None and self.gate is not None
+        nc, sid, outage = self.nc, meta.sid, self.gate
         kept: _Kept | None = None
         if resume is None:
             holder = await self.store.session_edge(sid)  # read before open_session names this edge
@@ -450,6 +452,12 @@ class Edge:
         if kept is not None:
             live.transformer, live.worker = kept.transformer[0], kept.worker[0]
             live.transformer_epoch, live.worker_epoch = kept.transformer_epoch, kept.worker_epoch
+        elif holder:
+            # The members serving the session's previous connection: an edge killed (-9) never told them it
+            # ended, and left there they would serve this one too (every input translated and sent upstream
+            # twice). A close below this epoch lets them go; the members assigned next are at this epoch.
+            # Members a resume keeps are not closed: they go on serving this connection.
+            await nc.publish(Subjects.ctl(sid), bus.encode(bus.Control(kind="close", epoch=epoch - 1)))
         log.info("session open", extra={
             "sid": sid, "epoch": epoch, "dialect": meta.dialect, "provider": meta.provider, "resume": resume,
             "kept": kept is not None})
@@ -492,7 +500,7 @@ class Edge:
             seq = epoch << 32
             if first is not None and kept is None:  # a kept transformer has the session's setup already
                 seq += 1
-                await nc.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
+                await outage.publish(Subjects.cin(sid), bus.encode(bus.ClientIn(live.epoch, seq, first, False)))
             rate = self.accounts.limits_for(meta.account).frames_per_s  # the account's own limit, if it has one
             rate = self.config.rate_limit_fps if rate is None else rate
             gate = FloodGate(rate, self.config.rate_burst, time.monotonic())
@@ -517,7 +525,7 @@ class Edge:
                     continue
                 seq += 1
                 frame = bus.ClientIn(live.epoch, seq, data, not isinstance(message, str))
-                await nc.publish(Subjects.cin(sid), bus.encode(frame))
+                await outage.publish(Subjects.cin(sid), bus.encode(frame))
                 FRAMES.labels("edge", "in").inc()
         except ConnectionClosed:
             pass

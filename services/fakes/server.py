@@ -162,6 +162,8 @@ class FakeServer:
             self.knobs.update(parse_knobs(params), session)
         except (ValueError, TypeError) as exc:
             return json_response(conn, 400, {"error": str(exc)})
+        if session is not None:
+            self.sessions[session].on_knobs_set(params.keys())
         return json_response(conn, 200, self.knobs.snapshot())
 
 

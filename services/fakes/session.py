@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
@@ -254,6 +254,9 @@ class SessionBase:
         cap = self.knobs().session_cap_s
         if cap is not None:
             self.spawn(self._after(cap, self.on_session_cap), name="fake-session-cap")
+
+    def on_knobs_set(self, names: Collection[str]) -> None:
+        """Knobs of this session were set through ``/control`` (timers read at start may start now)."""
 
     async def _after(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
         await asyncio.sleep(seconds)

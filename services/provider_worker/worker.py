@@ -265,12 +265,14 @@ class ProviderWorker:
         self.sessions: dict[str, _Session] = {}
         self._tasks = TaskSet()
         self.nc: NATS | None = None
+        self.gate: bus.OutageGate | None = None  # session traffic held over a bus outage (bus.OutageGate)
         self.store: Store | None = None
         self._stream: tuple[int, str] | None = None  # (bus reconnects when read, the stream's id)
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
+        self.gate = bus.OutageGate(nc)
         on_assign = self._tasks.each_in_a_task(self._on_assign)
         subs = [
             await nc.subscribe(Subjects.assign_worker(p), queue=Subjects.queue_worker(p), cb=on_assign)
@@ -340,7 +342,7 @@ class ProviderWorker:
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             # Not awaited here: _drop unsubscribes the very subscription running this callback, which
             # cancels it; the drop runs in its own task so it always completes.
-            self._tasks.spawn(self._drop(session.meta.sid))
+            self._tasks.spawn(self._drop(session.meta.sid, only=session))
         elif ctl.kind == "replace" and ctl.role == "transformer" and ctl.epoch > session.transformer_epoch:
             session.transformer_epoch = ctl.epoch
         elif ctl.kind == "switch" and ctl.epoch >= session.epoch:
@@ -660,7 +662,11 @@ class ProviderWorker:
                 return False
             await asyncio.sleep(poll_s)
 
-    async def _drop(self, sid: str) -> None:
+    async def _drop(self, sid: str, only: _Session | None = None) -> None:
+        """Let ``sid`` go; with ``only``, just that incarnation (a close for an older one must not drop the
+        session re-assigned here meanwhile)."""
+        if only is not None and self.sessions.get(sid) is not only:
+            return
         session = self.sessions.pop(sid, None)
         if session is None:
             return
@@ -841,7 +847,7 @@ class ProviderWorker:
             await session.ws.close(1000, "go away")
 
     async def _publish(self, session: _Session, events: list[ev.Event]) -> None:
-        assert self.nc is not None
+        assert self.nc is not None and self.gate is not None
         now = asyncio.get_running_loop().time()
         was_open = session.open_response is not None
         turn_ms: list[float] = []
@@ -891,7 +897,7 @@ class ProviderWorker:
             if asyncio.get_running_loop().time() - now > STALL_CREDIT_S:
                 session.stall.bytes_in(asyncio.get_running_loop().time())
         else:
-            await self.nc.publish(Subjects.down(session.meta.sid, "live"), envelope)
+            await self.gate.publish(Subjects.down(session.meta.sid, "live"), envelope)
         is_open = session.open_response is not None
         session.stall.response(is_open, now)
         for ms in turn_ms:

@@ -43,9 +43,19 @@ CIN_REPLAY_MARGIN_S = 2.0
 # How far back the cout read looks for the last numbered frame when the newest cout carries none.
 SEQ_LOOKBACK_S = 30.0
 SEQ_LOOKUP_TIMEOUT_S = 0.5
+BUS_WATCH_S = 0.25  # how often the bus's reconnect count is looked at
+_Mark = tuple[str | None, tuple[int, int]]  # (open response, newest down envelope (worker epoch, seq))
 
 _INTERNAL_ERROR = ev.ProviderError(code="internal_error", message="the gateway could not translate an event")
 _TOO_LARGE = ev.ProviderError(code="internal_error", message="an event for the client was too large to deliver")
+
+
+def tails_lost(at_reconnect: dict[str, _Mark], now: dict[str, _Mark]) -> list[str]:
+    """Sessions whose response, open when the bus came back, has heard nothing from its worker since (the
+    same response still open, the same newest down envelope). Core NATS drops what a peer flushed before
+    this transformer's subscriptions were back on a restarted server: that response's tail, its end among
+    it, is gone and would leave the client waiting for ever."""
+    return [sid for sid, mark in at_reconnect.items() if now.get(sid) == mark]
 
 
 class _Session:
@@ -80,22 +90,49 @@ class Transformer:
         self.sessions: dict[str, _Session] = {}
         self._tasks = TaskSet()
         self.nc: NATS | None = None
+        self.gate: bus.OutageGate | None = None  # session traffic held over a bus outage (bus.OutageGate)
         self.store: Store | None = None
 
     @contextlib.asynccontextmanager
     async def running(self, nc: NATS, store: Store) -> AsyncIterator[None]:
         self.nc, self.store = nc, store
+        self.gate = bus.OutageGate(nc)
         on_assign = self._tasks.each_in_a_task(self._on_assign)
         sub = await nc.subscribe(Subjects.ASSIGN_TRANSFORMER, queue=Subjects.QUEUE_TRANSFORMER, cb=on_assign)
         beat = asyncio.create_task(heartbeat_loop(nc, "transformer", self.instance, lambda: len(self.sessions)))
+        watch = asyncio.create_task(self._watch_bus(nc))
         try:
             yield
         finally:
             beat.cancel()
+            watch.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             for sid in list(self.sessions):
                 await self._drop(sid)
+
+    def _marks(self) -> dict[str, _Mark]:
+        return {sid: (s.open_response, s.last_down) for sid, s in self.sessions.items()}
+
+    async def _watch_bus(self, nc: NATS) -> None:
+        """After a bus reconnect, a response that hears nothing more from its worker for the stall time
+        (RS_STALL_MS, the worker's own limit for a silent provider) lost its tail on the bus: it is ended
+        (failed, ``bus_interrupted``) so the client can ask again."""
+        seen = nc.stats["reconnects"]
+        while True:
+            await asyncio.sleep(BUS_WATCH_S)
+            if nc.stats["reconnects"] == seen:
+                continue
+            seen = nc.stats["reconnects"]
+            marks = {sid: mark for sid, mark in self._marks().items() if mark[0] is not None}
+            await asyncio.sleep(self.config.stall_ms / 1000)
+            for sid in tails_lost(marks, self._marks()):
+                session = self.sessions[sid]
+                assert session.open_response is not None
+                log.warning("response tail lost on the bus", extra={"sid": sid, "response": session.open_response})
+                cut = ev.ResponseDone(response_id=session.open_response, status="failed", reason="bus_interrupted")
+                session.open_response = None
+                await self._send(session, session.codec.encode(cut))
 
     async def _on_assign(self, msg: Msg) -> None:
         assert self.nc is not None and self.store is not None
@@ -254,7 +291,7 @@ class Transformer:
         if ctl.drop == self.instance or (ctl.kind == "close" and ctl.epoch >= session.epoch):
             # Not awaited here: _drop unsubscribes the very subscription running this callback, which
             # cancels it; the drop runs in its own task so it always completes.
-            self._tasks.spawn(self._drop(session.meta.sid))
+            self._tasks.spawn(self._drop(session.meta.sid, only=session))
         elif ctl.kind == "replace" and ctl.role == "worker" and ctl.epoch > session.worker_epoch:
             session.worker_epoch = ctl.epoch
             if session.open_response is not None:
@@ -267,7 +304,7 @@ class Transformer:
         self, session: _Session, out: Out, *, up_seq: int | None = None, down: tuple[int, int] = (0, 0)
     ) -> None:
         """Client frames to the edge, canonical events to the worker. Order within each is kept."""
-        assert self.nc is not None
+        assert self.nc is not None and self.gate is not None
         sid = session.meta.sid
         if self.sessions.get(sid) is not session:
             return  # dropped (or re-assigned) while a resume was still running
@@ -290,7 +327,7 @@ class Transformer:
                 # while the stream elects a leader, and keeps the order the worker answered in.
                 await bus.publish_logged(self.nc, Subjects.up(sid, "log"), envelope)
             else:
-                await self.nc.publish(Subjects.up(sid, "live"), envelope)
+                await self.gate.publish(Subjects.up(sid, "live"), envelope)
 
     async def _send_out(self, session: _Session, out: Out, down: tuple[int, int]) -> None:
         """Client frames in one bus message, or one message per frame when together they exceed the bus's
@@ -299,7 +336,7 @@ class Transformer:
 
         Frames are numbered per session (``ClientOut.first``; OpenAI dialects also get the number as
         ``event_id``), except the gateway's own Gemini messages, which go in messages of their own."""
-        assert self.nc is not None
+        assert self.nc is not None and self.gate is not None
         close_code, close_reason = out.close if out.close else (None, "")
         # ``down`` tells the edge how far the client got, should this transformer die (see _resume).
         runs = numbered_runs(session.meta.dialect, out.wire) or [(False, [])]
@@ -336,10 +373,14 @@ class Transformer:
             return False
         session.seq_out += 1
         session.event_seq += len(frames) if first else 0
-        await self.nc.publish(Subjects.cout(session.meta.sid), payload)
+        await self.gate.publish(Subjects.cout(session.meta.sid), payload)
         return True
 
-    async def _drop(self, sid: str) -> None:
+    async def _drop(self, sid: str, only: _Session | None = None) -> None:
+        """Let ``sid`` go; with ``only``, just that incarnation (a close for an older one must not drop the
+        session re-assigned here meanwhile)."""
+        if only is not None and self.sessions.get(sid) is not only:
+            return
         session = self.sessions.pop(sid, None)
         if session is None:
             return

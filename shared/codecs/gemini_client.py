@@ -437,9 +437,10 @@ _TURN_COMPLETE_REASON: Mapping[str, str] = {  # canonical ResponseDone.reason ->
     "content_filter": "GENERATED_CONTENT_SAFETY",
 }
 
-# ResponseDone reasons of a response cut by the gateway's failover (a dead worker, a dropped provider):
-# the client hears it broken off, like a barge-in, so it is told ``interrupted`` before ``turnComplete``.
-_CUT_REASONS = frozenset({"worker_replaced", "provider_disconnected"})
+# ResponseDone reasons of a response cut by the gateway's failover (a dead worker, a dropped provider, its
+# tail lost on a restarted bus): the client hears it broken off, like a barge-in, so it is told
+# ``interrupted`` before ``turnComplete``.
+_CUT_REASONS = frozenset({"worker_replaced", "provider_disconnected", "bus_interrupted"})
 
 # ProviderError codes that are the server's fault (close 1011), besides fatal/retryable ones.
 _SERVER_ERROR_CODES = frozenset({"server_error", "internal_error", "provider_unavailable", "provider_disconnected"})

@@ -22,7 +22,7 @@ import functools
 import json
 import re
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import msgspec
@@ -257,6 +257,12 @@ class GeminiSession(SessionBase):
         self.start_timers()
         go_away = self.knobs().go_away_after_s
         if go_away is not None:
+            self.spawn(self._after(go_away, self._go_away), name="fake-gemini-goaway")
+
+    def on_knobs_set(self, names: Collection[str]) -> None:
+        # go_away_after_s set on a live session (chaos): its goAway counts from now.
+        go_away = self.knobs().go_away_after_s
+        if "go_away_after_s" in names and go_away is not None:
             self.spawn(self._after(go_away, self._go_away), name="fake-gemini-goaway")
 
     async def _go_away(self) -> None:
