@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import bus
 from shared import events as ev
 from shared.config import Config
-from shared.metrics import FRAMES
+from shared.metrics import frame_counter
 from shared.runtime import heartbeat_loop, instance_id, stream_id
 from shared.store import Store
 
@@ -133,7 +133,7 @@ class Checkpoint:
                         log.warning("store unavailable", extra={"error": type(exc).__name__})
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 2.0)
-                FRAMES.labels("checkpoint", "in").inc()
+                frame_counter("checkpoint", "in").inc()
                 self.applied += 1
                 if msg is msgs[-1]:
                     # Confirmed: the server has taken this batch's acks before the ack floor is read.

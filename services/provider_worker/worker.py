@@ -53,7 +53,6 @@ from shared.bus import Subjects
 from shared.codecs.base import Out, ProviderCodec
 from shared.config import Config
 from shared.metrics import (
-    FRAMES,
     PROVIDER_CONNECTS,
     PROVIDER_ERRORS,
     REPLAYED,
@@ -61,6 +60,7 @@ from shared.metrics import (
     TIME_TO_FIRST_AUDIO,
     UPSTREAM_RECONNECTS,
     UPSTREAM_ROTATIONS,
+    frame_counter,
     observe_hop,
 )
 from shared.providers import AppendsHistory, Provider, ProviderNotConfigured, installed_providers, load_provider
@@ -641,7 +641,7 @@ class ProviderWorker:
         if env.seq <= session.last_up:
             return  # already taken from the stream replay
         session.last_up = env.seq
-        FRAMES.labels("worker", "up").inc()
+        frame_counter("worker", "up").inc()
         observe_hop("transformer_worker", env.sent)  # metric observation point
         for event in env.events:
             if session.state.sends:
@@ -937,7 +937,7 @@ class ProviderWorker:
                 finally:
                     session.recv_timeout = None
                 session.stall.bytes_in(loop.time())
-                FRAMES.labels("worker", "provider_in").inc()
+                frame_counter("worker", "provider_in").inc()
                 try:
                     out = codec.feed(frame)
                 except Exception:
