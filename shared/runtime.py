@@ -308,12 +308,23 @@ def settle_heap() -> None:
     """Once a service is up: collect, then move everything that survived start-up (modules, codec tables,
     the bus and store clients, ~50,000 objects) into the permanent generation, so a full collection no
     longer walks it (one took ~30 ms in the transformer and the worker: a latency spike of every live
-    session). ``RS_GC_THRESHOLD=a,b,c`` overrides GC_THRESHOLD (for measuring)."""
+    session). For measuring: ``RS_GC_THRESHOLD=a,b,c`` overrides GC_THRESHOLD, ``RS_GC_FREEZE=false``
+    leaves the heap unfrozen."""
     raw = os.environ.get("RS_GC_THRESHOLD", "")
     threshold = tuple(int(x) for x in raw.split(",")) if raw else GC_THRESHOLD
-    gc.collect()
-    gc.freeze()
+    if os.environ.get("RS_GC_FREEZE", "true").lower() not in ("false", "0", "no"):
+        gc.collect()
+        gc.freeze()
     gc.set_threshold(*threshold)
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"total_ms": 0.0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {"total_ms": round(sum(ordered), 2), "p50_ms": round(ordered[len(ordered) // 2], 3),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+            "max_ms": round(ordered[-1], 3)}
 
 
 @contextlib.contextmanager
@@ -324,14 +335,18 @@ def gc_stats(path: str) -> Iterator[None]:
     if not path:
         yield
         return
+    # Wall time is what a session waits; CPU time (this thread's) is the collection's own cost, without
+    # the preemptions a loaded machine adds to the wall time.
     pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-    started: list[float] = [0.0]
+    cpu: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = [0.0, 0.0]
 
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[0], started[1] = time.perf_counter(), time.thread_time()
         else:
             pauses[info["generation"]].append((time.perf_counter() - started[0]) * 1000)
+            cpu[info["generation"]].append((time.thread_time() - started[1]) * 1000)
 
     gc.callbacks.append(callback)
     began = time.monotonic()
@@ -341,14 +356,8 @@ def gc_stats(path: str) -> Iterator[None]:
         gc.callbacks.remove(callback)
         summary: dict[str, object] = {"seconds": round(time.monotonic() - began, 1), "threshold": gc.get_threshold(),
                                       "frozen": gc.get_freeze_count()}
-        for gen, values in pauses.items():
-            ordered = sorted(values)
-            summary[f"gen{gen}"] = {
-                "n": len(ordered), "total_ms": round(sum(ordered), 2),
-                "p50_ms": round(ordered[len(ordered) // 2], 3) if ordered else None,
-                "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3) if ordered else None,
-                "max_ms": round(ordered[-1], 3) if ordered else None,
-            }
+        for gen in pauses:
+            summary[f"gen{gen}"] = {"n": len(pauses[gen]), "wall": _spread(pauses[gen]), "cpu": _spread(cpu[gen])}
         with contextlib.suppress(OSError), open(path, "w") as f:
             json.dump(summary, f)
 
