@@ -14,7 +14,8 @@ Per background session count N and per system (ours, LiteLLM; the order alternat
   divided by the background frames of the window: CPU µs per client frame.
 
 Capacity: per system, the step search over ``capacity`` session counts; a step fails when added p99 exceeds
-the budget (20 ms), a probe goes unanswered, a background session fails, or the background frame rate falls
+the budget (20 ms) in two windows (a latency verdict is re-measured once: the machine is shared),
+a probe goes unanswered, a background session fails, or the background frame rate falls
 under 95 % of nominal (the machine, not the system, is then the limit). The largest passing count is the
 system's capacity. Each system's search stops at its first failing step or when its time budget is spent.
 """
@@ -313,8 +314,17 @@ def phase_peer(peer: PeerBench, budget_ms: float) -> dict[str, Any]:
                 peer.log(f"  capacity {SYSTEM_NAMES[name]}: {n} sessions")
                 w = peer.window(peer.systems[name], n, opts.seconds)
             reason = break_reason(w, budget_ms)
+            first: str | None = None
+            if reason is not None and reason.startswith("added p99"):
+                # One slow window on a shared machine is as likely someone else's burst as the system's
+                # limit: a latency verdict is re-measured once and the step fails only if both windows do.
+                peer.quiet(peer.systems[name])
+                peer.log(f"  capacity {SYSTEM_NAMES[name]}: {n} sessions again ({reason})")
+                first, w = reason, peer.window(peer.systems[name], n, opts.seconds)
+                reason = break_reason(w, budget_ms)
+                reason = None if reason is None else f"{reason} (twice; first: {first})"
             steps.append({"sessions": n, "added_ms": w["added_ms"], "frames_per_s": w["frames_per_s"],
-                          "cpu_us_per_frame": w["cpu_us_per_frame"], "break": reason})
+                          "cpu_us_per_frame": w["cpu_us_per_frame"], "break": reason, "first_try": first})
             if reason is not None:
                 broke = {"sessions": n, "reason": reason}
                 break

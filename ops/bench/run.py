@@ -1096,7 +1096,7 @@ class Options:
     json: Path | None = None
     peer: str | None = None
     peer_sessions: list[int] = field(default_factory=lambda: [1, 20, 50, 100])
-    peer_seconds: float = 10.0
+    peer_seconds: float = 20.0
     peer_capacity: list[int] = field(default_factory=lambda: [20, 50, 100, 150, 200, 300, 400])
     peer_capacity_budget_s: float = 900.0
 
@@ -1206,7 +1206,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--peer", choices=["litellm"], help="also compare with this peer (ops.bench.peer)")
     p.add_argument("--peer-sessions", type=_ints, default=[1, 20, 50, 100],
                    help="background session counts of the peer table")
-    p.add_argument("--peer-seconds", type=float, default=10.0, help="seconds per peer window")
+    p.add_argument("--peer-seconds", type=float, default=20.0,
+                   help="seconds per peer window (the first quarter, at most 2 s, is not counted)")
     p.add_argument("--peer-capacity", type=_ints, default=[20, 50, 100, 150, 200, 300, 400],
                    help="peer capacity steps (each system stops at its first failing step)")
     p.add_argument("--peer-capacity-budget-s", type=float, default=900.0,
