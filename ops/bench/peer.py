@@ -69,22 +69,22 @@ class System:
 
 @dataclass
 class _Probe:
-    """One persistent probe session: times commit + response.create -> first audio delta."""
+    """One probe session: times commit + response.create -> first audio delta of that response."""
 
-    ws: Any
+    url: str
+    headers: dict[str, str]
+    ws: Any = None
     latencies: list[float] = field(default_factory=list)
     lost: int = 0
     errors: list[str] = field(default_factory=list)
 
-    @classmethod
-    async def open(cls, url: str, headers: dict[str, str]) -> _Probe:
-        ws = await websockets.connect(url, additional_headers=headers, compression=None, max_size=None,
-                                      ping_interval=None, open_timeout=30)
-        probe = cls(ws)
-        await probe._until("session.created")
-        await ws.send(session_update())
-        await probe._until("session.updated")
-        return probe
+    async def open(self) -> _Probe:
+        self.ws = await websockets.connect(self.url, additional_headers=self.headers, compression=None,
+                                           max_size=None, ping_interval=None, open_timeout=30)
+        await self._until("session.created")
+        await self.ws.send(session_update())
+        await self._until("session.updated")
+        return self
 
     async def _until(self, kind: str) -> float:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
@@ -104,10 +104,15 @@ class _Probe:
         await self.ws.send(commit)
         await self.ws.send(create)
         try:
+            await self._until("response.created")  # deltas before it would be an older response's
             self.latencies.append((await self._until(AUDIO_DELTA) - started) * 1000)
             await self._until("response.done")
         except TimeoutError:
+            # Unanswered in time: counted lost, and a fresh session for the next probe, so that this
+            # response's late events cannot be taken for the next one's.
             self.lost += 1
+            await self.close()
+            await self.open()
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -119,8 +124,8 @@ async def _probe_window(direct_url: str, system: System, start: float, end: floa
     """Alternate direct / system probes from ``start`` until ``end`` (or ``limit`` probes each)."""
     frame = frame_message(frame_ms)
     commit, create = commit_frames()
-    direct = await _Probe.open(direct_url, {"Authorization": "Bearer bench"})
-    through = await _Probe.open(system.url, system.headers)
+    direct = await _Probe(direct_url, {"Authorization": "Bearer bench"}).open()
+    through = await _Probe(system.url, system.headers).open()
     try:
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         while time.monotonic() < end and len(through.latencies) + through.lost < limit:
