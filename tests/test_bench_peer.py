@@ -56,3 +56,11 @@ def test_render_peer_skipped_and_missing_numbers() -> None:
             "capacity": {s: {"max_sessions_under_budget": 0, "steps": [], "broke_at": None}
                          for s in ("ours", "litellm")}}
     assert "| - / 123 |" in render_peer(peer)
+
+
+def test_render_peer_keeps_rows_of_an_unfinished_run() -> None:
+    peer = {"budget_ms": 20.0, "capacity": {}, "error": "TimeoutError: x",
+            "rows": [{"sessions": 1, "litellm": window("litellm", 1), "ours": window("ours", 1)}]}
+    text = render_peer(peer)
+    assert "| 1 | 3.00 / 8.00 | 3.00 / 8.00 |" in text and "did not finish**: TimeoutError: x" in text
+    assert "Capacity" not in text

@@ -79,11 +79,16 @@ class _Probe:
     errors: list[str] = field(default_factory=list)
 
     async def open(self) -> _Probe:
+        await self.close()
         self.ws = await websockets.connect(self.url, additional_headers=self.headers, compression=None,
                                            max_size=None, ping_interval=None, open_timeout=30)
-        await self._until("session.created")
-        await self.ws.send(session_update())
-        await self._until("session.updated")
+        try:
+            await self._until("session.created")
+            await self.ws.send(session_update())
+            await self._until("session.updated")
+        except BaseException:
+            await self.close()  # never a half-open session for the next probe
+            raise
         return self
 
     async def _until(self, kind: str) -> float:
@@ -98,25 +103,29 @@ class _Probe:
                     return now
 
     async def once(self, frame: str, commit: str, create: str) -> None:
-        for _ in range(5):  # 100 ms: a smaller commit is refused
-            await self.ws.send(frame)
-        started = time.monotonic()
-        await self.ws.send(commit)
-        await self.ws.send(create)
+        """One probe; an unanswered one (or a session that could not be opened) counts as lost."""
         try:
+            if self.ws is None:
+                await self.open()
+            for _ in range(5):  # 100 ms: a smaller commit is refused
+                await self.ws.send(frame)
+            started = time.monotonic()
+            await self.ws.send(commit)
+            await self.ws.send(create)
             await self._until("response.created")  # deltas before it would be an older response's
             self.latencies.append((await self._until(AUDIO_DELTA) - started) * 1000)
             await self._until("response.done")
-        except TimeoutError:
-            # Unanswered in time: counted lost, and a fresh session for the next probe, so that this
-            # response's late events cannot be taken for the next one's.
+        except (TimeoutError, OSError, websockets.WebSocketException):
+            # A fresh session for the next probe, so that this response's late events cannot be taken
+            # for the next one's.
             self.lost += 1
             await self.close()
-            await self.open()
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 5)
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5)
 
 
 async def _probe_window(direct_url: str, system: System, start: float, end: float, frame_ms: int,
@@ -124,9 +133,12 @@ async def _probe_window(direct_url: str, system: System, start: float, end: floa
     """Alternate direct / system probes from ``start`` until ``end`` (or ``limit`` probes each)."""
     frame = frame_message(frame_ms)
     commit, create = commit_frames()
-    direct = await _Probe(direct_url, {"Authorization": "Bearer bench"}).open()
-    through = await _Probe(system.url, system.headers).open()
+    direct = _Probe(direct_url, {"Authorization": "Bearer bench"})
+    through = _Probe(system.url, system.headers)
     try:
+        for probe in (direct, through):  # opened before the window; one that fails is retried by its first probe
+            with contextlib.suppress(TimeoutError, OSError, websockets.WebSocketException):
+                await probe.open()
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         while time.monotonic() < end and len(through.latencies) + through.lost < limit:
             for probe in (direct, through):
@@ -300,9 +312,13 @@ def break_reason(w: dict[str, Any], budget_ms: float, floor: float = 0.95) -> st
 def phase_peer(peer: PeerBench, budget_ms: float) -> dict[str, Any]:
     opts = peer.opts
     rows = []
-    for i, n in enumerate(opts.sessions):
-        order = SYSTEMS if i % 2 == 0 else SYSTEMS[::-1]
-        rows.append(peer.row(n, order))
+    try:
+        for i, n in enumerate(opts.sessions):
+            order = SYSTEMS if i % 2 == 0 else SYSTEMS[::-1]
+            rows.append(peer.row(n, order))
+    except Exception as exc:  # the rows measured so far are still reported (the bench exits 1)
+        return {"rows": rows, "capacity": {}, "budget_ms": budget_ms, "seconds": opts.seconds,
+                "error": f"{type(exc).__name__}: {exc}"}
     known = {(name, row["sessions"]): row[name] for row in rows for name in SYSTEMS}
     capacity: dict[str, Any] = {}
     for name in SYSTEMS:
@@ -362,6 +378,9 @@ def render_peer(peer: dict[str, Any]) -> str:
             f"{_f(ll['loadavg_1m'])} / {_f(us['loadavg_1m'])}",
         ]) + " |")
     cap = peer["capacity"]
+    if peer.get("error"):
+        lines.append(f"\n**The comparison did not finish**: {peer['error']}")
+        return "\n".join(lines)
 
     def one(name: str) -> str:
         c = cap[name]

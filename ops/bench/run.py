@@ -1127,6 +1127,8 @@ def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict[str, An
                 started = time.monotonic()
                 try:
                     report["peer"] = run_peer(bench, opts, workdir, log)
+                    if report["peer"].get("error"):  # rows measured before it are kept
+                        raise RuntimeError(report["peer"]["error"])
                 except Exception as exc:
                     log(f"phase peer failed: {type(exc).__name__}: {exc}")
                     report.setdefault("phase_errors", {})["peer"] = f"{type(exc).__name__}: {exc}"
