@@ -1097,7 +1097,7 @@ class Options:
     peer: str | None = None
     peer_sessions: list[int] = field(default_factory=lambda: [1, 20, 50, 100])
     peer_seconds: float = 20.0
-    peer_capacity: list[int] = field(default_factory=lambda: [20, 50, 100, 150, 200, 300, 400])
+    peer_capacity: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 150, 200, 300, 400])
     peer_capacity_budget_s: float = 900.0
 
 
@@ -1210,7 +1210,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    help="background session counts of the peer table")
     p.add_argument("--peer-seconds", type=float, default=20.0,
                    help="seconds per peer window (the first quarter, at most 2 s, is not counted)")
-    p.add_argument("--peer-capacity", type=_ints, default=[20, 50, 100, 150, 200, 300, 400],
+    p.add_argument("--peer-capacity", type=_ints, default=[5, 10, 20, 50, 100, 150, 200, 300, 400],
                    help="peer capacity steps (each system stops at its first failing step)")
     p.add_argument("--peer-capacity-budget-s", type=float, default=900.0,
                    help="stop a system's capacity search after this many seconds")
