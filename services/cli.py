@@ -23,6 +23,7 @@ commands:
                           embedded NATS + Redis + every service (+ fake providers when keys are absent);
                           --ha: a 3-node NATS cluster and Redis with a replica and 3 Sentinels
   bench [options]         the load bench (same tables and JSON as python -m ops.bench.run; bench --help)
+  bench --peer litellm    ours against LiteLLM's proxy in the same run (its own cached venv; bench --help)
   call TEXT... [--dialect openai|openai-beta|gemini] [--provider openai|gemini] [--url URL] [--wav F] [--out F]
                           one conversation through the gateway, printed with timings (rtswitch call --help)
   accounts add|list|rotate|disable|limits|defaults ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -33,6 +34,7 @@ __all__ = [
     "TIME_TO_FIRST_AUDIO",
     "UPSTREAM_RECONNECTS",
     "UPSTREAM_ROTATIONS",
+    "frame_counter",
     "observe_hop",
 ]
 
@@ -110,7 +112,21 @@ CHECKPOINT_REFOLDS = Counter(
 )
 
 
+# Label children of the per-frame metrics, made on first use and kept: ``.labels(...)`` validates the
+# labels, takes a lock and looks the child up on every call, a cost per audio frame at every hop. Made
+# lazily (not at import) so a process exports only the series it really counts.
+@functools.cache
+def frame_counter(service: str, direction: str) -> Counter:
+    """The rs_frames_total child of (service, direction)."""
+    return FRAMES.labels(service, direction)
+
+
+@functools.cache
+def _hop(hop: str) -> Histogram:
+    return HOP_SECONDS.labels(hop)
+
+
 def observe_hop(hop: str, sent: float) -> None:
     """One bus message of ``hop`` handled now; ``sent`` 0: a sender that stamps nothing (older version)."""
     if sent:
-        HOP_SECONDS.labels(hop).observe(max(0.0, time.time() - sent))
+        _hop(hop).observe(max(0.0, time.time() - sent))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
@@ -27,14 +28,17 @@ from shared.store import Store
 
 __all__ = [
     "BOOT",
+    "GC_THRESHOLD",
     "Service",
     "StartupError",
     "TaskSet",
+    "gc_stats",
     "heartbeat_loop",
     "instance_id",
     "redact",
     "run",
     "serve_metrics",
+    "settle_heap",
     "setup_logging",
     "stream_id",
 ]
@@ -283,11 +287,79 @@ async def _serve(service: Service, config: Config) -> int:
             _say(service.name, f"cannot start: {exc}")
             log.error("cannot start", extra={"reason": str(exc)})
             return 2
+        settle_heap()
         log.info("ready")
         print(f"{service.name} ready", flush=True)
-        await stop.wait()
+        stats_dir = os.environ.get("RS_GC_STATS", "")
+        with gc_stats(os.path.join(stats_dir, f"{service.name}-{os.getpid()}.json") if stats_dir else ""):
+            await stop.wait()
         log.info("stopping")
     return 0
+
+
+# Measured under the bench's load (docs/bench.md, "GC"): the per-frame path makes few tracked objects, so
+# young collections are rare (the worker: ~50 a minute at 20 sessions with CPython's 700) and cheap
+# (0.2 ms). 2000 makes them a third as frequent (0.3 ms each) and a full collection, which walks the
+# sessions' live state, comes a third as often; 10,000 made each young collection 0.8-1.8 ms.
+GC_THRESHOLD = (2000, 10, 10)
+
+
+def settle_heap() -> None:
+    """Once a service is up: collect, then move everything that survived start-up (modules, codec tables,
+    the bus and store clients, ~50,000 objects) into the permanent generation, so a full collection no
+    longer walks it (one took ~30 ms in the transformer and the worker: a latency spike of every live
+    session). For measuring: ``RS_GC_THRESHOLD=a,b,c`` overrides GC_THRESHOLD, ``RS_GC_FREEZE=false``
+    leaves the heap unfrozen."""
+    raw = os.environ.get("RS_GC_THRESHOLD", "")
+    threshold = tuple(int(x) for x in raw.split(",")) if raw else GC_THRESHOLD
+    if os.environ.get("RS_GC_FREEZE", "true").lower() not in ("false", "0", "no"):
+        gc.collect()
+        gc.freeze()
+    gc.set_threshold(*threshold)
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"total_ms": 0.0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {"total_ms": round(sum(ordered), 2), "p50_ms": round(ordered[len(ordered) // 2], 3),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+            "max_ms": round(ordered[-1], 3)}
+
+
+@contextlib.contextmanager
+def gc_stats(path: str) -> Iterator[None]:
+    """Time every collection (gc.callbacks) while the service runs and write counts and pause percentiles
+    per generation to ``path`` as JSON when it stops. Off by default (``RS_GC_STATS=<dir>`` turns it on:
+    <dir>/<service>-<pid>.json)."""
+    if not path:
+        yield
+        return
+    # Wall time is what a session waits; CPU time (this thread's) is the collection's own cost, without
+    # the preemptions a loaded machine adds to the wall time.
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    cpu: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = [0.0, 0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0], started[1] = time.perf_counter(), time.thread_time()
+        else:
+            pauses[info["generation"]].append((time.perf_counter() - started[0]) * 1000)
+            cpu[info["generation"]].append((time.thread_time() - started[1]) * 1000)
+
+    gc.callbacks.append(callback)
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+        summary: dict[str, object] = {"seconds": round(time.monotonic() - began, 1), "threshold": gc.get_threshold(),
+                                      "frozen": gc.get_freeze_count()}
+        for gen in pauses:
+            summary[f"gen{gen}"] = {"n": len(pauses[gen]), "wall": _spread(pauses[gen]), "cpu": _spread(cpu[gen])}
+        with contextlib.suppress(OSError), open(path, "w") as f:
+            json.dump(summary, f)
 
 
 async def serve_metrics(host: str, port: int, healthy: Callable[[], bool]) -> asyncio.Server:

@@ -53,6 +53,7 @@ class LoadSpec(msgspec.Struct, kw_only=True):
     turn_ms: int = 1000
     compression: str | None = None  # "deflate" or None
     session_prefix: str = ""  # gateway runs: rs_u_sessid=<prefix>-<index> (the parent reads their epochs)
+    turns: bool = True  # False: stream frames only (the background load of the peer comparison; probes time)
     connect_timeout_s: float = 60.0
 
 
@@ -255,7 +256,7 @@ class _Load:
                 await ws.send(self.frame)
                 stats.frames += 1 if stats.counting else 0
                 since_commit += 1
-                if now >= next_turn and since_commit >= min_frames:
+                if spec.turns and now >= next_turn and since_commit >= min_frames:
                     if s.active:
                         stats.deferred += 1
                     else:

@@ -22,6 +22,11 @@ Phases (``--phases``, all by default, in this order):
   response ended; -> next audio); the baseline is a client connected straight to the fake doing the same
   by itself (a new connection, the conversation restored on it).
 
+``--peer litellm`` (``rtswitch bench --peer litellm``): the comparison with LiteLLM's proxy in the same run
+(ops.bench.peer: background streaming sessions, probes alternating direct / LiteLLM / ours, CPU per client
+frame, capacity of each); with ``--peer`` and no ``--phases`` only that runs. LiteLLM gets its own venv
+(ops.bench.litellm, cached); when pip cannot reach the index the comparison is reported as skipped.
+
 Clients run in their own processes (``python -m ops.bench.client``, one asyncio loop each, two from
 100 sessions) so the measuring loops are not starved by the orchestrator; the stack is subprocesses
 (services.dev.stack.Stack). Method and results: docs/bench.md.
@@ -1058,6 +1063,10 @@ def render(report: dict[str, Any]) -> str:
         parts.append(f"\nThe gateway's own gap of the manual switches (rs.switched gap_ms): "
                      f"p50 {_f(gap['p50'], 0)} ms, p99 {_f(gap['p99'], 0)} ms; "
                      f"switches not carried out: {len(sw['failures'])}")
+    if report.get("peer"):
+        from ops.bench.peer import render_peer
+
+        parts.append(render_peer(report["peer"]))
     for phase, error in report.get("phase_errors", {}).items():
         parts.append(f"\n**Phase {phase} did not finish**: {error}")
     return "\n".join(parts)
@@ -1085,6 +1094,11 @@ class Options:
     log_level: str
     workdir: Path | None
     json: Path | None = None
+    peer: str | None = None
+    peer_sessions: list[int] = field(default_factory=lambda: [1, 20, 50, 100])
+    peer_seconds: float = 20.0
+    peer_capacity: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 150, 200, 300, 400])
+    peer_capacity_budget_s: float = 900.0
 
 
 def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -1108,9 +1122,50 @@ def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict[str, An
                     report.setdefault("phase_errors", {})[phase] = f"{type(exc).__name__}: {exc}"
                     bench.settle()
                 report.setdefault("phase_seconds", {})[phase] = round(time.monotonic() - started, 1)
+            if opts.peer:
+                log(f"phase peer ({opts.peer})")
+                started = time.monotonic()
+                try:
+                    report["peer"] = run_peer(bench, opts, workdir, log)
+                    if report["peer"].get("error"):  # rows measured before it are kept
+                        raise RuntimeError(report["peer"]["error"])
+                except Exception as exc:
+                    log(f"phase peer failed: {type(exc).__name__}: {exc}")
+                    report.setdefault("phase_errors", {})["peer"] = f"{type(exc).__name__}: {exc}"
+                report.setdefault("phase_seconds", {})["peer"] = round(time.monotonic() - started, 1)
         finally:
             stack.stop()
     return report
+
+
+def run_peer(bench: Bench, opts: Options, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The comparison with LiteLLM (ops.bench.peer) on this stack: LiteLLM in front of the same fake."""
+    from ops.bench import litellm, peer
+
+    try:
+        python = litellm.ensure_venv(log)
+    except litellm.IndexUnreachable as exc:
+        log(f"LiteLLM comparison skipped: {exc}")
+        return {"skipped": str(exc)}
+    asyncio.run(set_knobs(bench.s.fake_port, response_ms=40, chunk_ms=40, pace=0.0))
+    proxy = litellm.LiteLLM(python, workdir / "litellm", free_port(), bench.s.fake_port, MODEL)
+    try:
+        proxy.wait_ready()
+        ours_pids = {label: STACK_PROCS[label] for label in (*peer.OURS_CPU, "redis")}
+        systems = {
+            "ours": peer.System("ours", bench.url("gateway"), {"Authorization": f"Bearer {API_KEY}"},
+                                lambda: {label: bench.s.pid(name) for label, name in ours_pids.items()},
+                                apart=("redis",)),
+            "litellm": peer.System("litellm", proxy.url(), proxy.headers(), peer.litellm_pids(proxy)),
+        }
+        popts = peer.PeerOptions(sessions=opts.peer_sessions, seconds=opts.peer_seconds,
+                                 capacity=opts.peer_capacity, capacity_budget_s=opts.peer_capacity_budget_s,
+                                 warmup_s=min(2.0, opts.peer_seconds / 4))
+        result = peer.phase_peer(peer.PeerBench(bench, systems, popts, ClientProcs, log), ADDED_P99_BUDGET_MS)
+        result["litellm_version"] = peer.litellm_version(python)
+        return result
+    finally:
+        proxy.stop()
 
 
 # phase -> what it adds to the report (the capacity search reuses the latency rows already measured)
@@ -1149,7 +1204,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--sessions", type=_ints, default=[1, 20, 100], help="session counts of the latency table")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load run")
     p.add_argument("--json", type=Path, help="write the full report here")
-    p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
+    p.add_argument("--phases", help=f"comma list of {', '.join(PHASES)} (default: all; with --peer: none)")
+    p.add_argument("--peer", choices=["litellm"], help="also compare with this peer (ops.bench.peer)")
+    p.add_argument("--peer-sessions", type=_ints, default=[1, 20, 50, 100],
+                   help="background session counts of the peer table")
+    p.add_argument("--peer-seconds", type=float, default=20.0,
+                   help="seconds per peer window (the first quarter, at most 2 s, is not counted)")
+    p.add_argument("--peer-capacity", type=_ints, default=[5, 10, 20, 50, 100, 150, 200, 300, 400],
+                   help="peer capacity steps (each system stops at its first failing step)")
+    p.add_argument("--peer-capacity-budget-s", type=float, default=900.0,
+                   help="stop a system's capacity search after this many seconds")
     p.add_argument("--capacity", type=_ints, default=[5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 400],
                    help="capacity steps, stopped at the first that breaks")
     p.add_argument("--capacity-seconds", type=float, help="seconds per capacity step (default --seconds)")
@@ -1165,7 +1229,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the services")
     p.add_argument("--workdir", type=Path, help="keep logs here (default: a temporary directory)")
     a = p.parse_args(argv)
-    phases = [x.strip() for x in a.phases.split(",") if x.strip()]
+    raw = a.phases if a.phases is not None else ("" if a.peer else ",".join(PHASES))
+    phases = [x.strip() for x in raw.split(",") if x.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:
         p.error(f"unknown phases {sorted(unknown)}")
@@ -1175,7 +1240,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         memory_sessions=a.memory_sessions, compression_sessions=a.compression_sessions, kills=a.kills,
         failover_sessions=a.failover_sessions, switches=a.switches,
         warmup_s=a.warmup, turn_ms=a.turn_ms, client_procs=a.client_procs,
-        log_level=a.log_level, workdir=a.workdir, json=a.json,
+        log_level=a.log_level, workdir=a.workdir, json=a.json, peer=a.peer, peer_sessions=a.peer_sessions,
+        peer_seconds=a.peer_seconds, peer_capacity=a.peer_capacity, peer_capacity_budget_s=a.peer_capacity_budget_s,
     )
     return opts
 

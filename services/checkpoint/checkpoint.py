@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import bus
 from shared import events as ev
 from shared.config import Config
-from shared.metrics import CHECKPOINT_REFOLDS, FRAMES
+from shared.metrics import CHECKPOINT_REFOLDS, frame_counter
 from shared.runtime import heartbeat_loop, instance_id, stream_id
 from shared.store import Store
 
@@ -134,7 +134,7 @@ class Checkpoint:
             if batch:
                 await self._fold(store, batch, good)
             for msg in good:
-                FRAMES.labels("checkpoint", "in").inc()
+                frame_counter("checkpoint", "in").inc()
                 self.applied += 1
                 if msg is good[-1]:
                     # Confirmed: the server has taken this batch's acks before the ack floor is read.

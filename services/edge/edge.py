@@ -59,13 +59,13 @@ from shared.codecs.refusals import Refusal, read_gemini_setup, refusal
 from shared.config import Config
 from shared.metrics import (
     ASSIGN_SECONDS,
-    FRAMES,
     PROBES,
     REATTACH_GAVE_UP,
     REATTACH_SECONDS,
     REATTACHES,
     REFUSALS,
     SESSIONS,
+    frame_counter,
     observe_hop,
 )
 from shared.providers import installed_providers
@@ -526,7 +526,7 @@ class Edge:
                 seq += 1
                 frame = bus.ClientIn(live.epoch, seq, data, not isinstance(message, str))
                 await outage.publish(Subjects.cin(sid), bus.encode(frame))
-                FRAMES.labels("edge", "in").inc()
+                frame_counter("edge", "in").inc()
         except ConnectionClosed:
             pass
         finally:
@@ -644,7 +644,7 @@ class Edge:
         except ConnectionClosed:
             pass
         live.delivered_down = max(live.delivered_down, delivery.down)
-        FRAMES.labels("edge", "out").inc(len(delivery.frames))
+        frame_counter("edge", "out").inc(len(delivery.frames))
 
     def _too_big(self, size: int) -> str:
         return (f"Event too large: {size} bytes; the largest this server accepts is "
@@ -709,7 +709,7 @@ class Edge:
         except ConnectionClosed:
             pass
         live.delivered_down = max(live.delivered_down, out.down)
-        FRAMES.labels("edge", "out").inc(len(out.frames))
+        frame_counter("edge", "out").inc(len(out.frames))
         observe_hop("transformer_edge", out.sent)  # metric observation point
 
     # -- liveness and reattach -------------------------------------------------------------------

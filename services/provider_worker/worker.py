@@ -64,7 +64,6 @@ from shared.bus import Subjects
 from shared.codecs.base import Out, ProviderCodec, Wake
 from shared.config import Config
 from shared.metrics import (
-    FRAMES,
     PROVIDER_CONNECTS,
     PROVIDER_ERRORS,
     REPLAYED,
@@ -72,6 +71,7 @@ from shared.metrics import (
     TIME_TO_FIRST_AUDIO,
     UPSTREAM_RECONNECTS,
     UPSTREAM_ROTATIONS,
+    frame_counter,
     observe_hop,
 )
 from shared.providers import AppendsHistory, Provider, ProviderNotConfigured, installed_providers, load_provider
@@ -706,7 +706,7 @@ class ProviderWorker:
         if env.seq <= session.last_up:
             return  # already taken from the stream replay
         session.last_up = env.seq
-        FRAMES.labels("worker", "up").inc()
+        frame_counter("worker", "up").inc()
         observe_hop("transformer_worker", env.sent)  # metric observation point
         for event in env.events:
             if session.state.sends:
@@ -1088,7 +1088,7 @@ class ProviderWorker:
         size = 0
         while True:
             size += len(frame)
-            FRAMES.labels("worker", "provider_in").inc()
+            frame_counter("worker", "provider_in").inc()
             try:
                 piece = codec.feed(frame)
             except Exception:

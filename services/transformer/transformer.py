@@ -23,7 +23,7 @@ from shared.bus import Subjects
 from shared.codecs.base import ClientCodec, Out
 from shared.codecs.registry import client_codec
 from shared.config import Config
-from shared.metrics import FRAMES, NOTICES, SESSIONS, observe_hop
+from shared.metrics import NOTICES, SESSIONS, frame_counter, observe_hop
 from shared.runtime import BOOT, TaskSet, heartbeat_loop, instance_id
 from shared.session import SessionMeta
 from shared.store import Store
@@ -245,7 +245,7 @@ class Transformer:
         if frame.seq <= session.last_cin:
             return  # already fed (stream replay and live delivery overlap)
         session.last_cin = frame.seq
-        FRAMES.labels("transformer", "in").inc()
+        frame_counter("transformer", "in").inc()
         try:
             out = session.codec.feed(frame.data)
         except Exception:
