@@ -8,6 +8,7 @@ from services.provider_worker.replay import (
     TurnAudio,
     before_untranscribed_turn,
     commit_point,
+    ends_untranscribed,
     has_audio,
     needs_down,
     owed_create,
@@ -207,3 +208,11 @@ def test_a_turn_restored_with_its_audio_is_not_replayed_again() -> None:
     commits = [Commit(position=30, up_seq=3), Commit(position=60, up_seq=8)]
     with_audio = ev.Message(id="u2", role="user", content=[ev.AudioContent(pcm=_pcm(1, 10), rate=24_000)])
     assert commit_point(_snap(committed=8, items=[with_audio], commits=commits)) == 8
+
+
+def test_only_a_last_spoken_turn_without_transcript_or_audio_is_untranscribed() -> None:
+    assert ends_untranscribed([SPOKEN_UNTRANSCRIBED])
+    assert not ends_untranscribed([SPOKEN_TRANSCRIBED])
+    assert not ends_untranscribed([ev.Message(id="u2", role="user", content=[ev.AudioContent(pcm=b"\x00\x00")])])
+    assert not ends_untranscribed([SPOKEN_UNTRANSCRIBED, ev.Message(id="a1", role="assistant")])
+    assert not ends_untranscribed([])

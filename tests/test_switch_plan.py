@@ -7,6 +7,7 @@ import pytest
 from services.provider_worker.switchplan import (
     TRANSITIONS,
     Action,
+    OpenRequest,
     Phase,
     Signal,
     SwitchPlan,
@@ -167,10 +168,53 @@ def test_the_turn_log_covers_a_base_until_it_evicts() -> None:
 def test_a_cutover_takes_the_last_turn_from_its_own_log_only_when_that_is_sound() -> None:
     turns = TurnLog(limit=2)
     base = turns.mark()
-    assert from_own_log(turns, base, audio_seq=0, committed_seq=0)  # text turns only
-    assert from_own_log(turns, base, audio_seq=7, committed_seq=7)  # the audio sent is committed
-    assert not from_own_log(turns, base, audio_seq=8, committed_seq=7)  # uncommitted audio: in the stream only
-    assert not from_own_log(turns, None, audio_seq=0, committed_seq=0)  # the snapshot had no confirmed base
+    assert from_own_log(turns, base, audio_seq=0, committed_seq=0, items=[])  # text turns only
+    assert from_own_log(turns, base, audio_seq=7, committed_seq=7, items=[])  # the audio sent is committed
+    assert not from_own_log(turns, base, audio_seq=8, committed_seq=7, items=[])  # uncommitted: the stream's
+    assert not from_own_log(turns, None, audio_seq=0, committed_seq=0, items=[])  # no confirmed base
     for n in range(3):
         turns.feed(ev.ItemCreate(item=_msg(f"u{n}", "hi")))
-    assert not from_own_log(turns, base, audio_seq=0, committed_seq=0)  # the log evicted since the base
+    assert not from_own_log(turns, base, audio_seq=0, committed_seq=0, items=[])  # evicted since the base
+
+
+def test_a_spoken_turn_committed_but_not_transcribed_yet_is_not_taken_from_the_own_log() -> None:
+    """Gemini commits a manual turn at once (its transcript comes later): the log holds an empty user
+    message, which no history can say; its audio is only in the stream (the checkpoint's way replays it)."""
+    turns = TurnLog()
+    base = turns.mark()
+    turns.feed(ev.InputCommitted(item_id="u1"))
+    assert not from_own_log(turns, base, audio_seq=7, committed_seq=7, items=turns.items())
+    held = [ev.Message(id="u1", role="user", content=[ev.AudioContent(pcm=b"\x00\x00", rate=24_000)])]
+    assert from_own_log(turns, base, audio_seq=7, committed_seq=7, items=held)  # its audio held (no transcription)
+    turns.feed(ev.InputTranscript(item_id="u1", text="audio 0.7s", final=True))
+    assert from_own_log(turns, base, audio_seq=7, committed_seq=7, items=turns.items())
+
+
+CREATE = ev.ResponseCreate()
+
+
+def test_a_request_sent_upstream_is_open_until_a_response_starts() -> None:
+    asks = OpenRequest()
+    asks.input()
+    asks.asked(CREATE, sent=True)
+    assert asks.create is CREATE
+    asks.answered()
+    assert asks.take() is None
+    asks.asked(CREATE, sent=True)  # asked again with no new input (the model speaks again): open
+    assert asks.take() is CREATE
+    assert asks.take() is None  # taken: re-sent or judged once
+
+
+def test_a_request_the_codec_absorbed_is_open_until_the_providers_own_answer_starts() -> None:
+    """Gemini answers a manual turn's end by itself: the client's create is absorbed. A cutover before that
+    answer starts owes the new provider the request; after it started, the create asked for nothing more."""
+    asks = OpenRequest()
+    asks.input()  # the commit (activityEnd)
+    asks.asked(CREATE, sent=False)
+    assert asks.create is CREATE
+    asks.answered()  # Gemini's answer started
+    assert asks.create is None
+    asks.input()
+    asks.answered()  # ... and the next one started before the client's create arrived
+    asks.asked(CREATE, sent=False)
+    assert asks.take() is None

@@ -29,6 +29,7 @@ __all__ = [
     "TurnAudio",
     "before_untranscribed_turn",
     "commit_point",
+    "ends_untranscribed",
     "has_audio",
     "needs_down",
     "owed_create",
@@ -67,11 +68,17 @@ def before_untranscribed_turn(items: list[ev.Item], commit_points: list[int], co
     the new provider hears the turn again (the stream's start when that commit has aged out).
 
     ``commit_points`` are the ``up_seq`` of the provider's commits the log holds (``Snapshot.commits``)."""
-    last = items[-1] if items else None
-    if not (isinstance(last, ev.Message) and last.role == "user" and not last.text()
-            and any(isinstance(c, ev.AudioContent) for c in last.content)) or has_audio(last):
-        return committed  # (its audio restored with the history: not replayed a second time)
+    if not ends_untranscribed(items):
+        return committed  # (a turn with its audio restored with the history: not replayed a second time)
     return max((point for point in commit_points if point < committed), default=0)
+
+
+def ends_untranscribed(items: list[ev.Item]) -> bool:
+    """The last item is a spoken user turn with neither a transcript nor its audio (``TurnAudio.restore``):
+    a new connection's history cannot say it, only the stream's audio can."""
+    last = items[-1] if items else None
+    return (isinstance(last, ev.Message) and last.role == "user" and not last.text()
+            and any(isinstance(c, ev.AudioContent) for c in last.content) and not has_audio(last))
 
 
 def has_audio(item: ev.Item) -> bool:

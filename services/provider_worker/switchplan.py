@@ -20,11 +20,13 @@ from typing import Any
 
 import msgspec
 
+from services.provider_worker.replay import ends_untranscribed
 from shared import events as ev
 
 __all__ = [
     "TRANSITIONS",
     "Action",
+    "OpenRequest",
     "Phase",
     "Signal",
     "SwitchPlan",
@@ -189,11 +191,47 @@ class TurnLog:
         self._partial.pop(event.item_id, None)
 
 
-def from_own_log(log: TurnLog, base: int | None, *, audio_seq: int, committed_seq: int) -> bool:
+def from_own_log(log: TurnLog, base: int | None, *, audio_seq: int, committed_seq: int, items: list[ev.Item]) -> bool:
     """Whether a cutover may take the last turn from the worker's own log instead of the checkpoint: the
-    log still covers the prepared snapshot's ``base``, and the old upstream holds no input audio it has
-    not committed (``audio_seq``, the newest sent, after ``committed_seq``): that input only the stream has."""
-    return log.covers(base) and audio_seq <= committed_seq
+    log still covers the prepared snapshot's ``base``, the old upstream holds no input audio it has not
+    committed (``audio_seq``, the newest sent, after ``committed_seq``), and the last turn of ``items``
+    (the log's, with the audio held restored) is not a spoken turn committed but not transcribed yet
+    (Gemini commits a manual turn at once, its transcript comes later): that audio only the stream has
+    (``replay.before_untranscribed_turn``); sent as it is, the new provider would hear nothing of it."""
+    return log.covers(base) and audio_seq <= committed_seq and not ends_untranscribed(items)
+
+
+class OpenRequest:
+    """The client's response request the old upstream has not answered yet, which a cutover from the own
+    log re-sends to the new upstream (``Worker._from_own_log``; the stream's way judges the same with
+    ``replay.owed_create``). Fed in order: user input and requests sent upstream, responses published down.
+
+    A request the codec sent is open until a response starts or ends. One the codec absorbed (Gemini answers
+    the end of a manual turn or a tool result by itself: the client's create adds nothing to send) is open
+    too while no response started since the user's last input: the provider's own answer is still to come,
+    and a cutover before it comes must ask the new provider. After that answer started it asks nothing."""
+
+    def __init__(self) -> None:
+        self.create: ev.ResponseCreate | None = None
+        self._answered = False  # a response started (or ended) since the user's last input
+
+    def input(self) -> None:
+        """User input sent upstream (an item, a commit) or committed by the provider."""
+        self._answered = False
+
+    def asked(self, create: ev.ResponseCreate, *, sent: bool) -> None:
+        if sent or not self._answered:
+            self.create = create
+
+    def answered(self) -> None:
+        """A response started or ended."""
+        self.create = None
+        self._answered = True
+
+    def take(self) -> ev.ResponseCreate | None:
+        """The open request, which the caller now answers for (re-sent, or judged by a replay)."""
+        create, self.create = self.create, None
+        return create
 
 
 _FOLDS: dict[type, Callable[[TurnLog, Any], None]] = {

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from services.provider_worker import replay
 from services.provider_worker.switchplan import (
     Action,
+    OpenRequest,
     Phase,
     SwitchPlan,
     TurnLog,
@@ -235,7 +236,7 @@ class _Session:
         self.log_mark: int | None = None
         self.audio_seq = 0  # up seq of the newest input audio sent upstream
         self.committed_seq = 0  # ... up to which the provider committed (or the client cleared) the input
-        self.unanswered: ev.ResponseCreate | None = None  # sent upstream, no response started or ended since
+        self.unanswered = OpenRequest()  # the response request the upstream has not answered yet
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -759,8 +760,10 @@ class ProviderWorker:
             session.audio_seq = session.last_up
         elif isinstance(event, ev.InputAudioClear):
             session.committed_seq = session.last_up
-        elif isinstance(event, ev.ResponseCreate) and out.wire:  # (none: absorbed by the codec)
-            session.unanswered = event
+        elif isinstance(event, ev.ResponseCreate):
+            session.unanswered.asked(event, sent=bool(out.wire))  # (no wire: absorbed by the codec)
+        elif isinstance(event, replay.USER_INPUT):
+            session.unanswered.input()
         await self._apply(session, out)
         if session.codec.needs_reconnect and session.ws is not None and session.state is not Upstream.SWITCHING:
             # The provider cannot take this change live (Gemini: one setup per connection). Not in the middle
@@ -855,10 +858,10 @@ class ProviderWorker:
         for index, event in enumerate(events):
             if isinstance(event, ev.ResponseStarted):
                 session.open_response = event.response_id
-                session.unanswered = None
+                session.unanswered.answered()
             elif isinstance(event, ev.ResponseDone):
                 session.open_response = None
-                session.unanswered = None
+                session.unanswered.answered()
                 status = event.status
                 if session.mbb is not None:
                     session.mbb.plan.turn_ended(int(time.time() * 1000))
@@ -885,6 +888,7 @@ class ProviderWorker:
                 events[index] = msgspec.structs.replace(event, up_seq=up_seq)
                 session.turn_audio.committed(event.item_id, up_seq)
                 session.committed_seq = max(session.committed_seq, up_seq)
+                session.unanswered.input()
             elif isinstance(event, ev.InputTranscript) and event.final and event.text:
                 session.turn_audio.transcribed(event.item_id)
             session.turn_log.feed(events[index])
@@ -1150,7 +1154,7 @@ class ProviderWorker:
             # A new connection's audio starts at 0, and its silence is counted afresh.
             session.clock, session.speech_ends = InputClock(), {}
             session.turn_audio.cleared()  # its buffer starts empty: the queued input is sent (and kept) again
-            session.unanswered = None  # the replay judged it (``replay.owed_create``)
+            session.unanswered.take()  # the replay judged it (``replay.owed_create``)
             session.stall = StallWatch(session.stall.limit_s)
             setup = codec.connect(config, snapshot.items)
             await self._apply(session, Out(wire=setup.wire))
@@ -1186,7 +1190,7 @@ class ProviderWorker:
                     await self._replaying(session, self._queue_uncommitted(session, snapshot, upto=session.last_up))
                 read = loop.time()
                 self._drop_known(session, snapshot)
-                session.unanswered = None  # the replay judged it (``replay.owed_create``)
+                session.unanswered.take()  # the replay judged it (``replay.owed_create``)
                 items, config = snapshot.items, session.config or snapshot.config
             if session.state is not Upstream.CONNECTING:  # a switch "now" came meanwhile (``_cutover``)
                 await _close_quietly(handed.ws)
@@ -1238,19 +1242,21 @@ class ProviderWorker:
         """A cutover without the checkpoint: the history as of now from the prepared upstream's snapshot
         plus the worker's own log (``TurnLog``), when that is sound: the log covers everything since the
         snapshot's base (nothing evicted since), and the old upstream holds no input it had not committed
-        (which only the stream has). The input queued since the cutover stays queued, after the response
-        request the old upstream never answered (if any). None: take the checkpoint's way."""
+        nor a spoken turn not transcribed yet (which only the stream has). The input queued since the cutover
+        stays queued, after the response request the old upstream never answered (if any, absorbed by its codec
+        or not: ``OpenRequest``). None: take the checkpoint's way."""
+        items = session.turn_audio.restore(session.turn_log.items())
         if session.codec is None or not from_own_log(session.turn_log, handed.base, audio_seq=session.audio_seq,
-                                                     committed_seq=session.committed_seq):
+                                                     committed_seq=session.committed_seq, items=items):
             return None
-        owed, session.unanswered = session.unanswered, None
+        owed = session.unanswered.take()
         known = handed.items
         session.pending = collections.deque(
             e for e in session.pending
             if not isinstance(e, ev.SessionConfig) and not (isinstance(e, ev.ItemCreate) and e.item.id in known))
         if owed is not None and not any(isinstance(e, ev.ResponseCreate) for e in session.pending):
             session.pending.appendleft(owed)  # (a newer request queued meanwhile asks instead: one answer)
-        return session.turn_audio.restore(session.turn_log.items()), session.config or handed.config
+        return items, session.config or handed.config
 
     async def _announce(self, session: _Session) -> None:
         """A (break-before-make) switch: the new upstream has the history; Switched is the first event. A
