@@ -57,16 +57,17 @@ def _assert_survived(proc: subprocess.CompletedProcess[str], result: dict[str, A
 KNOWN_LOSSY = frozenset({"nats"})
 
 
-def _assert_all_faults(proc: subprocess.CompletedProcess[str], result: dict[str, Any], sessions: int) -> None:
+def _assert_all_faults(proc: subprocess.CompletedProcess[str], result: dict[str, Any], sessions: int,
+                       kinds: tuple[str, ...] = FAULT_KINDS) -> None:
     lost = {name: {k: v for k, v in d.items() if k not in ("store", "upstream")}
             for name, d in result["loss_detail"].items()}
     report = (f"\n{fault_table(result)}\ndropped: {result['dropped_detail']}\nlost: {json.dumps(lost)[:3000]}"
               f"\nwrong: {result['wrong_detail']}\n{proc.stderr[-500:]}")
-    assert "| fault " in proc.stdout and "| nats " in proc.stdout, report  # the per-kind table was printed
+    assert "| fault " in proc.stdout and f"| {kinds[-1]} " in proc.stdout, report  # the per-kind table was printed
     assert result["sessions"] == sessions
     faults = result["faults"]
-    assert set(faults) >= set(FAULT_KINDS), report
-    for kind in FAULT_KINDS:
+    assert set(faults) >= set(kinds), report
+    for kind in kinds:
         assert faults[kind]["injected"] >= 1, (kind, report)
         assert faults[kind]["sessions_hit"] >= 1 or kind == "checkpoint", (kind, report)
         if kind not in KNOWN_LOSSY:
@@ -81,13 +82,16 @@ def _assert_all_faults(proc: subprocess.CompletedProcess[str], result: dict[str,
 
 @pytest.mark.timeout(200)  # 48 s of conversation plus the stack's start, a dropped turn's timeout, the check
 def test_chaos_short(tmp_path: Path) -> None:
-    """Every fault kind once, 4 s apart, under 8 sessions (one on server VAD) for 48 s: kill -9 of a worker, a
-    transformer, the checkpoint and an edge (its clients reconnect to the other edge with their session id),
-    nats-server and redis-server restarts, and provider faults (drop, refused reconnects, stall, latency,
-    goAway) on one session's upstream each."""
-    proc, result = _chaos(tmp_path, "--sessions", "8", "--duration", "48", "--kill-every", "4", "--faults", "all",
-                          timeout=170)
-    _assert_all_faults(proc, result, 8)
+    """Every fault kind but the nats-server restart once, 4 s apart, under 8 sessions (one on server VAD) for
+    44 s: kill -9 of a worker, a transformer, the checkpoint and an edge (its clients reconnect to the other
+    edge with their session id), a redis-server restart, and provider faults (drop, refused reconnects, stall,
+    latency, goAway) on one session's upstream each: nothing lost, nothing wrong. The nats-server restart is
+    known lossy (KNOWN_LOSSY): it runs in the slow all-faults runs, and tests/e2e/test_infra_restart.py checks
+    that no response hangs after one."""
+    kinds = tuple(k for k in FAULT_KINDS if k not in KNOWN_LOSSY)
+    proc, result = _chaos(tmp_path, "--sessions", "8", "--duration", str(4 * len(kinds) + 4), "--kill-every", "4",
+                          "--faults", ",".join(kinds), "--edges", "2", timeout=170)
+    _assert_all_faults(proc, result, 8, kinds)
     assert result["vad_sessions"] == 1
 
 
