@@ -31,6 +31,7 @@ from shared.store import Store
 
 from ..conftest import Infra
 from .helpers import ACCOUNT, API_KEY, GEMINI_WS_PATH, TIMEOUT_S, b64, dominant_hz, tone
+from .tls_stack import genai_client
 
 pytestmark = pytest.mark.e2e
 
@@ -55,10 +56,7 @@ class TlsStack:
     workers: dict[str, Proc]  # by instance id: two, so one can be killed
 
     def client(self, *, api_key: str = API_KEY, headers: dict[str, str] | None = None) -> genai.Client:
-        return genai.Client(api_key=api_key, http_options=types.HttpOptions(
-            base_url=f"https://127.0.0.1:{self.port}", api_version="v1beta", headers=headers,
-            async_client_args={"ssl": self.ssl_context},
-        ))
+        return genai_client(self.port, self.ssl_context, api_key=api_key, headers=headers)
 
 
 @pytest.fixture(scope="module")
