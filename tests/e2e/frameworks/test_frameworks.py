@@ -24,8 +24,8 @@ on interruption (the OpenAI-dialect ones: openai-agents' ``interrupt()``, LiveKi
 ``truncate()`` as its AgentSession calls them, Pipecat's ``InterruptionFrame``) cut the answer after about a
 second of audio. The test asserts no error surfaced, the framework sent a truncate, and the provider's own
 history (the fakes' ``/debug/sessions``) holds the assistant message cut at the ``audio_end_ms`` it asked for;
-on the Gemini provider, which has no truncate, the gateway's own log (Redis) holds that cut instead: it is
-the history every later Gemini connection of the session is given. (The Gemini-dialect plugins have no
+on the Gemini provider, which has no truncate, the gateway's own log (Redis) records that cut instead
+(docs/codec-contract.md says what it is used for). (The Gemini-dialect plugins have no
 truncate: LiveKit's Google plugin only warns that Gemini cannot.)
 
 Scenarios that fail today only because of a gateway bug are ``xfail(strict=True)`` with the bug as the
@@ -314,8 +314,7 @@ def test_framework(
     found = problems(framework, scenario, result)
     if scenario == BARGE_IN and result["truncates"] and result["marker"]:
         if provider == "gemini":
-            # Gemini Live has no truncate: the gateway acknowledges it and keeps the cut in its own log, which is
-            # the history any later Gemini connection (a recycle, a switch, a replacement worker) is given.
+            # Gemini Live has no truncate: the gateway acknowledges it and records the cut in its own log.
             found += asyncio.run(log_problems(result, running.stack.env["REDIS_URL"]))
         else:
             found += history_problems(result, running.fake_ports[provider])
