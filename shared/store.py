@@ -47,7 +47,9 @@ from shared import events as ev
 from shared.metrics import CHECKPOINT_REPLICA_WAITS, REDIS_RECONNECTS
 from shared.session import SessionMeta
 
-__all__ = ["LOGGED_EVENTS", "Commit", "ReplicaWait", "Snapshot", "Store", "WaitState"]
+__all__ = [
+    "LOGGED_EVENTS", "Commit", "ReplicaWait", "Snapshot", "Store", "WaitState", "apply_truncations", "cut_transcript",
+]
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +377,9 @@ class Store:
             pipe.hgetall(k["sess"])
             pipe.hgetall(k["trp"])
             pipe.hvals(k["commits"])
-            cfg_raw, order, items_raw, transcripts, epoch_raw, record, partials, commits_raw = await pipe.execute()
+            pipe.hgetall(k["trunc"])
+            (cfg_raw, order, items_raw, transcripts, epoch_raw, record, partials, commits_raw,
+             truncs_raw) = await pipe.execute()
         config = _CFG_DEC.decode(cfg_raw) if cfg_raw else None
         items: list[ev.Item] = []
         partial = _joined(partials) if partials else {}
@@ -390,7 +394,7 @@ class Store:
             items.append(item)
         return Snapshot(
             config=config,
-            items=items,
+            items=apply_truncations(items, {a.decode(): int(b) for a, b in truncs_raw.items()}),
             epoch=int(epoch_raw) if epoch_raw else 0,
             record={a.decode(): b.decode() for a, b in record.items()},
             commits=sorted((Commit(*map(int, raw.split(b":"))) for raw in commits_raw), key=lambda c: c.position),
@@ -414,6 +418,50 @@ def _with_transcript(item: ev.Message, transcript: str) -> ev.Message:
     if not any(isinstance(c, ev.AudioContent) for c in content):
         content.append(ev.AudioContent(transcript=transcript))
     return msgspec.structs.replace(item, content=content)
+
+
+def cut_transcript(transcript: str, audio_end_ms: int, duration_ms: int | None) -> str:
+    """The text a restored history gives for an answer the client cut after ``audio_end_ms`` of its audio.
+
+    The real OpenAI server keeps the audio up to ``audio_end_ms`` and drops the transcript, so the context
+    holds nothing the user did not hear. A restore can only give text, so: with the audio's duration known,
+    the transcript's share ``audio_end_ms / duration_ms``, cut back to a word boundary (never a word not yet
+    heard whole), then the marker; all of it when the whole audio was heard; without the duration (the log
+    keeps none today: the checkpoint never sees the audio), the marker alone. The marker keeps the turn in
+    the history, so the new provider knows it answered and was cut off, and says when."""
+    marker = f"[cut off by the user after {audio_end_ms / 1000:.1f} s]"
+    if not duration_ms or duration_ms <= 0:
+        return marker
+    if audio_end_ms >= duration_ms:
+        return transcript
+    cut = len(transcript) * max(audio_end_ms, 0) // duration_ms
+    if cut < len(transcript) and not transcript[cut].isspace():
+        cut = max(transcript.rfind(" ", 0, cut + 1), 0)  # the word the cut falls in was not heard whole
+    heard = transcript[:cut].rstrip()
+    return f"{heard}… {marker}" if heard else marker
+
+
+def apply_truncations(items: list[ev.Item], truncations: dict[str, int]) -> list[ev.Item]:
+    """``items`` with each client truncation (item id -> ``audio_end_ms``, ``rs:trunc``) applied to the
+    spoken transcript of the assistant message it names (``cut_transcript``). Only an assistant's spoken
+    content can be cut (the real server refuses any other truncate); anything else is left as it is, and a
+    truncation of an item the log no longer holds (deleted) is ignored. ``items`` itself when nothing changes."""
+    if not truncations:
+        return items
+    out: list[ev.Item] = []
+    changed = False
+    for item in items:
+        end = truncations.get(item.id)
+        if end is not None and isinstance(item, ev.Message) and item.role == "assistant":
+            content = [
+                msgspec.structs.replace(c, transcript=cut_transcript(c.transcript, end, c.duration_ms))
+                if isinstance(c, ev.AudioContent) and c.transcript else c
+                for c in item.content
+            ]
+            if content != item.content:
+                item, changed = msgspec.structs.replace(item, content=content), True
+        out.append(item)
+    return out if changed else items
 
 
 # One fold per event type: how an event changes the log. Events not listed do not change it.

@@ -107,3 +107,21 @@ async def test_provider_commits_are_kept_with_their_stream_position(store: Store
     snap = await store.snapshot(meta.sid)
     assert [(c.position, c.up_seq) for c in snap.commits] == [(12, 100), (40, 250)]
     assert snap.record["committed_up_seq"] == "250"
+
+
+async def test_the_snapshot_gives_a_truncated_answer_cut(store: Store) -> None:
+    """A client's truncate (``rs:trunc``) is applied to the history a later connection is restored from."""
+    sid = _meta().sid
+    user = ev.ItemCreate(item=ev.Message(id="u1", role="user", content=[ev.TextContent(text="a story")]))
+    answer = ev.OutputDone(response_id="r1", item=ev.Message(
+        id="a1", role="assistant", content=[ev.AudioContent(transcript="Once upon a time")]))
+    kept = ev.OutputDone(response_id="r2", item=ev.Message(
+        id="a2", role="assistant", content=[ev.AudioContent(transcript="The end")]))
+    await store.apply(sid, 1, [user])
+    await store.apply(sid, 2, [answer])
+    await store.apply(sid, 3, [ev.ItemTruncate(item_id="a1", audio_end_ms=1500)])
+    await store.apply(sid, 4, [kept])
+    items = (await store.snapshot(sid)).items
+    assert [i.id for i in items] == ["u1", "a1", "a2"]
+    assert [i.text() for i in items if isinstance(i, ev.Message)] == [
+        "a story", "[cut off by the user after 1.5 s]", "The end"]
