@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import websockets
 from openai import AsyncOpenAI
 
@@ -259,6 +260,47 @@ async def test_admin_switch_answers_when_done_and_the_next_answer_comes_from_the
         assert await _sdk_say(conn, f"two {marker}") == f"turn 2: two {marker}"
     moved = await _fake_session(switching.fake_port("gemini"), f"two {marker}", min_items=4)
     assert _user_texts(moved) == [f"one {marker}", f"two {marker}"]
+
+
+async def _truncation_folded(fs: SwitchStack, item_id: str) -> None:
+    """Wait until the checkpoint has folded the client's truncate of ``item_id`` (``rs:trunc:<sid>``)."""
+    redis = aioredis.from_url(fs.stack.env["REDIS_URL"])
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                async for key in redis.scan_iter(match="rs:trunc:*"):
+                    if await redis.hexists(key, item_id):
+                        return
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+
+
+async def test_an_answer_cut_on_gemini_reaches_the_other_provider_cut(switching: SwitchStack) -> None:
+    """Gemini Live cannot truncate: the cut lives in the gateway's log, and the history the other provider
+    is given after a switch holds the answer as cut (a marker, not the words the user never heard)."""
+    marker = _marker()
+    client_sid = f"trc-{marker}"
+    async with _sdk(switching, "gemini", client_sid) as conn:
+        await _manual_turns(conn)
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"one {marker}"}]})
+        await conn.response.create()
+        events = await _sdk_until(conn, "response.done")
+        assert _transcript(events) == f"turn 1: one {marker}"
+        answer = next(e.item for e in events if e.type == "response.output_item.done")
+        await conn.conversation.item.truncate(item_id=answer.id, content_index=0, audio_end_ms=300)
+        await _sdk_until(conn, "conversation.item.truncated")
+        await _truncation_folded(switching, answer.id)
+        status, body = await asyncio.get_running_loop().run_in_executor(
+            None, _admin_switch, switching, client_sid, {"provider": "OPENAI", "when": "now"})
+        assert status == 200, body
+        assert (await _sdk_until(conn, "rs.switched"))[-1].to == "openai"  # type: ignore[attr-defined]
+        assert await _sdk_say(conn, f"two {marker}") == f"turn 2: two {marker}"
+    moved = await _fake_session(switching.fake_port("openai"), f"two {marker}", min_items=4)
+    assert [(i["role"], i["text"]) for i in moved["items"] if i["type"] == "message"] == [
+        ("user", f"one {marker}"), ("assistant", "[cut off by the user after 0.3 s]"),
+        ("user", f"two {marker}"), ("assistant", f"turn 2: two {marker}")]
 
 
 # -- policy ------------------------------------------------------------------------------------------
