@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.provider_worker.switchplan import TurnLog
 from shared import events as ev
 from shared.store import apply_truncations, cut_transcript
 
@@ -63,3 +64,18 @@ def test_no_truncations_returns_the_same_list() -> None:
 def test_the_duration_of_the_audio_part_is_used() -> None:
     out = apply_truncations([_answer(duration_ms=3200)], {"a1": 1000})
     assert out[0].text() == "Once upon… [cut off by the user after 1.0 s]"  # type: ignore[union-attr]
+
+
+def test_the_workers_own_log_cuts_a_truncated_answer_as_the_snapshot_does() -> None:
+    """A make-before-break cutover may take the last turn from the worker's own log (``TurnLog``), not the
+    checkpoint's: a truncate the client sent during that turn applies there too."""
+    log = TurnLog()
+    log.feed(ev.ItemCreate(item=ev.Message(id="u1", role="user", content=[ev.TextContent(text="a story")])))
+    log.feed(ev.ItemTruncate(item_id="a1", audio_end_ms=1500))  # the truncate may come first (a barge-in)
+    log.feed(ev.OutputDone(response_id="r1", item=_answer()))
+    log.feed(ev.OutputDone(response_id="r2", item=_answer(transcript="The end", item_id="a2")))
+    assert [i.text() for i in log.items() if isinstance(i, ev.Message)] == [
+        "a story", "[cut off by the user after 1.5 s]", "The end"]
+    log.feed(ev.ItemDelete(item_id="a1"))
+    log.feed(ev.OutputDone(response_id="r3", item=_answer(item_id="a1")))  # an id used again: not cut
+    assert [i.text() for i in log.items() if isinstance(i, ev.Message)] == ["a story", "The end", ANSWER]

@@ -22,6 +22,7 @@ import msgspec
 
 from services.provider_worker.replay import ends_untranscribed
 from shared import events as ev
+from shared.store import apply_truncations
 
 __all__ = [
     "TRANSITIONS",
@@ -133,6 +134,7 @@ class TurnLog:
         self.limit = limit
         self._items: dict[str, ev.Item] = {}  # oldest first
         self._partial: dict[str, str] = {}  # item id -> transcript deltas so far (no final yet)
+        self._truncations: dict[str, int] = {}  # item id -> audio_end_ms of the client's truncate
         self.evicted = 0
 
     def mark(self) -> int:
@@ -143,7 +145,8 @@ class TurnLog:
         return mark is not None and self.evicted == mark
 
     def items(self) -> list[ev.Item]:
-        return list(self._items.values())
+        """The items, a truncated answer cut as the snapshot cuts it (``apply_truncations``)."""
+        return apply_truncations(list(self._items.values()), self._truncations)
 
     def feed(self, event: ev.Event) -> None:
         """One event sent upstream or published down (``_FOLDS``: the ones that change the conversation)."""
@@ -157,6 +160,7 @@ class TurnLog:
             oldest = next(iter(self._items))
             del self._items[oldest]
             self._partial.pop(oldest, None)
+            self._truncations.pop(oldest, None)
             self.evicted += 1
 
     def _item_create(self, event: ev.ItemCreate) -> None:
@@ -189,6 +193,10 @@ class TurnLog:
     def _delete(self, event: ev.ItemDelete) -> None:
         self._items.pop(event.item_id, None)
         self._partial.pop(event.item_id, None)
+        self._truncations.pop(event.item_id, None)
+
+    def _truncate(self, event: ev.ItemTruncate) -> None:
+        self._truncations[event.item_id] = event.audio_end_ms
 
 
 def from_own_log(log: TurnLog, base: int | None, *, audio_seq: int, committed_seq: int, items: list[ev.Item]) -> bool:
@@ -240,6 +248,7 @@ _FOLDS: dict[type, Callable[[TurnLog, Any], None]] = {
     ev.InputCommitted: TurnLog._committed,
     ev.InputTranscript: TurnLog._transcript,
     ev.ItemDelete: TurnLog._delete,
+    ev.ItemTruncate: TurnLog._truncate,
 }
 
 

@@ -303,6 +303,30 @@ async def test_an_answer_cut_on_gemini_reaches_the_other_provider_cut(switching:
         ("user", f"two {marker}"), ("assistant", f"turn 2: two {marker}")]
 
 
+async def test_an_answer_cut_while_a_switch_waits_for_its_end_reaches_the_other_provider_cut(
+    switching: SwitchStack,
+) -> None:
+    """The barge-in comes during the answer a turn-end switch waits for: the cutover (from the worker's own
+    log or the checkpoint's) gives the other provider that answer cut."""
+    marker = _marker()
+    async with _sdk(switching, "gemini", f"trw-{marker}") as conn:
+        await _manual_turns(conn)
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"one {marker}"}]})
+        await conn.response.create()
+        answer = (await _sdk_until(conn, "response.output_item.added"))[-1].item
+        await conn.send({"type": "rs.switch", "provider": "OPENAI", "when": "turn_end"})  # type: ignore[arg-type]
+        await conn.conversation.item.truncate(item_id=answer.id, content_index=0, audio_end_ms=0)
+        seen = await _sdk_until(conn, "rs.switched")
+        if not any(e.type == "conversation.item.truncated" for e in seen):  # the ack may follow the switch
+            await _sdk_until(conn, "conversation.item.truncated")
+        assert await _sdk_say(conn, f"two {marker}") == f"turn 2: two {marker}"
+    moved = await _fake_session(switching.fake_port("openai"), f"two {marker}", min_items=4)
+    assert [(i["role"], i["text"]) for i in moved["items"] if i["type"] == "message"] == [
+        ("user", f"one {marker}"), ("assistant", "[cut off by the user after 0.0 s]"),
+        ("user", f"two {marker}"), ("assistant", f"turn 2: two {marker}")]
+
+
 # -- policy ------------------------------------------------------------------------------------------
 
 
