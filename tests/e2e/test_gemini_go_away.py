@@ -1,6 +1,10 @@
 """A Gemini-dialect client on the Gemini provider while the provider rotates its connection (goAway every ~2.5 s):
 every turn, text or spoken, is answered exactly once, with the right turn number, and no error (issue 12 item 4:
-one turn was never answered and the numbers after it were off, while OpenAI-dialect clients were fine)."""
+one turn was never answered and the numbers after it were off, while OpenAI-dialect clients were fine).
+
+With a goAway that leaves 0.3 s, the provider cuts an answer in flight now and then: that turn ends
+``interrupted`` + ``turnComplete`` (never hangs), and the turns after it keep their numbers (the cut turn stays its
+own user turn in the next connection's history; it was merged with the next one)."""
 
 from __future__ import annotations
 
@@ -68,20 +72,26 @@ async def test_every_turn_is_answered_once_across_go_away_rotations(running: Run
             loop = asyncio.get_running_loop()
             started = loop.time()
             answers: list[str] = []
+            cut: list[int] = []
             for n in range(1, TURNS + 1):
                 text, seen = await _turn(ws, n, marker)
                 assert not [m for m in seen if "goAway" in m], "the rotation is the gateway's own business"
                 complete = [m for m in seen if (m.get("serverContent") or {}).get("turnComplete")]
-                assert len(complete) == 1 and not any(
-                    (m.get("serverContent") or {}).get("interrupted") for m in seen), seen
+                assert len(complete) == 1, seen
+                if any((m.get("serverContent") or {}).get("interrupted") for m in seen):
+                    assert time_left_s < 1.0, f"turn {n} cut though the rotation had time for the turn end"
+                    cut.append(n)
                 answers.append(text)
             elapsed = loop.time() - started
         assert elapsed > 2 * GO_AWAY_S, f"{TURNS} turns in {elapsed:.1f} s: too fast to cross a rotation"
         for n, text in enumerate(answers, start=1):
-            expected = f"turn {n}: " + ("audio" if n in SPOKEN else f"t{n} {marker}")
+            expected = f"turn {n}: " + ("" if n in cut else "audio" if n in SPOKEN else f"t{n} {marker}")
             assert text.startswith(expected), (n, answers)
+        assert len(cut) <= TURNS // 3, f"cut: {cut}"
         rotated = [s for s in await debug_sessions(port, include_closed=True)
                    if any(marker in str(i.get("text")) for i in s["items"])]
         assert len(rotated) >= 2, "the provider connection was rotated at least once"
+        said = [i for i in rotated[-1]["items"] if i["role"] == "user" and i["type"] == "message"]
+        assert len(said) == TURNS, [i.get("text") for i in said]  # one user turn per turn, none merged
     finally:
         await reset_knobs(port)
