@@ -8,8 +8,11 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from services.dev.stack import free_port
+from services.edge.edge import Edge
 from services.edge.limits import SeatDecision, seat_decision
 from services.edge.seats import SEAT_KEY_PREFIX, FleetSeats
+from shared.config import load_config
 
 
 def test_a_new_session_is_let_in_under_the_limit_and_refused_at_it() -> None:
@@ -72,3 +75,17 @@ async def test_an_unlimited_account_is_leased_too(redis_client: aioredis.Redis) 
     assert await seats.acquire(account, "s1", 0, now=1_000.0)
     assert await seats.acquire(account, "s2", 0, now=1_000.0)
     assert not await seats.acquire(account, "s3", 2, now=1_001.0)
+
+
+async def test_without_redis_the_edge_decides_with_its_own_count() -> None:
+    """Redis not answering (nothing listens on its port): a session is neither refused nor kept waiting for it;
+    the edge's own count of the account's connections decides (up to edges x limit fleet-wide meanwhile)."""
+    edge = Edge(load_config({"RS_MAX_SESSIONS_PER_ACCOUNT": "1"}, dotenv=None))
+    unreachable = aioredis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.2)
+    edge.fleet_seats = FleetSeats(unreachable, 10.0)
+    try:
+        assert await edge._take_seat("acct", "s1", 1)
+        edge.seats.open("acct")  # the handler counts the connection that got through
+        assert not await edge._take_seat("acct", "s2", 1)
+    finally:
+        await unreachable.aclose()
