@@ -107,7 +107,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_frame_bytes: int = 1024 * 1024 - 1024
     rate_limit_fps: float = 250.0  # client frames per second per connection (0: no limit); audio is ~50/s
     rate_burst: int = 1000  # frames a connection may send at once above the rate (a clip sent in one go)
-    max_sessions_per_account: int = 0  # concurrent sessions per account per edge; 0: unlimited
+    max_sessions_per_account: int = 0  # concurrent sessions per account, fleet-wide (Redis leases); 0: unlimited
+    session_lease_s: float = 15.0  # a session's seat lease; an edge killed -9 frees its seats this long after
     log_level: str = "INFO"
     log_format: str = "json"  # "json" (one object per line) or "text" (rtswitch dev's human format)
     metrics_port: int | None = None  # /metrics on this port for processes without an HTTP server of their own
@@ -280,6 +281,7 @@ _FIELDS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("RS_RATE_LIMIT_FPS", "rate_limit_fps", _float_range(0, 1_000_000)),
     ("RS_RATE_BURST", "rate_burst", _int_range(1, 1_000_000)),
     ("RS_MAX_SESSIONS_PER_ACCOUNT", "max_sessions_per_account", _int_range(0, 1_000_000)),
+    ("RS_SESSION_LEASE_S", "session_lease_s", _float_range(1.0, 3_600)),
     ("LOG_LEVEL", "log_level", str.upper),
     ("RS_LOG_FORMAT", "log_format", _one_of("json", "text")),
     ("RS_METRICS_PORT", "metrics_port", _int_range(1, 65_535)),

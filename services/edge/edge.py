@@ -50,6 +50,7 @@ from services.edge.resume import (
     resume_notice,
 )
 from services.edge.routing import Route, RouteError, model_choice, resolve, session_id_or_none
+from services.edge.seats import FleetSeats
 from services.edge.switching import SwitchCoordinator, SwitchTarget
 from shared import bus
 from shared.accounts import AccountBook, AccountStore
@@ -90,6 +91,7 @@ class AssignError(Exception):
     pass
 
 
+SEAT_TIMEOUT_S = 1.0  # a seat lease not answered by Redis in this long: this edge's own count decides
 WATCHDOG_INTERVAL_S = 0.05  # how often the liveness machine is asked what is due
 # A member whose last beat is older than this is not kept for a resuming connection (a fresh one is asked).
 KEEP_FRESH_S = 1.0
@@ -148,7 +150,10 @@ class Edge:
         self.worker_providers: dict[str, tuple[str, ...]] = {}  # worker instance -> providers it serves
         self._tasks = TaskSet()
         self._reconnects = 0
-        self.seats = AccountSessions(config.max_sessions_per_account)  # sessions per account on this edge
+        # Sessions per account: fleet-wide leases in Redis; this edge's own count decides while Redis is away.
+        self.seats = AccountSessions(config.max_sessions_per_account)
+        self.fleet_seats: FleetSeats | None = None
+        self.leases: dict[tuple[str, str], int] = {}  # (account, client session id) -> connections here
         self.holders: dict[str, _Live] = {}  # session -> the newest connection holding it here (takeover)
 
     @property
@@ -175,6 +180,8 @@ class Edge:
             Subjects.edge_switch(self.instance), cb=self._tasks.each_in_a_task(self._on_switch_command))
         takeovers = await nc.subscribe(Subjects.edge_takeover(self.instance), cb=self._on_takeover)
         watchdog = asyncio.create_task(self._watchdog())
+        self.fleet_seats = FleetSeats(store.redis, self.config.session_lease_s)
+        renewals = asyncio.create_task(self._renew_leases())
         accounts = await self._start_accounts(store)
         async with contextlib.AsyncExitStack() as admin, serve(
             self._handle,
@@ -203,6 +210,7 @@ class Edge:
                 yield
             finally:
                 watchdog.cancel()
+                renewals.cancel()
                 if accounts is not None:
                     accounts.cancel()
                 await self.switching.stop()
@@ -252,14 +260,42 @@ class Edge:
             return connection.respond(exc.status, exc.reason + "\n")
         reconnect = session_key(route.account, route.client_session_id) in self.holders  # a takeover: no new seat
         own = self.accounts.limits_for(route.account).max_sessions  # the account's record wins over the default
-        if not reconnect and not self.seats.allows(route.account, own):
+        limit = self.config.max_sessions_per_account if own is None else own
+        if not reconnect and not await self._take_seat(route.account, route.client_session_id, limit):
             REFUSALS.labels("429").inc()
             log.info("refused", extra={"status": 429, "reason": "too many sessions", "account": route.account})
-            limit = self.config.max_sessions_per_account if own is None else own
             return connection.respond(
                 http.HTTPStatus.TOO_MANY_REQUESTS, f"too many concurrent sessions for this account (limit {limit})\n")
         connection.rs_route = route  # type: ignore[attr-defined]
         return None
+
+    async def _take_seat(self, account: str, member: str, limit: int) -> bool:
+        """The fleet-wide check-and-add of a seat lease (services/edge/seats.py); this edge's own count while
+        Redis cannot answer (a session must not wait on it)."""
+        if self.fleet_seats is not None:
+            try:
+                return await asyncio.wait_for(
+                    self.fleet_seats.acquire(account, member, limit, time.time()), SEAT_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("seat lease unavailable, this edge's count decides", extra={"error": repr(exc)})
+        return self.seats.allows(account, limit)
+
+    async def _renew_leases(self) -> None:
+        """Every lease_s / 3: the seats of the sessions held here stay leased (an edge gone -9 renews nothing)."""
+        assert self.fleet_seats is not None
+        while True:
+            await asyncio.sleep(self.config.session_lease_s / 3)  # a renewal period, not a synchronisation
+            try:
+                await self.fleet_seats.renew(list(self.leases), time.time())
+            except Exception as exc:  # Redis away: the next period adds them again
+                log.warning("seat lease renewal failed", extra={"error": repr(exc)})
+
+    async def _give_seat_back(self, account: str, member: str) -> None:
+        assert self.fleet_seats is not None
+        try:
+            await self.fleet_seats.release(account, member)
+        except Exception as exc:  # Redis away: the lease runs out by itself
+            log.warning("seat lease release failed", extra={"error": repr(exc)})
 
     async def _admin_request(self, connection: ServerConnection, request: Request) -> Response:
         handler = _HTTP.get(request.path.split("?", 1)[0])
@@ -368,11 +404,19 @@ class Edge:
     async def _handle(self, ws: ServerConnection) -> None:
         route: Route = ws.rs_route  # type: ignore[attr-defined]
         # Counted from the upgrade on: a Gemini connection that never sends its setup holds a seat too.
+        lease = (route.account, route.client_session_id)
         self.seats.open(route.account)
+        self.leases[lease] = self.leases.get(lease, 0) + 1
         try:
             await self._handle_route(ws, route)
         finally:
             self.seats.close(route.account)
+            self.leases[lease] -= 1
+            if not self.leases[lease]:
+                del self.leases[lease]
+                # A connection taken over gives no seat back: the session goes on on another connection.
+                if self.fleet_seats is not None and not getattr(ws, "rs_taken_over", False):
+                    self._tasks.spawn(self._give_seat_back(*lease))
 
     async def _handle_route(self, ws: ServerConnection, route: Route) -> None:
         first: bytes | None = None
@@ -686,6 +730,7 @@ class Edge:
 
     async def _close_taken_over(self, live: _Live) -> None:
         live.taken_over = True
+        live.ws.rs_taken_over = True  # type: ignore[attr-defined]  # its handler keeps the seat lease
         live.taken.set()
         await self._refuse_frame(live, "taken_over", TAKEOVER_REASON)
 

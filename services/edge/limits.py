@@ -4,7 +4,10 @@
 - ``FloodGate``: a bucket per connection that tells the edge, per client frame, to pass it, drop it, or
   drop it and tell the client (once per flood: the first frame refused after one that passed).
 - ``frame_verdict``: a client frame larger than the bus carries is refused in the dialect.
-- ``AccountSessions``: concurrent sessions per account on this edge (refused at the upgrade with 429).
+- ``seat_decision``: concurrent sessions per account, fleet-wide: a session holds a lease (member = its client
+  session id, score = when it runs out) in a per-account set in Redis (services/edge/seats.py); a new one is let
+  in while fewer live leases than the limit are held, a session already holding one (a resume, a takeover) always.
+- ``AccountSessions``: the same count on this edge alone: the fallback while Redis cannot be asked.
 - ``refusal_of``: what a refused frame (or a connection taken over) costs the client, one table.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,10 +27,12 @@ __all__ = [
     "AccountSessions",
     "FloodGate",
     "FrameRefusal",
+    "SeatDecision",
     "TokenBucket",
     "Verdict",
     "frame_verdict",
     "refusal_of",
+    "seat_decision",
 ]
 
 Verdict = Literal["pass", "refuse", "drop"]  # refuse: drop and tell the client; drop: drop, already told
@@ -81,6 +87,24 @@ class FloodGate:
 def frame_verdict(size: int, limit: int) -> Verdict:
     """A client frame of ``size`` bytes against the one frame limit (RS_MAX_FRAME_BYTES)."""
     return "pass" if size <= limit else "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class SeatDecision:
+    admit: bool
+    expired: tuple[str, ...]  # leases that ran out (an edge killed -9 never removed them): dropped with the add
+    held: int  # live leases of the account, the asking session's own not counted
+
+
+def seat_decision(leases: Mapping[str, float], member: str, limit: int, now: float) -> SeatDecision:
+    """``leases``: the account's set (member -> expiry, wall-clock seconds); ``limit`` 0 is unlimited. A lease
+    whose expiry is not after ``now`` no longer counts. A member that holds a live lease is the same session
+    again (a resume, a takeover): let in without a second seat."""
+    expired = tuple(sorted(m for m, until in leases.items() if until <= now))
+    live = {m for m, until in leases.items() if until > now}
+    mine = member in live
+    held = len(live) - mine
+    return SeatDecision(mine or not limit or held < limit, expired, held)
 
 
 class AccountSessions:

@@ -392,14 +392,20 @@ class GeminiProviderCodec:
         return "user", [{"functionResponse": resp}]
 
     def _turns(self, items: list[ev.Item]) -> tuple[list[JsonObj], int]:
-        """Items -> Content turns, consecutive same-role items merged (Gemini expects alternation)."""
+        """Items -> Content turns, consecutive same-role items merged (Gemini expects alternation), except two
+        user messages: a spoken turn whose answer a lost connection cut, then the next one, stay two user turns
+        (merged, the provider would hear one turn fewer and see two requests as one)."""
         turns: list[JsonObj] = []
         skipped = 0
+        previous: ev.Item | None = None
         for item in items:
             role, parts = self._parts(item)
             if not parts:
                 skipped += 1
-            elif turns and turns[-1]["role"] == role:
+                continue
+            two_asks = role == "user" and isinstance(item, ev.Message) and isinstance(previous, ev.Message)
+            previous = item
+            if turns and turns[-1]["role"] == role and not two_asks:
                 turns[-1]["parts"].extend(parts)  # type: ignore[attr-defined]  # built just below
             else:
                 turns.append({"role": role, "parts": parts})

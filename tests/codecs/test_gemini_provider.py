@@ -276,6 +276,7 @@ def test_activity_start_with_server_vad_is_reported_not_sent() -> None:
 
 
 def test_text_items_wait_for_response_create_then_go_as_one_client_content() -> None:
+    """Two user messages stay two user turns (as in the history a new connection is sent: the same count)."""
     codec = make()
     a = codec.encode(
         ev.ItemCreate(item=ev.Message(id="m1", role="user", content=[ev.TextContent(text="Hello")]))
@@ -288,7 +289,10 @@ def test_text_items_wait_for_response_create_then_go_as_one_client_content() -> 
     assert wire(out.wire) == [
         {
             "clientContent": {
-                "turns": [{"role": "user", "parts": [{"text": "Hello"}, {"text": "there"}]}],
+                "turns": [
+                    {"role": "user", "parts": [{"text": "Hello"}]},
+                    {"role": "user", "parts": [{"text": "there"}]},
+                ],
                 "turnComplete": True,
             }
         }
@@ -932,3 +936,23 @@ def test_a_config_change_gemini_would_not_see_costs_no_reconnect() -> None:
     out = codec.encode(ev.SessionConfig(instructions="a", extra={"tracing": "auto"}))
     assert out.wire == [] and out.events == [] and not codec.needs_reconnect
     assert [e.code for e in codec.encode(ev.SessionConfig(instructions="b")).events] == ["reconnect_required"]
+
+
+def test_a_spoken_turn_whose_answer_was_cut_stays_its_own_user_turn_in_the_history() -> None:
+    """Issue 12 item 4: a goAway rotation cut the answer to a spoken turn; the next connection's history had it
+    merged with the next user message (one user turn fewer: the turn numbers after it were off by one)."""
+    history: list[ev.Item] = [
+        ev.Message(id="u1", role="user", content=[ev.TextContent(text="one")]),
+        ev.Message(id="a1", role="assistant", content=[ev.AudioContent(transcript="turn 1: one")]),
+        ev.Message(id="u2", role="user", content=[ev.AudioContent(transcript="audio 0.6s")]),  # answer cut
+        ev.Message(id="u3", role="user", content=[ev.TextContent(text="three")]),
+    ]
+    codec = GeminiProviderCodec(META, "gemini-x")
+    codec.connect(ev.SessionConfig(), history)
+    turns = wire(codec.feed(SETUP_COMPLETE).wire)[0]["clientContent"]["turns"]
+    assert turns == [
+        {"role": "user", "parts": [{"text": "one"}]},
+        {"role": "model", "parts": [{"text": "turn 1: one"}]},
+        {"role": "user", "parts": [{"text": "audio 0.6s"}]},
+        {"role": "user", "parts": [{"text": "three"}]},
+    ]

@@ -19,6 +19,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.dev.stack import free_port, wait_port
+from shared.config import DEFAULT_ACCOUNTS
 from shared.session import session_key
 
 from ..conftest import RunningStack
@@ -27,6 +28,9 @@ from .helpers import ACCOUNT, API_KEY, GEMINI_WS_PATH, TIMEOUT_S
 pytestmark = pytest.mark.e2e
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+# The cap is fleet-wide (Redis leases): an account of its own, so no other test's sessions count against it.
+CAP_ACCOUNT, CAP_SECRET = f"cap-{uuid.uuid4().hex[:8]}", f"secret-{uuid.uuid4().hex}"
+CAP_HEADERS = {"Authorization": f"Bearer {CAP_ACCOUNT}:{CAP_SECRET}"}
 NEIGHBOURS = 10
 TURNS = 3
 FLOOD_FRAMES = 40_000  # bounded in count ...
@@ -48,7 +52,9 @@ def second_edge(running: RunningStack) -> Iterator[SecondEdge]:
     """Another edge on the same bus, with at most 2 concurrent sessions per account."""
     port = free_port()
     proc = running.stack.start_instance(
-        "edge", f"edge-limits-{uuid.uuid4().hex[:6]}", env={"PORT": str(port), "RS_MAX_SESSIONS_PER_ACCOUNT": "2"})
+        "edge", f"edge-limits-{uuid.uuid4().hex[:6]}", env={
+            "PORT": str(port), "RS_MAX_SESSIONS_PER_ACCOUNT": "2",
+            "ACCOUNTS": f"{DEFAULT_ACCOUNTS},{CAP_ACCOUNT}={CAP_SECRET}"})
     wait_port(port)
     try:
         yield SecondEdge(port)
@@ -61,8 +67,10 @@ def _openai_url(base: str, session: str | None = None) -> str:
     return url + (f"&rs_u_sessid={session}" if session else "")
 
 
-async def _connect_openai(base: str, session: str | None = None) -> websockets.ClientConnection:
-    ws = await websockets.connect(_openai_url(base, session), additional_headers=HEADERS, max_size=None)
+async def _connect_openai(
+    base: str, session: str | None = None, headers: dict[str, str] = HEADERS
+) -> websockets.ClientConnection:
+    ws = await websockets.connect(_openai_url(base, session), additional_headers=headers, max_size=None)
     created = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
     assert created["type"] == "session.created", created
     return ws
@@ -229,15 +237,15 @@ async def test_gemini_takeover_closes_with_4000(running: RunningStack, second_ed
 
 
 async def test_sessions_per_account_are_capped_at_the_upgrade(second_edge: SecondEdge) -> None:
-    held = [await _connect_openai(second_edge.ws_base, f"cap-{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    held = [await _connect_openai(second_edge.ws_base, f"cap-{uuid.uuid4().hex[:8]}", CAP_HEADERS) for _ in range(2)]
     try:
         with pytest.raises(InvalidStatus) as refused:
-            await _connect_openai(second_edge.ws_base)
+            await _connect_openai(second_edge.ws_base, headers=CAP_HEADERS)
         assert refused.value.response.status_code == 429
         assert b"too many concurrent sessions" in refused.value.response.body
         # A reconnect of a session already held is a takeover, not a new seat.
         session = held[0].request.path.split("rs_u_sessid=")[1]  # type: ignore[union-attr]
-        again = await _connect_openai(second_edge.ws_base, session)
+        again = await _connect_openai(second_edge.ws_base, session, CAP_HEADERS)
         await _closed_by_takeover(held[0])
         held[0] = again
         # A seat comes free when a session ends.
@@ -245,7 +253,7 @@ async def test_sessions_per_account_are_capped_at_the_upgrade(second_edge: Secon
         async with asyncio.timeout(TIMEOUT_S):
             while True:
                 try:
-                    held.append(await _connect_openai(second_edge.ws_base))
+                    held.append(await _connect_openai(second_edge.ws_base, headers=CAP_HEADERS))
                     break
                 except InvalidStatus as exc:
                     assert exc.response.status_code == 429
