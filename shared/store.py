@@ -366,7 +366,10 @@ class Store:
                 await pipe.execute()
         return writes
 
-    async def snapshot(self, sid: str) -> Snapshot:
+    async def snapshot(self, sid: str, *, cut: bool = True) -> Snapshot:
+        """The session's log. ``cut``: the client's truncations applied (``apply_truncations``), the history a
+        provider is given; without, the items as the client's own item store holds them (a truncate leaves
+        its transcript as it was there)."""
         k = _keys(sid)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(k["cfg"])
@@ -394,7 +397,7 @@ class Store:
             items.append(item)
         return Snapshot(
             config=config,
-            items=apply_truncations(items, {a.decode(): int(b) for a, b in truncs_raw.items()}),
+            items=apply_truncations(items, {a.decode(): int(b) for a, b in truncs_raw.items()}) if cut else items,
             epoch=int(epoch_raw) if epoch_raw else 0,
             record={a.decode(): b.decode() for a, b in record.items()},
             commits=sorted((Commit(*map(int, raw.split(b":"))) for raw in commits_raw), key=lambda c: c.position),

@@ -125,3 +125,6 @@ async def test_the_snapshot_gives_a_truncated_answer_cut(store: Store) -> None:
     assert [i.id for i in items] == ["u1", "a1", "a2"]
     assert [i.text() for i in items if isinstance(i, ev.Message)] == [
         "a story", "[cut off by the user after 1.5 s]", "The end"]
+    # The client's own item store (a replacement transformer's) is rebuilt from the items as they were.
+    client_view = (await store.snapshot(sid, cut=False)).items
+    assert [i.text() for i in client_view if isinstance(i, ev.Message)] == ["a story", "Once upon a time", "The end"]

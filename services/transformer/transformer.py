@@ -190,7 +190,8 @@ class Transformer:
         assert self.nc is not None and self.store is not None
         sid = session.meta.sid
         started = asyncio.get_running_loop().time()
-        snapshot = await self.store.snapshot(sid)
+        # The client's item store as the dead one held it: truncations are not applied to what it retrieves.
+        snapshot = await self.store.snapshot(sid, cut=False)
         session.codec.resume(snapshot.config, snapshot.items)
         last_up = await bus.last_in_stream(self.nc, Subjects.up(sid))
         since: float | None = None
