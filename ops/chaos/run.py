@@ -58,6 +58,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from openai import AsyncOpenAI
 
@@ -697,15 +698,17 @@ async def _live_upstream(cluster: Cluster, run: SessionRun) -> tuple[int, str] |
     found: list[tuple[float, int, str]] = []
     for provider in ("openai", "gemini"):
         port = cluster.stack.fake_ports[provider]
-        for upstream in await _debug_sessions(port):
-            if any((i["text"] or "").startswith(f"{run.name} turn ") for i in upstream["items"]):
-                found.append((upstream["created_at"], port, upstream["id"]))
+        for upstream in await _debug_sessions(port, text=f"{run.name} turn "):
+            found.append((upstream["created_at"], port, upstream["id"]))
     return max(found)[1:] if found else None
 
 
-async def _debug_sessions(port: int, *, include_closed: bool = False, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The fake's ``/debug/sessions`` (a fake busy with many sessions and their history can be slow)."""
-    status, body = await http_request(port, "/debug/sessions" + ("?all=1" if include_closed else ""), timeout=timeout)
+async def _debug_sessions(port: int, *, include_closed: bool = False, text: str | None = None,
+                          timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The fake's ``/debug/sessions`` (a fake busy with many sessions and their history can be slow); ``text``:
+    only the sessions holding an item whose text starts so (one run's: a long run's whole dump is too big)."""
+    query = urlencode({**({"all": "1"} if include_closed else {}), **({"text": text} if text is not None else {})})
+    status, body = await http_request(port, "/debug/sessions" + (f"?{query}" if query else ""), timeout=timeout)
     if status != 200:
         raise RuntimeError(f"/debug/sessions answered {status}")
     return list(json.loads(body)["sessions"])
@@ -832,17 +835,18 @@ async def _verify(cluster: Cluster, store: Store, runs: list[SessionRun], settle
         if not pending or loop.time() > deadline:
             break
         await asyncio.sleep(0.2)
-    upstream: dict[str, list[dict[str, Any]]] = {
-        p: await _debug_sessions(port, include_closed=True, timeout=60.0)
-        for p, port in cluster.stack.fake_ports.items() if p in ("openai", "gemini")
+    fakes = {p: port for p, port in cluster.stack.fake_ports.items() if p in ("openai", "gemini")}
+    upstream_of = {
+        run.name: {p: await _debug_sessions(port, include_closed=True, text=f"{run.name} turn ", timeout=60.0)
+                   for p, port in fakes.items()}
+        for run in alive
     }
     report: dict[str, Any] = {"lost_store": 0, "lost_upstream": 0, "duplicates": 0, "misordered": 0,
                               "spread": 0, "details": {}, "lost_by_fault": Counter()}
     for run, snap in zip(alive, snaps, strict=True):
         store_items = _store_items(snap)
         # Every upstream connection of this session, on either fake (a switched session has some on both).
-        mine = [(p, s) for p, sessions in upstream.items() for s in sessions
-                if any((i["text"] or "").startswith(f"{run.name} turn ") for i in s["items"])]
+        mine = [(p, s) for p, sessions in upstream_of[run.name].items() for s in sessions]
         report["spread"] += len({p for p, _ in mine}) > 1
         # The latest live one holds the whole conversation (each connection starts with the history).
         live = [(p, s) for p, s in mine if s["live"]] or mine

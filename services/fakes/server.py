@@ -143,8 +143,14 @@ class FakeServer:
     def _http_debug(self, conn: ServerConnection, request: Request, query: dict[str, str]) -> Response:
         show_all = query.get("all", "") not in ("", "0", "false")
         wanted = query.get("id")
+        # ``text``: only sessions holding an item whose text starts so. The whole dump of a long run can pass
+        # 10 MB, and websockets aborts (not closes) the socket after an HTTP answer: a body larger than what
+        # the socket took at once is cut.
+        prefix = query.get("text")
         sessions = [
-            s.to_debug() for s in self.sessions.values() if (show_all or s.live) and (wanted is None or s.id == wanted)
+            d for s in self.sessions.values() if (show_all or s.live) and (wanted is None or s.id == wanted)
+            for d in (s.to_debug(),)
+            if prefix is None or any((i.get("text") or "").startswith(prefix) for i in d["items"])
         ]
         return json_response(conn, 200, {"sessions": sessions})
 
