@@ -460,6 +460,7 @@ class Cluster:
         self.instances: dict[str, tuple[str, Proc | None]] = {}  # id -> (role, proc; None while respawning)
         self.edge_ports: list[int] = []
         self.admin_ports: list[int] = []
+        self.killed_metrics: list[str] = []  # killed edges' /metrics, read just before the kill
 
     @property
     def edge_port(self) -> int:
@@ -518,13 +519,22 @@ class Cluster:
         self.instances[instance] = (role, None)
 
     def metrics(self) -> list[str]:
-        """The /metrics of every edge up now (a respawned edge counts from its start)."""
-        texts = []
-        for i, port in enumerate(self.admin_ports):
+        """The /metrics of every edge up now (a respawned edge counts from its start), and of every edge as it
+        was just before it was killed (``keep_metrics``): its counts are part of the run too."""
+        texts = list(self.killed_metrics)
+        for i in range(len(self.admin_ports)):
             if f"edge-{i}" in self.ready("edge"):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    texts.append(str(resp.read().decode()))
+                texts.append(self.edge_metrics(i))
         return texts
+
+    def edge_metrics(self, i: int) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_ports[i]}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def keep_metrics(self, edge: str) -> None:
+        """An edge's /metrics kept before its kill (best effort: what it counts in the last moment is lost)."""
+        with contextlib.suppress(OSError):
+            self.killed_metrics.append(self.edge_metrics(int(edge.removeprefix("edge-"))))
 
     def admin_switch(self, client_sid: str, provider: str, when: str, edge: int = 0) -> int:
         """An operator's switch; the HTTP status (answered once the switch is done or refused)."""
@@ -592,6 +602,8 @@ async def _kill_role(ctx: FaultContext, role: str, at: float) -> tuple[str, list
         run.edge_killed = role == "edge"
         run.note_kill(at, role, silent_now=role == "edge")
         run.note(f"** kill -9 {victim} ({role})")
+    if role == "edge":
+        await asyncio.to_thread(ctx.cluster.keep_metrics, victim)
     await asyncio.to_thread(ctx.cluster.kill, victim)
 
     async def respawn() -> None:
