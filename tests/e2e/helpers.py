@@ -29,11 +29,24 @@ __all__ = [
     "assert_not_error",
     "b64",
     "dominant_hz",
+    "events_until",
     "fake_session_with",
     "seed_url",
     "tone",
     "unb64",
 ]
+
+
+async def events_until(conn: Any, *types: str) -> list[Any]:
+    """Every event an SDK connection receives up to the first of ``types``, errors included (the caller says
+    which it accepts)."""
+    seen: list[Any] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            event = await conn.recv()
+            seen.append(event)
+            if event.type in types:
+                return seen
 
 
 def seed_url(base: str, session_id: str, rs_api: str, rs_core: str) -> str:

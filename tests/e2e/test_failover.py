@@ -30,7 +30,7 @@ from shared.session import session_key
 from shared.store import Store
 
 from ..conftest import Infra
-from .helpers import ACCOUNT, API_KEY, TIMEOUT_S, b64, tone, unb64
+from .helpers import ACCOUNT, API_KEY, TIMEOUT_S, b64, events_until, tone, unb64
 
 pytestmark = pytest.mark.e2e
 
@@ -94,17 +94,6 @@ async def _route_moves(store: Store, sid: str, role: str, before: int) -> str:
             await asyncio.sleep(0.02)
 
 
-async def _next(conn: Any, *types: str) -> list[Any]:
-    """Events up to the first of ``types`` (error events are collected, not raised)."""
-    seen = []
-    async with asyncio.timeout(TIMEOUT_S):
-        while True:
-            event = await conn.recv()
-            seen.append(event)
-            if event.type in types:
-                return seen
-
-
 async def _say(conn: Any, text: str) -> None:
     await conn.conversation.item.create(
         item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
@@ -138,15 +127,15 @@ async def _configure(conn: Any, *, vad: bool = False, transcription: bool = Fals
     if transcription:
         audio_in["transcription"] = {"model": "gpt-4o-mini-transcribe"}
     await conn.session.update(session={"type": "realtime", "audio": {"input": audio_in}})
-    await _next(conn, "session.updated")
+    await events_until(conn, "session.updated")
 
 
 async def _first_manual_turn(conn: Any, fake_port: int, marker: str) -> dict[str, Any]:
     """Manual turns, one text turn answered; the fake's upstream session that holds it."""
     await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-    await _next(conn, "session.updated")
+    await events_until(conn, "session.updated")
     await _say(conn, f"one {marker}")
-    await _next(conn, "response.done")
+    await events_until(conn, "response.done")
     return next(s for s in await debug_sessions(fake_port)
                 if any(f"one {marker}" in str(i.get("text")) for i in s["items"]))
 
@@ -171,23 +160,23 @@ async def test_worker_killed_mid_response(failover: FailoverStack, store: Store,
     fake_port = failover.stack.fake_ports[provider]
     async with _connect(failover, provider, client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-        await _next(conn, "session.updated")
+        await events_until(conn, "session.updated")
         await _say(conn, f"one {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == f"turn 1: one {marker}"
 
         # A slow response (3 s of audio at real time), cut by kill -9 of the worker holding the session.
         await set_knobs(fake_port, pace=1.0, response_ms=3_000)
         try:
             await _say(conn, f"two {marker}")
-            await _next(conn, "response.output_audio.delta")
+            await events_until(conn, "response.output_audio.delta")
             victim = await _route(store, sid, "worker")
             assert victim in failover.procs
             loop = asyncio.get_running_loop()
             killed_at = loop.time()
             gone_before = await asyncio.to_thread(_probes, failover, "gone")
             await _kill_and_respawn(failover, victim, "provider-worker")
-            events = await _next(conn, "response.done")
+            events = await events_until(conn, "response.done")
             cut = events[-1].response
             assert cut.status in ("failed", "incomplete", "cancelled"), cut
             assert loop.time() - killed_at < 3.0, "the cut response must be closed promptly, not time out"
@@ -201,13 +190,13 @@ async def test_worker_killed_mid_response(failover: FailoverStack, store: Store,
         await conn.input_audio_buffer.append(audio=b64(tone(440, 700, 24_000)))
         await conn.input_audio_buffer.commit()
         await conn.response.create()
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == "turn 3: audio 0.7s"
         assert events[-1].response.status == "completed"
         assert await _route(store, sid, "worker") != ""
 
         await _say(conn, f"three {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == f"turn 4: three {marker}"
 
     # The replacement's upstream conversation holds every earlier item, in order.
@@ -230,22 +219,22 @@ async def test_spoken_turn_survives_the_worker_dying_before_its_transcript(
     async with _connect(failover, provider, client_sid) as conn:
         await _configure(conn, vad=True)
         await _say(conn, f"one {marker}")
-        await _next(conn, "response.done")
+        await events_until(conn, "response.done")
 
         await set_knobs(fake_port, pace=1.0, response_ms=3_000)
         try:
             pcm = tone(440, 1_000, 24_000) + bytes(24_000 * 2 * 800 // 1_000)
             for i in range(0, len(pcm), 960):  # 20 ms frames
                 await conn.input_audio_buffer.append(audio=b64(pcm[i:i + 960]))
-            heard = await _next(conn, "response.output_audio.delta")
+            heard = await events_until(conn, "response.output_audio.delta")
             assert [e.type for e in heard].count("input_audio_buffer.committed") == 1
             assert not [e for e in heard if e.type.startswith("conversation.item.input_audio_transcription")]
             await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
-            cut = await _next(conn, "response.done")
+            cut = await events_until(conn, "response.done")
             assert cut[-1].response.status != "completed"
         finally:
             await reset_knobs(fake_port)
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == "turn 2: audio 1.3s"
         assert events[-1].response.status == "completed"
 
@@ -265,9 +254,9 @@ async def test_transformer_killed_mid_session(failover: FailoverStack, store: St
     async with _connect(failover, "openai", client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "instructions": "kept", "audio": {
             "input": {"turn_detection": None, "format": fmt}, "output": {"format": fmt}}})
-        await _next(conn, "session.updated")
+        await events_until(conn, "session.updated")
         await _say(conn, f"one {marker}")
-        await _next(conn, "response.done")
+        await events_until(conn, "response.done")
         victim = await _route(store, sid, "transformer")
         before = await _route_epoch(store, sid)
         await _kill_and_respawn(failover, victim, "transformer")
@@ -276,7 +265,7 @@ async def test_transformer_killed_mid_session(failover: FailoverStack, store: St
         await conn.input_audio_buffer.append(audio=b64(encode(tone(440, 500, rate))))
         await conn.input_audio_buffer.commit()
         await conn.response.create()
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == "turn 2: audio 0.5s"
         played = sum(len(unb64(e.delta)) for e in events if e.type == "response.output_audio.delta")
         assert played == 400 * bytes_per_ms, "the fake's 400 ms answer, in the client's own format"
@@ -290,18 +279,18 @@ async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> N
     fake_port = failover.stack.fake_ports["openai"]
     async with _connect(failover, "openai", client_sid) as conn:
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-        await _next(conn, "session.updated")
+        await events_until(conn, "session.updated")
         await set_knobs(fake_port, pace=1.0, response_ms=1_500)
         try:
             await _say(conn, f"one {marker}")
-            first = await _next(conn, "response.output_audio.delta")
+            first = await events_until(conn, "response.output_audio.delta")
             cut_id = first[-1].response_id
             victim = await _route(store, sid, "worker")
             before = await _route_epoch(store, sid)
             pid = failover.procs[victim].pid
             os.kill(pid, signal.SIGSTOP)
             try:
-                events = await _next(conn, "response.done")
+                events = await events_until(conn, "response.done")
                 assert events[-1].response.id == cut_id and events[-1].response.status != "completed"
                 assert await _route_moves(store, sid, "worker", before) != victim
             finally:
@@ -310,7 +299,7 @@ async def test_slow_worker_is_fenced(failover: FailoverStack, store: Store) -> N
             await reset_knobs(fake_port)
         # The woken worker still holds a provider socket full of the old response: none of it may reach us.
         await _say(conn, f"two {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert all(getattr(e, "response_id", None) != cut_id for e in events)
         assert _transcript(events) == f"turn 2: two {marker}"
 
@@ -321,7 +310,7 @@ async def test_briefly_frozen_worker_keeps_its_sessions(failover: FailoverStack,
     marker, client_sid, sid = _ids("frozen")
     async with _connect(failover, "openai", client_sid) as conn:
         await _say(conn, f"one {marker}")
-        await _next(conn, "response.done")
+        await events_until(conn, "response.done")
         worker = await _route(store, sid, "worker")
         epoch = await _route_epoch(store, sid)
         alive_before = await asyncio.to_thread(_probes, failover, "alive")
@@ -332,7 +321,7 @@ async def test_briefly_frozen_worker_keeps_its_sessions(failover: FailoverStack,
         finally:
             os.kill(pid, signal.SIGCONT)
         await _say(conn, f"two {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == f"turn 2: two {marker}"
         assert events[-1].response.status == "completed"
         assert await _route(store, sid, "worker") == worker
@@ -359,7 +348,7 @@ async def test_uncommitted_audio_survives_a_new_provider_connection(
             await set_knobs(fake_port, session=upstream["id"], close_after=upstream["events_sent"])
         try:
             await conn.session.update(session={"type": "realtime", "instructions": f"terse {marker}"})
-            await _next(conn, "session.updated")
+            await events_until(conn, "session.updated")
             async with asyncio.timeout(TIMEOUT_S):
                 while upstream["id"] in {s["id"] for s in await debug_sessions(fake_port)}:
                     await asyncio.sleep(0.02)
@@ -367,7 +356,7 @@ async def test_uncommitted_audio_survives_a_new_provider_connection(
             await reset_knobs(fake_port)
         await conn.input_audio_buffer.commit()
         await conn.response.create()
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert [e for e in events if e.type == "error" and e.error.code != "provider_reconnecting"] == []
         assert _transcript(events) == "turn 2: audio 0.6s"
 
@@ -382,10 +371,10 @@ async def test_provider_going_away_is_replaced_at_a_turn_boundary(failover: Fail
     try:
         async with _connect(failover, "gemini") as conn:
             await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-            seen = await _next(conn, "session.updated")
+            seen = await events_until(conn, "session.updated")
             await set_knobs(fake_port, pace=1.0, response_ms=1_500)
             await _say(conn, f"one {marker}")  # goAway arrives while this is answered: rotated after it
-            seen += await _next(conn, "response.done")
+            seen += await events_until(conn, "response.done")
             assert seen[-1].response.status == "completed"
             await reset_knobs(fake_port)
             async with asyncio.timeout(TIMEOUT_S):
@@ -396,7 +385,7 @@ async def test_provider_going_away_is_replaced_at_a_turn_boundary(failover: Fail
                         break
                     await asyncio.sleep(0.05)
             await _say(conn, f"two {marker}")
-            second = await _next(conn, "response.done")
+            second = await events_until(conn, "response.done")
             seen += second
             assert _transcript(second) == f"turn 2: two {marker}"
             assert [e for e in seen if e.type == "error"] == [], "the client is not told"
@@ -417,9 +406,9 @@ async def test_checkpoint_killed_and_restarted_without_loss(
     try:
         async with _connect(failover, "openai", client_sid) as conn:
             await _say(conn, f"one {marker}")
-            await _next(conn, "response.done")
+            await events_until(conn, "response.done")
             await _say(conn, f"two {marker}")
-            await _next(conn, "response.done")
+            await events_until(conn, "response.done")
         assert (await store.snapshot(sid)).items == []  # nobody has folded the stream yet
     finally:
         failover.start("checkpoint", "ckpt-a")
@@ -442,9 +431,9 @@ async def test_tool_call_stays_answerable_after_the_worker_dies(
             "tools": [{"type": "function", "name": "get_weather", "description": "weather in a city",
                        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}],
         })
-        await _next(conn, "session.updated")
+        await events_until(conn, "session.updated")
         await _say(conn, f"please get_weather {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         calls = [e for e in events if e.type == "response.function_call_arguments.done"]
         assert len(calls) == 1
         call_id = calls[0].call_id
@@ -458,7 +447,7 @@ async def test_tool_call_stays_answerable_after_the_worker_dies(
             item={"type": "function_call_output", "call_id": call_id, "output": f"sunny {marker}"}
         )
         await conn.response.create()
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == f"turn 1: tool get_weather returned sunny {marker}"
 
 
@@ -476,7 +465,7 @@ async def test_provider_drop_is_survived_by_reconnecting_with_history(
         await set_knobs(fake_port, refuse=503, refuse_count=2)
         try:
             await _say(conn, f"two {marker}")
-            events = await _next(conn, "response.done")
+            events = await events_until(conn, "response.done")
             assert events[-1].response.status == "failed"
             # the failed response.done tells the client; the reconnect itself is a notice, never an error
             assert events[-1].response.status_details.error.code == "provider_disconnected"
@@ -484,7 +473,7 @@ async def test_provider_drop_is_survived_by_reconnecting_with_history(
         finally:
             await reset_knobs(fake_port)
         await _say(conn, f"three {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events).endswith(f"three {marker}")
     # The new upstream conversation holds all three user turns in order. (For Gemini the gateway sends
     # "two" and "three" as one user turn: the cut answer left two user items in a row, and Gemini expects
@@ -507,20 +496,20 @@ async def test_worker_killed_between_turns_then_a_spoken_turn(
             await conn.input_audio_buffer.append(audio=b64(tone(440, 500 + 100 * k, 24_000)))
             await conn.input_audio_buffer.commit()
             await conn.response.create()
-            await _next(conn, "response.done")
+            await events_until(conn, "response.done")
             await _say(conn, f"text {k} {marker}")
-            await _next(conn, "response.done")
+            await events_until(conn, "response.done")
         before = await _route_epoch(store, sid)
         await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
         await _route_moves(store, sid, "worker", before)  # the next turn goes to the replacement
         await conn.input_audio_buffer.append(audio=b64(tone(440, 600, 24_000)))
         await conn.input_audio_buffer.commit()
         await conn.response.create()
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert events[-1].response.status == "completed", [e.type for e in events]
         assert _transcript(events) == "turn 5: audio 0.6s"
         await _say(conn, f"after {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert events[-1].response.status == "completed", [e.type for e in events]
         assert _transcript(events) == f"turn 6: after {marker}"
 
@@ -537,9 +526,9 @@ async def test_a_response_create_answered_before_it_reached_the_stream_is_not_re
         await _configure(conn, transcription=True)
         await conn.input_audio_buffer.append(audio=b64(tone(440, 600, 24_000)))
         await conn.input_audio_buffer.commit()
-        await _next(conn, "response.created")  # answered before any response.create
+        await events_until(conn, "response.created")  # answered before any response.create
         await conn.response.create()
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == "turn 1: audio 0.6s"
         async with asyncio.timeout(TIMEOUT_S):  # the checkpoint folds it
             while len((await store.snapshot(sid)).items) < 2:
@@ -553,7 +542,7 @@ async def test_a_response_create_answered_before_it_reached_the_stream_is_not_re
             while not any(s["id"] not in old and len(s["items"]) >= 2 for s in await debug_sessions(fake_port)):
                 await asyncio.sleep(0.02)
         await _say(conn, f"two {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert [e.type for e in events].count("response.created") == 1, [e.type for e in events]
         assert events[-1].response.status == "completed"
         assert _transcript(events) == f"turn 2: two {marker}"
@@ -568,20 +557,20 @@ async def test_re_ask_after_a_cut_vad_answer_is_answered(failover: FailoverStack
     async with _connect(failover, provider, client_sid) as conn:
         await _configure(conn, vad=True, transcription=True)
         await _say(conn, f"one {marker}")
-        await _next(conn, "response.done")
+        await events_until(conn, "response.done")
         await set_knobs(fake_port, pace=1.0, response_ms=3_000)
         try:
             pcm = tone(440, 1_000, 24_000) + bytes(24_000 * 2 * 800 // 1_000)
             for i in range(0, len(pcm), 960):
                 await conn.input_audio_buffer.append(audio=b64(pcm[i:i + 960]))
-            await _next(conn, "response.output_audio.delta")
+            await events_until(conn, "response.output_audio.delta")
             await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
-            cut = await _next(conn, "response.done")
+            cut = await events_until(conn, "response.done")
             assert cut[-1].response.status != "completed"
         finally:
             await reset_knobs(fake_port)
         await conn.response.create()
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert events[-1].response.status == "completed"
         assert _transcript(events) == "turn 2: audio 1.3s"
 
@@ -629,7 +618,7 @@ async def test_a_stalled_response_is_ended_and_the_session_goes_on(
         assert done.response.status == "failed"
         assert done_at - last_before <= 2.0 + 0.2, f"ended {done_at - last_before:.3f} s after the last event"
         await _say(conn, f"three {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert events[-1].response.status == "completed"
         assert _transcript(events).endswith(f"three {marker}")
     stalls = [s for s in signals if s.kind == "stall"]
@@ -669,7 +658,7 @@ async def test_an_upstream_lost_right_after_every_setup_is_redialled_at_a_bounde
                         if started <= s["created_at"] <= ended]
             assert 2 <= len(connects) <= 10, f"{len(connects)} connects in 4 s"
             await _say(conn, f"two {marker}")
-            events = await _next(conn, "response.done")
+            events = await events_until(conn, "response.done")
             assert events[-1].response.status == "completed"
             assert _transcript(events).endswith(f"two {marker}")
     finally:
@@ -689,10 +678,10 @@ async def test_a_client_that_asked_for_notices_hears_of_a_worker_replacement(
         before = await _route_epoch(store, sid)
         await _kill_and_respawn(failover, await _route(store, sid, "worker"), "provider-worker")
         await _route_moves(store, sid, "worker", before)
-        notice = (await _next(conn, "rs.notice"))[-1]
+        notice = (await events_until(conn, "rs.notice"))[-1]
         assert notice.code == "reattached", notice  # type: ignore[attr-defined]
         ms = int(re.search(r"resumed in (\d+) ms", notice.message).group(1))  # type: ignore[attr-defined,union-attr]
         assert 0 < ms < 10_000
         await _say(conn, f"after {marker}")
-        events = await _next(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert _transcript(events) == f"turn 2: after {marker}"

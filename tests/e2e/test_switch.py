@@ -26,7 +26,7 @@ from services.fakes.common import debug_sessions, reset_knobs, set_knobs
 from shared.audio import tone
 
 from ..conftest import Infra
-from .helpers import API_KEY, GEMINI_WS_PATH, TIMEOUT_S, b64, seed_url
+from .helpers import API_KEY, GEMINI_WS_PATH, TIMEOUT_S, b64, events_until, seed_url
 
 pytestmark = pytest.mark.e2e
 
@@ -398,17 +398,6 @@ async def test_stall_ends_the_response_and_switches_within_the_stall_limit(switc
 # -- failures, the fleet breaker, no flapping ---------------------------------------------------------
 
 
-async def _sdk_events(conn: Any, *types: str) -> list[Any]:
-    """Every event up to one of ``types``, errors included (the caller says which it accepts)."""
-    seen: list[Any] = []
-    async with asyncio.timeout(TIMEOUT_S):
-        while True:
-            event = await conn.recv()
-            seen.append(event)
-            if event.type in types:
-                return seen
-
-
 async def _timed_response(conn: Any) -> tuple[list[Any], float | None]:
     """Events up to response.done, and when (loop time) the first audio delta arrived."""
     loop = asyncio.get_running_loop()
@@ -432,7 +421,7 @@ async def _say_events(conn: Any, text: str) -> list[Any]:
     await conn.conversation.item.create(
         item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
     await conn.response.create()
-    events = await _sdk_events(conn, "response.done")
+    events = await events_until(conn, "response.done")
     assert [e for e in events if e.type == "error"] == []
     return events
 
@@ -462,7 +451,7 @@ async def test_failures_switch_after_exactly_n_and_the_next_audio_follows_within
             await conn.conversation.item.create(item={
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"two {marker}"}]})
             await conn.response.create()
-            events = await _sdk_events(conn, "response.done")
+            events = await events_until(conn, "response.done")
             failed_at = loop.time()
             assert events[-1].response.status == "failed", events[-1]
             assert [e.type for e in events if e.type in ("error", "rs.switched")] == []
@@ -501,7 +490,7 @@ async def test_a_provider_dropping_every_response_at_its_first_audio_is_left(swi
             outcomes: list[str] = []
             for _ask in range(3):  # two drops, then the other provider's answer
                 await conn.response.create()
-                events = await _sdk_events(conn, "response.done")
+                events = await events_until(conn, "response.done")
                 outcomes.append(events[-1].response.status or "")
                 if any(e.type == "rs.switched" for e in events) or outcomes[-1] == "completed":
                     break
@@ -650,7 +639,7 @@ async def test_a_tool_call_of_the_old_provider_is_answered_on_the_new_one(switch
         await conn.conversation.item.create(
             item={"type": "function_call_output", "call_id": call_id, "output": f"sunny {marker}"})
         await conn.response.create()
-        events = await _sdk_events(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert [e for e in events if e.type == "error"] == []
         assert _transcript(events) == f"turn 1: tool get_weather returned sunny {marker}"
     moved = await _fake_session(switching.fake_port(target), f"sunny {marker}", min_items=3)
@@ -680,7 +669,7 @@ async def test_a_switch_while_the_client_speaks_loses_no_speech(switching: Switc
                 await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
             await conn.input_audio_buffer.append(audio=b64(pcm[i:i + FRAME]))
             await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
-        events = await _sdk_events(conn, "response.done")
+        events = await events_until(conn, "response.done")
         assert [e for e in events if e.type == "error"] == []
         assert [(e.to, e.reason) for e in events if e.type == "rs.switched"] == [("gemini", "manual")]
         assert _transcript(events) == "turn 2: audio 1.3s"
@@ -767,12 +756,12 @@ async def _reask_after_a_switch_cut(switching: SwitchStack, turn: str, *, slow_t
             await set_knobs(gemini, latency_ms=slow_target_ms)
         try:
             await conn.send({"type": "rs.switch", "provider": "gemini", "when": "now"})  # type: ignore[arg-type]
-            cut = await _sdk_events(conn, "response.done")
+            cut = await events_until(conn, "response.done")
             assert cut[-1].response.status == "failed"
             await conn.response.create()  # at once: the switch may not be done yet
             events: list[Any] = []
             with contextlib.suppress(TimeoutError):
-                events += await _sdk_events(conn, "response.done")
+                events += await events_until(conn, "response.done")
             assert events, f"nothing within {TIMEOUT_S} s of the re-ask; before it: {[e.type for e in cut]}"
         finally:
             if slow_target_ms:
@@ -818,12 +807,12 @@ async def test_switches_asked_just_before_each_turn_leave_no_request_unanswered(
             await conn.input_audio_buffer.append(audio=b64(tone(440, 500 + 100 * (turn % 4), 24_000)))
             await conn.input_audio_buffer.commit()
             await conn.response.create()
-            events = await _sdk_events(conn, "response.done")
+            events = await events_until(conn, "response.done")
             for _reask in range(2):
                 if events[-1].response.status == "completed":
                     break
                 await conn.response.create()
-                events = await _sdk_events(conn, "response.done")
+                events = await events_until(conn, "response.done")
             assert [e for e in events if e.type == "error"] == []
             assert _transcript(events) == f"turn {turn}: audio {(500 + 100 * (turn % 4)) / 1000:.1f}s"
 
@@ -843,7 +832,7 @@ async def test_a_spoken_turn_without_transcription_reaches_the_new_provider(
         await conn.input_audio_buffer.append(audio=b64(tone(440, 700, 24_000)))
         await conn.input_audio_buffer.commit()
         await conn.response.create()
-        assert _transcript(await _sdk_events(conn, "response.done")) == "turn 2: audio 0.7s"
+        assert _transcript(await events_until(conn, "response.done")) == "turn 2: audio 0.7s"
         await conn.send({"type": "rs.switch", "provider": target, "when": when})  # type: ignore[arg-type]
         await _sdk_until(conn, "rs.switched")
         assert await _sdk_say(conn, f"three {marker}") == f"turn 3: three {marker}"
@@ -872,13 +861,13 @@ async def test_a_failure_switch_right_after_a_spoken_turn_hears_it_once(switchin
             for n, i in enumerate(range(0, len(pcm), FRAME)):
                 await conn.input_audio_buffer.append(audio=b64(pcm[i:i + FRAME]))
                 await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
-            last = await _sdk_events(conn, "response.done")
+            last = await events_until(conn, "response.done")
             seen += last
             for _reask in range(2):
                 if last[-1].response.status == "completed":
                     break
                 await conn.response.create()
-                last = await _sdk_events(conn, "response.done")
+                last = await events_until(conn, "response.done")
                 seen += last
         finally:
             await reset_knobs(port)
